@@ -1,0 +1,44 @@
+# mailflow-harness: `make scenarios` and `make test` do all the set-up they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BUILD := build
+export TESTCONTAINERS_RYUK_DISABLED := true
+
+.DEFAULT_GOAL := help
+.PHONY: help venv engine images scenarios test unit lint down clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@echo "setting up $(VENV) (python dependencies)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP) ## create .venv with the harness and its dependencies
+
+images: $(STAMP) ## start a Docker engine if none answers, then build the images (only what changed)
+	@$(BIN)/harness images
+
+scenarios: images ## run every scenario in scenarios/ (writes build/results.json, build/junit.xml)
+	@$(BIN)/harness run scenarios --json $(BUILD)/results.json --junit $(BUILD)/junit.xml
+
+test: images ## run the project's tests (unit and real-container integration tests)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP) ## run only the unit tests (no Docker)
+	@$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and mypy --strict on harness/
+	@$(BIN)/ruff check harness tests
+	@$(BIN)/mypy harness
+
+down: $(STAMP) ## remove topologies kept by `harness up` or --keep
+	@$(BIN)/harness down
+
+clean: ## remove build output and the virtual environment
+	rm -rf $(BUILD) $(VENV)

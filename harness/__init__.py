@@ -1,0 +1,3 @@
+"""mailflow-harness: mail-flow scenarios against real MTAs and DNS in containers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,107 @@
+"""The `harness` command. Exit codes: 0 all passed, 1 an expectation failed, 2 bad scenario or usage,
+3 infrastructure failure (130/143 when interrupted by SIGINT/SIGTERM, after cleaning up)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from harness.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HarnessError, UsageError
+
+DESCRIPTION = """\
+Run mail-flow scenarios against real MTAs and a real DNS server in containers.
+
+Scenarios are YAML files (see README.md and `harness schema`). Each scenario gets its own
+hermetic network with a DNS server and Postfix in the roles mx, relay and nomail; the harness
+sends mail with its own SMTP client, records every reply and checks the expectations.
+"""
+
+EPILOG = """\
+exit codes: 0 all passed, 1 an expectation failed, 2 bad scenario or usage,
+            3 infrastructure failure (engine, images, containers, DNS)
+"""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so the same cleanup paths run."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def _default_compose_dir() -> Path:
+    env = os.environ.get("MAILFLOW_COMPOSE_DIR")
+    if env:
+        return Path(env)
+    local = Path("compose")
+    if (local / "postfix").is_dir():
+        return local
+    return Path(__file__).resolve().parent.parent / "compose"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compose", type=Path, default=None, metavar="DIR",
+                        help="directory with the Dockerfiles and role configurations (default: ./compose)")
+    parser.add_argument("--base-image", default=None, metavar="IMAGE",
+                        help="base image for all images (default: debian:bookworm-slim, or one made with "
+                             "debootstrap when it cannot be pulled)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run scenarios and report", description="Run scenario files (or "
+                         "directories of them) and print a line per scenario and a summary table.")
+    run.add_argument("paths", nargs="*", type=Path, default=[Path("scenarios")], metavar="PATH",
+                     help="scenario files or directories (default: scenarios/)")
+    run.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
+    run.add_argument("--junit", type=Path, metavar="FILE", help="write results as JUnit XML")
+    run.add_argument("--keep", choices=["never", "on-failure", "always"], default="never",
+                     help="keep a scenario's containers after it ends, for debugging (remove with `harness down`)")
+
+    val = sub.add_parser("validate", help="check scenario files without starting anything")
+    val.add_argument("paths", nargs="*", type=Path, default=[Path("scenarios")], metavar="PATH")
+
+    up = sub.add_parser("up", help="start the standard topology and leave it running",
+                        description="Start dns, mx, relay and nomail and print each host's role, address "
+                                    "and container id, so you can talk to them (e.g. with swaks).")
+    up.add_argument("--json", action="store_true", help="print the hosts as JSON")
+
+    down = sub.add_parser("down", help="remove topologies kept by `harness up` or --keep")
+    down.add_argument("--run", metavar="RUN_ID", help="remove only this run")
+
+    sub.add_parser("status", help="list the harness's runs on this engine")
+    sub.add_parser("images", help="make sure the engine answers and build every image")
+    sub.add_parser("schema", help="print the scenario JSON Schema (for editors)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    from harness import commands  # imported late: it pulls in docker and testcontainers
+
+    try:
+        return commands.dispatch(args)
+    except HarnessError as exc:
+        print(f"harness: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        cleaned = commands.cleanup_own_runs()
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"harness: {what}; removed {cleaned} container(s)/network(s) of this process", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "UsageError", "build_parser", "json", "main"]

@@ -1,0 +1,162 @@
+"""What each `harness` subcommand does. Loading and validation come first, so a bad scenario exits 2
+before any container starts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE, UsageError
+from harness.expect.results import ERROR, FAILED
+from harness.report.console import print_result, summary_table
+from harness.report.files import write_json, write_junit
+from harness.report.progress import Progress
+from harness.scenario.loader import load_scenarios, schema_path
+
+
+def _compose_dir(args: argparse.Namespace) -> Path:
+    from harness.cli import _default_compose_dir
+
+    compose: Path = args.compose or _default_compose_dir()
+    if not compose.is_dir():
+        raise UsageError(f"compose directory {compose} does not exist (use --compose DIR)")
+    return compose
+
+
+def _context(args: argparse.Namespace, progress: Progress, keep: str = "never"):  # type: ignore[no-untyped-def]
+    from harness.runner import RunContext
+    from harness.topology.engine import ensure_engine
+    from harness.topology.images import ImageStore
+
+    compose = _compose_dir(args)
+    client = ensure_engine(progress)
+    return RunContext(client, ImageStore(client, progress, compose, args.base_image), compose, progress, keep=keep)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    progress = Progress(quiet=args.quiet)
+    handler = {
+        "run": cmd_run, "validate": cmd_validate, "up": cmd_up, "down": cmd_down, "status": cmd_status,
+        "images": cmd_images, "schema": cmd_schema,
+    }[args.command]
+    return handler(args, progress)
+
+
+def cmd_validate(args: argparse.Namespace, progress: Progress) -> int:
+    scenarios = load_scenarios(args.paths)
+    for s in scenarios:
+        print(f"ok  {s.path}: {s.name} ({len(s.steps)} steps)")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, progress: Progress) -> int:
+    sys.stdout.write(schema_path().read_text(encoding="utf-8"))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, progress: Progress) -> int:
+    from harness.runner import run_all
+
+    scenarios = load_scenarios(args.paths)
+    if not scenarios:
+        raise UsageError("no scenario files found in " + ", ".join(str(p) for p in args.paths))
+    ctx = _context(args, progress, keep=args.keep)
+    progress.line(f"running {len(scenarios)} scenario(s)")
+    results = run_all(ctx, scenarios, on_result=lambda r: print_result(r, sys.stdout))
+    print()
+    print(summary_table(results))
+    if args.json:
+        write_json(results, args.json)
+    if args.junit:
+        write_junit(results, args.junit)
+    if any(r.status == ERROR for r in results):
+        return EXIT_INFRA
+    if any(r.status == FAILED for r in results):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_images(args: argparse.Namespace, progress: Progress) -> int:
+    from harness.plan import plan_scenario
+    from harness.topology.topology import build_images
+
+    ctx = _context(args, progress)
+    images = build_images(ctx.images, plan_scenario(None, ctx.compose_dir).topology)
+    for role, tag in images.items():
+        print(f"{role:8} {tag}")
+    return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace, progress: Progress) -> int:
+    from harness.plan import plan_scenario
+    from harness.runner import bring_up
+    from harness.topology.labels import new_run_id
+    from harness.topology.topology import describe
+
+    ctx = _context(args, progress)
+    ctx.reap()
+    topology = bring_up(ctx, plan_scenario(None, ctx.compose_dir), run_id=new_run_id(), keep_label=True)
+    hosts = describe(topology)
+    if args.json:
+        print(json.dumps({"run_id": topology.run_id, "network": topology.network_name,
+                          "client_address": topology.gateway, "hosts": hosts}, indent=2))
+    else:
+        print(f"run {topology.run_id} on network {topology.network_name} (you connect from {topology.gateway})")
+        for h in hosts:
+            print(f"  {h['role']:7} {h['hostname']:22} {h['address']:15} {h['container']}")
+        mx = topology.address("mx")
+        print(f"try: swaks --server {mx} --to bob@example.test --from alice@origin.test")
+        print(f"remove with: harness down --run {topology.run_id}")
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace, progress: Progress) -> int:
+    from harness.topology.labels import list_runs, remove_run
+
+    ctx_client = _client(progress)
+    runs = [r for r in list_runs(ctx_client) if (r.run_id == args.run if args.run else r.kept)]
+    if args.run and not runs:
+        raise UsageError(f"no run {args.run} on this engine (see `harness status`)")
+    for run in runs:
+        n = remove_run(ctx_client, run.run_id)
+        print(f"removed run {run.run_id} ({n} container(s)/network(s))")
+    if not runs:
+        print("nothing to remove")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, progress: Progress) -> int:
+    from harness.topology.labels import list_runs
+
+    runs = list_runs(_client(progress))
+    if not runs:
+        print("no harness runs on this engine")
+    for r in runs:
+        state = "kept" if r.kept else ("abandoned" if r.owner_gone() else f"running (pid {r.pid})")
+        print(f"{r.run_id}  {state:20} {len(r.containers)} container(s), {len(r.networks)} network(s)")
+    return EXIT_OK
+
+
+def _client(progress: Progress):  # type: ignore[no-untyped-def]
+    from harness.topology.engine import ensure_engine
+
+    return ensure_engine(progress, may_start=False)
+
+
+def cleanup_own_runs() -> int:
+    """After an interrupt: remove every run this process made that is not meant to be kept."""
+    try:
+        from harness.topology.engine import ensure_engine
+        from harness.topology.labels import list_runs, remove_run
+
+        client = ensure_engine(Progress(quiet=True), may_start=False)
+        return sum(remove_run(client, r.run_id) for r in list_runs(client)
+                   if r.pid == os.getpid() and not r.kept)
+    except Exception:  # cleanup after Ctrl-C must never raise a second traceback
+        return 0
+
+
+_ = EXIT_USAGE

@@ -1,0 +1,1 @@
+"""Matching observations against expectations. Pure: failures are results, never exceptions."""

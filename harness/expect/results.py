@@ -1,0 +1,76 @@
+"""What a run found, as data: the input of every report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.scenario.model import Mark
+from harness.smtp.transcript import Exchange
+
+PASSED = "passed"
+FAILED = "failed"
+ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Failure:
+    step: int  # 1-based index of the step in the scenario
+    kind: str  # smtp, delivery, no_delivery
+    stage: str | None  # CONNECT ... QUIT for smtp steps
+    expected: str
+    observed: str
+    mark: Mark | None = None
+    hop: str | None = None
+    session: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "kind": self.kind,
+            "stage": self.stage,
+            "expected": self.expected,
+            "observed": self.observed,
+            "location": str(self.mark) if self.mark else None,
+            "hop": self.hop,
+            "session": self.session,
+        }
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    step: int
+    kind: str
+    status: str
+    summary: str  # one line: what was observed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "kind": self.kind, "status": self.status, "summary": self.summary}
+
+
+@dataclass
+class ScenarioResult:
+    file: str
+    name: str
+    status: str = PASSED
+    duration_s: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
+    exchanges: list[Exchange] = field(default_factory=list)
+    steps: list[StepOutcome] = field(default_factory=list)
+    error: str | None = None
+    run_id: str | None = None
+    mta: str = "postfix"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "name": self.name,
+            "mta": self.mta,
+            "status": self.status,
+            "duration_s": round(self.duration_s, 3),
+            "failures": [f.to_json() for f in self.failures],
+            "exchanges": [e.to_json() for e in self.exchanges],
+            "steps": [s.to_json() for s in self.steps],
+            "error": self.error,
+            "run_id": self.run_id,
+        }

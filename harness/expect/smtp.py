@@ -1,0 +1,67 @@
+"""A client session's transcript against the step's stage expectations."""
+
+from __future__ import annotations
+
+import re
+
+from harness.expect.results import Failure
+from harness.scenario.model import ReplyExpectation, SmtpSessionStep, Stage
+from harness.smtp.transcript import Exchange, Transcript
+
+
+def reply_matches(expectation: ReplyExpectation, exchange: Exchange) -> bool:
+    if exchange.code != expectation.code:
+        return False
+    if expectation.enhanced is not None and exchange.enhanced != expectation.enhanced:
+        return False
+    return expectation.text is None or re.search(expectation.text, exchange.text) is not None
+
+
+def find_stage(transcript: Transcript, stage: Stage, recipient: str | None = None) -> Exchange | None:
+    if stage is Stage.EHLO:
+        return transcript.first("EHLO") or transcript.first("HELO")
+    if stage is Stage.RCPT:
+        wanted = f"<{recipient}>".lower()
+        return next((e for e in transcript.all("RCPT") if e.sent and e.sent.lower().endswith(wanted)), None)
+    return transcript.first(stage.value)
+
+
+def _last_reached(transcript: Transcript) -> str:
+    if not transcript.exchanges:
+        return "nothing was exchanged"
+    last = transcript.exchanges[-1]
+    return f"the session ended after {last.command} {last.reply_str()}"
+
+
+def expectations_of(step: SmtpSessionStep) -> list[tuple[Stage, str | None, ReplyExpectation]]:
+    """(stage, recipient, expectation) in protocol order."""
+    out: list[tuple[Stage, str | None, ReplyExpectation]] = []
+    for stage in Stage:
+        if stage is Stage.RCPT:
+            for rcpt in step.rcpt_to:
+                exp = step.expect_rcpt.get(rcpt) or step.expect.get(Stage.RCPT)
+                if exp is not None:
+                    out.append((stage, rcpt, exp))
+        elif stage in step.expect:
+            out.append((stage, None, step.expect[stage]))
+    return out
+
+
+def check_session(index: int, step: SmtpSessionStep, transcript: Transcript) -> list[Failure]:
+    """A stage never reached is a failure "not reached", never a pass."""
+    failures: list[Failure] = []
+    for stage, rcpt, exp in expectations_of(step):
+        label = stage.value if rcpt is None else f"RCPT <{rcpt}>"
+        exchange = find_stage(transcript, stage, rcpt)
+        if exchange is None:
+            failures.append(Failure(index, "smtp", label, str(exp), f"not reached ({_last_reached(transcript)})",
+                                    exp.mark or step.mark, transcript.hop, transcript.session))
+            continue
+        if not reply_matches(exp, exchange):
+            failures.append(Failure(index, "smtp", label, str(exp), exchange.reply_str(), exp.mark or step.mark,
+                                    transcript.hop, transcript.session))
+    return failures
+
+
+def session_summary(transcript: Transcript) -> str:
+    return ", ".join(f"{e.command} {e.code if e.code is not None else 'closed'}" for e in transcript.exchanges)

@@ -1,0 +1,1 @@
+"""Observations from inside the containers: mailboxes (and later captures and logs)."""

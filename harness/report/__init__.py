@@ -1,0 +1,1 @@
+"""Reports: console lines and tables, JSON results, JUnit XML."""

@@ -1,0 +1,48 @@
+"""Console output: a line per scenario as it finishes, a summary table, failing transcripts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TextIO
+
+from harness.expect.results import ERROR, FAILED, PASSED, ScenarioResult
+from harness.report.transcript import render_failures, render_timeline
+
+_WORD = {PASSED: "PASS", FAILED: "FAIL", ERROR: "ERROR"}
+
+
+def scenario_line(result: ScenarioResult) -> str:
+    return f"{_WORD[result.status]:5} {result.name}  ({result.file}, {result.duration_s:.1f}s)"
+
+
+def details(result: ScenarioResult) -> str:
+    if result.status == ERROR:
+        return f"  error: {result.error}"
+    if result.status == FAILED:
+        return "\n".join([render_failures(result), "  transcript:", render_timeline(result)])
+    return ""
+
+
+def summary_table(results: Sequence[ScenarioResult]) -> str:
+    rows = [("status", "scenario", "time", "observed")]
+    for r in results:
+        observed = "; ".join(s.summary for s in r.steps if s.kind == "smtp")
+        if r.status == ERROR:
+            observed = (r.error or "").splitlines()[0] if r.error else ""
+        rows.append((_WORD[r.status], r.name, f"{r.duration_s:.1f}s", observed))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = []
+    for row in rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    lines.insert(1, "-" * min(120, max(len(line) for line in lines)))
+    counts = {s: sum(1 for r in results if r.status == s) for s in (PASSED, FAILED, ERROR)}
+    lines.append(f"{len(results)} scenario(s): {counts[PASSED]} passed, {counts[FAILED]} failed, "
+                 f"{counts[ERROR]} error(s)")
+    return "\n".join(lines)
+
+
+def print_result(result: ScenarioResult, stream: TextIO) -> None:
+    print(scenario_line(result), file=stream, flush=True)
+    text = details(result)
+    if text:
+        print(text, file=stream, flush=True)

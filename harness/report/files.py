@@ -1,0 +1,42 @@
+"""Machine-readable results: JSON (the contract others build on) and JUnit XML."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.expect.results import ERROR, FAILED, ScenarioResult
+from harness.report.transcript import render_failures, render_timeline
+
+
+def write_json(results: Sequence[ScenarioResult], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"scenarios": [r.to_json() for r in results]}
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def write_junit(results: Sequence[ScenarioResult], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suite = ET.Element("testsuite", {
+        "name": "mailflow-harness",
+        "tests": str(len(results)),
+        "failures": str(sum(1 for r in results if r.status == FAILED)),
+        "errors": str(sum(1 for r in results if r.status == ERROR)),
+        "time": f"{sum(r.duration_s for r in results):.3f}",
+    })
+    for r in results:
+        case = ET.SubElement(suite, "testcase", {"classname": r.file, "name": f"{r.name} [{r.mta}]",
+                                                 "time": f"{r.duration_s:.3f}"})
+        if r.status == FAILED:
+            first = r.failures[0]
+            node = ET.SubElement(case, "failure", {"message": f"{first.stage or first.kind}: expected "
+                                                              f"{first.expected}, observed {first.observed}"})
+            node.text = render_failures(r) + "\n\n" + render_timeline(r)
+        elif r.status == ERROR:
+            node = ET.SubElement(case, "error", {"message": (r.error or "").splitlines()[0] if r.error else ""})
+            node.text = r.error
+        out = ET.SubElement(case, "system-out")
+        out.text = render_timeline(r)
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)

@@ -1,0 +1,58 @@
+"""A scenario's exchanges as a readable timeline, mismatches marked."""
+
+from __future__ import annotations
+
+from harness.expect.results import Failure, ScenarioResult
+from harness.smtp.transcript import Exchange
+
+MARK = "<<<"
+
+
+def _failure_for(exchange: Exchange, failures: list[Failure]) -> Failure | None:
+    for f in failures:
+        if f.hop != exchange.hop or f.session != exchange.session or f.stage is None:
+            continue
+        if f.stage.startswith("RCPT <"):
+            if exchange.command == "RCPT" and exchange.sent and exchange.sent.lower().endswith(f.stage[5:].lower()):
+                return f
+        elif f.stage == exchange.command:
+            return f
+    return None
+
+
+def render_timeline(result: ScenarioResult, *, only_failing_sessions: bool = False) -> str:
+    """Every exchange in time order: time, hop and session, command sent, reply lines."""
+    failing = {(f.hop, f.session) for f in result.failures if f.hop is not None}
+    out: list[str] = []
+    current: tuple[str, int] | None = None
+    for ex in result.exchanges:
+        key = (ex.hop, ex.session)
+        if only_failing_sessions and key not in failing:
+            continue
+        if key != current:
+            current = key
+            out.append(f"  {ex.hop} session {ex.session}")
+        sent = ex.sent if ex.sent is not None else "(connect)"
+        out.append(f"    [{ex.at_s:7.3f}s] C: {sent}")
+        replies = list(ex.lines) or [f"{ex.code} {ex.text}" if ex.code is not None else f"(no reply: {ex.text})"]
+        if ex.code is None and ex.lines == ():
+            replies = [f"(no reply: {ex.text})"]
+        failure = _failure_for(ex, result.failures)
+        for i, line in enumerate(replies):
+            suffix = ""
+            if failure is not None and i == len(replies) - 1:
+                suffix = f"   {MARK} expected {failure.expected}"
+            out.append(f"               S: {line}{suffix}")
+    for f in result.failures:
+        if f.hop is not None and f.observed.startswith("not reached"):
+            out.append(f"  {f.hop} session {f.session}: {f.stage} {f.observed}   {MARK} expected {f.expected}")
+    return "\n".join(out)
+
+
+def render_failures(result: ScenarioResult) -> str:
+    lines = []
+    for f in result.failures:
+        where = f"{f.mark}: " if f.mark else ""
+        stage = f" {f.stage}" if f.stage else ""
+        lines.append(f"  {where}step {f.step} ({f.kind}{stage}): expected {f.expected}, observed {f.observed}")
+    return "\n".join(lines)

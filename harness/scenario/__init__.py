@@ -1,0 +1,1 @@
+"""Scenario files: load YAML with source marks, validate against the schema, build frozen models."""

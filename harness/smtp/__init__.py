@@ -1,0 +1,1 @@
+"""The scenario client: aiosmtplib sessions recorded as transcripts."""

@@ -1,0 +1,285 @@
+"""One scenario SMTP session over aiosmtplib, recorded reply by reply.
+
+Replies are data: whatever the server answers (or fails to answer) ends up as an ``Exchange`` and
+nothing is raised for it. The client behaves like a plain MTA would: it stops a transaction the
+server refused, always says QUIT while the connection is open, and stops at once on 421.
+
+aiosmtplib's convenience methods (``ehlo()``, ``mail()``, ``rcpt()``, ``data()``) are not used:
+they raise on codes they dislike, ``mail()``/``rcpt()`` may send an unrecorded EHLO of their own,
+and ``data()`` hides the 354. Every command goes through ``SMTP.execute_command`` instead, which
+returns any reply as an ``SMTPResponse`` and closes the connection on timeout, disconnect and 421.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from aiosmtplib import (
+    SMTP,
+    SMTPConnectError,
+    SMTPConnectResponseError,
+    SMTPResponse,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+
+from harness.errors import ScenarioError
+from harness.scenario.model import SmtpSessionStep
+from harness.smtp.message import data_payload
+from harness.smtp.transcript import Exchange, Transcript
+
+__all__ = ["parse_enhanced", "reply_lines", "run_session"]
+
+# RFC 3463: class "." subject "." detail, at the start of the reply text.
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?=\s|$)")
+# aiosmtplib's own check (COMMAND_INJECTION_REGEX) raises ValueError on these mid-session; checking
+# up front turns a bad scenario value into a located scenario error before anything is sent.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+_CLOSING = 421
+
+
+class _SessionOver(Exception):
+    """The connection is gone (or unusable); the reason is already recorded."""
+
+
+def parse_enhanced(text: str) -> str | None:
+    """The RFC 3463 enhanced status code the reply text starts with, if any."""
+    match = _ENHANCED.match(text)
+    return match.group(1) if match else None
+
+
+def reply_lines(response: SMTPResponse) -> tuple[str, ...]:
+    """The reply's lines as the server sent them, rebuilt from aiosmtplib's parsed response.
+
+    aiosmtplib keeps no raw bytes: it joins each line's text (minus the 4-byte "250-" prefix,
+    stripped of surrounding blanks) with "\\n". The rebuild is exact for well-formed replies; lost
+    are trailing blanks, a code that differs between lines (RFC 5321 forbids it) and a bare
+    "250" without a space, which comes back as "250".
+    """
+    texts = response.message.split("\n")
+    last = len(texts) - 1
+    lines: list[str] = []
+    for i, text in enumerate(texts):
+        sep = " " if i == last else "-"
+        lines.append(f"{response.code}{sep}{text}" if text or sep == "-" else str(response.code))
+    return tuple(lines)
+
+
+def _format_seconds(seconds: float) -> str:
+    return f"{seconds:g}"
+
+
+def _describe_failure(exc: BaseException, timeout_s: float) -> str:
+    """A short, stable text for a reply that never came."""
+    if isinstance(exc, SMTPTimeoutError | TimeoutError):
+        return f"timed out after {_format_seconds(timeout_s)} s"
+    # aiosmtplib wraps the OSError it got; the cause says what actually happened.
+    chain: list[BaseException] = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 5:
+        chain.append(chain[-1].__cause__)
+    for link in chain:
+        if isinstance(link, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(link, ConnectionResetError):
+            return "connection reset by peer"
+    for link in chain:
+        if isinstance(link, SMTPServerDisconnected):
+            return "connection closed by server"
+    if isinstance(exc, SMTPConnectError):
+        return f"connection failed: {exc}"
+    if isinstance(exc, SMTPResponseException):
+        return f"unreadable reply: {exc.message}"
+    return f"connection lost: {exc}"
+
+
+class _Session:
+    def __init__(
+        self,
+        smtp: SMTP,
+        step: SmtpSessionStep,
+        transcript: Transcript,
+        clock: Callable[[], float],
+    ) -> None:
+        self.smtp = smtp
+        self.step = step
+        self.transcript = transcript
+        self.clock = clock
+
+    def record(self, command: str, sent: str | None, response: SMTPResponse) -> SMTPResponse:
+        self.transcript.exchanges.append(
+            Exchange(
+                hop=self.transcript.hop,
+                session=self.transcript.session,
+                command=command,
+                sent=sent,
+                code=response.code,
+                enhanced=parse_enhanced(response.message),
+                text=response.message,
+                lines=reply_lines(response),
+                at_s=self.clock(),
+            )
+        )
+        return response
+
+    def record_failure(self, command: str, sent: str | None, exc: BaseException) -> None:
+        self.transcript.exchanges.append(
+            Exchange(
+                hop=self.transcript.hop,
+                session=self.transcript.session,
+                command=command,
+                sent=sent,
+                code=None,
+                enhanced=None,
+                text=_describe_failure(exc, self.step.timeout_s),
+                at_s=self.clock(),
+            )
+        )
+
+    async def command(self, command: str, line: str) -> SMTPResponse:
+        """Send one command line and record its reply; raise _SessionOver when none can follow."""
+        verb, _, arg = line.partition(" ")
+        args = (verb.encode("ascii"), arg.encode("utf-8")) if arg else (verb.encode("ascii"),)
+        try:
+            response = await self.smtp.execute_command(*args, timeout=self.step.timeout_s)
+        except (SMTPServerDisconnected, SMTPTimeoutError, SMTPResponseException, ConnectionError) as exc:
+            # A timeout or garbled reply leaves the stream out of step: nothing after it could be
+            # paired with the right command, so the session ends here like a disconnect.
+            self.record_failure(command, line, exc)
+            self.smtp.close()
+            raise _SessionOver from exc
+        self.record(command, line, response)
+        if response.code == _CLOSING:
+            # aiosmtplib already closed the connection; RFC 5321 3.8: no QUIT after 421.
+            raise _SessionOver
+        return response
+
+    async def end_of_data(self, message_bytes: bytes) -> SMTPResponse:
+        """Send the message after the 354 and record the reply to the final dot.
+
+        This mirrors ``SMTPProtocol.execute_data_command`` after its DATA/354 half: write the
+        payload on the protocol and wait for one reply. The harness does its own dot-stuffing
+        (``data_payload``) so the bytes on the wire are the ones it can show and test.
+        """
+        protocol = self.smtp.protocol
+        try:
+            if protocol is None:
+                raise SMTPServerDisconnected("Server not connected")
+            protocol.write(data_payload(message_bytes))
+            response = await protocol.read_response(timeout=self.step.timeout_s)
+        except (SMTPServerDisconnected, SMTPTimeoutError, SMTPResponseException, ConnectionError) as exc:
+            self.record_failure("END-OF-DATA", ".", exc)
+            self.smtp.close()
+            raise _SessionOver from exc
+        self.record("END-OF-DATA", ".", response)
+        if response.code == _CLOSING:
+            # Going around SMTP.execute_command also skips its close-on-421.
+            self.smtp.close()
+            raise _SessionOver
+        return response
+
+    async def transaction(self, message_bytes: bytes) -> None:
+        step = self.step
+        ehlo = await self.command("EHLO", f"EHLO {step.ehlo}")
+        if ehlo.code // 100 == 5:
+            # RFC 5321 4.1.4: a server that rejects EHLO may still speak plain SMTP.
+            helo = await self.command("HELO", f"HELO {step.ehlo}")
+            if helo.code // 100 != 2:
+                return
+        elif ehlo.code // 100 != 2:
+            return
+
+        mail = await self.command("MAIL", f"MAIL FROM:<{step.mail_from}>")
+        if mail.code // 100 != 2:
+            return
+
+        accepted = 0
+        for rcpt in step.rcpt_to:
+            reply = await self.command("RCPT", f"RCPT TO:<{rcpt}>")
+            if reply.code // 100 == 2:
+                accepted += 1
+        if not accepted:
+            return
+
+        data = await self.command("DATA", "DATA")
+        if data.code != 354:
+            return
+        await self.end_of_data(message_bytes)
+
+    async def quit(self) -> None:
+        if not self.smtp.is_connected:
+            return
+        # After QUIT, aiosmtplib turns a close without reply into a synthetic "221" with empty text.
+        await self.command("QUIT", "QUIT")
+
+
+def _check_step(step: SmtpSessionStep) -> None:
+    values = {"ehlo": step.ehlo, "mail_from": step.mail_from}
+    values.update({f"rcpt_to[{i}]": r for i, r in enumerate(step.rcpt_to)})
+    for key, value in values.items():
+        if _CONTROL.search(value):
+            raise ScenarioError(step.mark.file, step.mark.line, step.mark.col,
+                                f"{key} contains a control character: {value!r}")
+    if not step.ehlo.strip() or any(c.isspace() for c in step.ehlo):
+        raise ScenarioError(step.mark.file, step.mark.line, step.mark.col,
+                            f"ehlo must be one non-empty word: {step.ehlo!r}")
+    if not step.ehlo.isascii():
+        raise ScenarioError(step.mark.file, step.mark.line, step.mark.col,
+                            f"ehlo must be ASCII: {step.ehlo!r}")
+
+
+async def run_session(
+    address: str,
+    port: int,
+    step: SmtpSessionStep,
+    *,
+    hop: str,
+    session: int,
+    clock: Callable[[], float],
+    message_bytes: bytes,
+    message_id: str,
+) -> Transcript:
+    """Run ``step`` against ``address:port`` and return every exchange.
+
+    ``clock`` gives seconds since the scenario started; ``Exchange.at_s`` is taken when the reply
+    (or the failure) arrived. Each wait (connect, greeting, every reply) is bounded by
+    ``step.timeout_s``. Stages never reached simply have no exchange. Raises only ScenarioError,
+    for step values that cannot be put on a command line, before connecting.
+    """
+    _check_step(step)
+    transcript = Transcript(hop=hop, session=session, message_id=message_id, message_bytes=message_bytes)
+    smtp = SMTP(
+        hostname=address,
+        port=port,
+        local_hostname=step.ehlo,
+        timeout=step.timeout_s,
+        # start_tls=None (the default) would STARTTLS on its own whenever offered.
+        use_tls=False,
+        start_tls=False,
+    )
+    run = _Session(smtp, step, transcript, clock)
+    try:
+        try:
+            greeting = await smtp.connect()
+        except SMTPConnectResponseError as exc:
+            # Must precede SMTPConnectError (its base): this one carries the server's reply. The
+            # server closes after a non-220 greeting and aiosmtplib has closed its side already.
+            run.record("CONNECT", None, SMTPResponse(exc.code, exc.message))
+            return transcript
+        except (SMTPTimeoutError, SMTPConnectError, SMTPServerDisconnected, SMTPResponseException) as exc:
+            # SMTPResponseException here is a greeting aiosmtplib could not parse.
+            run.record_failure("CONNECT", None, exc)
+            return transcript
+        run.record("CONNECT", None, greeting)
+
+        try:
+            await run.transaction(message_bytes)
+            await run.quit()
+        except _SessionOver:
+            pass
+    finally:
+        # Also on cancellation: never leave the socket to the garbage collector.
+        smtp.close()
+    return transcript

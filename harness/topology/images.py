@@ -1,0 +1,215 @@
+"""Images with no registry: a base image made by debootstrap when it cannot be pulled, and images
+rebuilt only when their build context changed (a content hash in the tag)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.errors import APIError, BuildError, DockerException, ImageNotFound
+
+from harness.errors import ImageBuildError
+from harness.report.progress import Progress
+
+DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
+DEBOOTSTRAP_IMAGE = "mailflow-harness/debian:bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+IMAGE_PREFIX = "mailflow-harness"
+HASH_LABEL = "mailflow-harness.context-hash"
+
+
+
+def role_dockerfile(config_target: str) -> str:
+    """The image a role runs: the MTA's image with the role's configuration directory copied over its own."""
+    return f"ARG MTA_IMAGE\nFROM ${{MTA_IMAGE}}\nCOPY . {config_target}\n"
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Files (relative path -> absolute path) plus an optional generated Dockerfile."""
+
+    files: tuple[tuple[str, Path], ...]
+    dockerfile: str | None = None
+
+    @classmethod
+    def from_dir(cls, root: Path, *, exclude_dirs: Iterable[str] = (), dockerfile: str | None = None
+                 ) -> BuildContext:
+        excluded = set(exclude_dirs)
+        files: list[tuple[str, Path]] = []
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if rel.parts[0] in excluded or not path.is_file() or "__pycache__" in rel.parts:
+                continue
+            files.append((rel.as_posix(), path))
+        return cls(tuple(files), dockerfile)
+
+    def digest(self, *extra: str) -> str:
+        h = hashlib.sha256()
+        for rel, path in self.files:
+            h.update(rel.encode() + b"\0")
+            h.update(oct(path.stat().st_mode & 0o777).encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+        if self.dockerfile is not None:
+            h.update(b"Dockerfile\0" + self.dockerfile.encode())
+        for item in extra:
+            h.update(b"\0" + item.encode())
+        return h.hexdigest()[:16]
+
+    def tar(self) -> io.BytesIO:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for rel, path in self.files:
+                tar.add(str(path), arcname=rel, recursive=False)
+            if self.dockerfile is not None:
+                data = self.dockerfile.encode()
+                info = tarfile.TarInfo("Dockerfile")
+                info.size = len(data)
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(data))
+        buf.seek(0)
+        return buf
+
+
+class ImageStore:
+    """Builds and caches the harness's images on one engine."""
+
+    def __init__(self, client: docker.DockerClient, progress: Progress, compose_dir: Path,
+                 base_image: str | None = None) -> None:
+        self._client = client
+        self._progress = progress
+        self._compose = compose_dir
+        self._requested_base = base_image or os.environ.get("MAILFLOW_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+        self._base: str | None = None
+        self._built: dict[str, str] = {}
+
+    # -- base image ---------------------------------------------------------------------------------
+    def base_image(self) -> str:
+        if self._base is None:
+            self._base = self._resolve_base()
+        return self._base
+
+    def _has(self, ref: str) -> bool:
+        try:
+            self._client.images.get(ref)
+            return True
+        except ImageNotFound:
+            return False
+
+    def _resolve_base(self) -> str:
+        wanted = self._requested_base
+        if self._has(wanted):
+            return wanted
+        try:
+            with self._progress.task(f"pulling base image {wanted}"):
+                self._client.images.pull(wanted)
+            return wanted
+        except DockerException as exc:
+            if wanted != DEFAULT_BASE_IMAGE:
+                raise ImageBuildError(
+                    f"base image {wanted} is not available locally and cannot be pulled: {exc}") from exc
+            self._progress.line(f"base image {wanted} cannot be pulled ({_first_line(exc)})")
+        if self._has(DEBOOTSTRAP_IMAGE):
+            self._progress.line(f"using {DEBOOTSTRAP_IMAGE}, made earlier by debootstrap, as the base image")
+            return DEBOOTSTRAP_IMAGE
+        self._debootstrap()
+        return DEBOOTSTRAP_IMAGE
+
+    def _debootstrap(self) -> None:
+        if shutil.which("debootstrap") is None:
+            if os.geteuid() != 0:
+                raise ImageBuildError(
+                    f"base image {DEFAULT_BASE_IMAGE} cannot be pulled and debootstrap is not installed: "
+                    "install debootstrap (as root) or make the image available"
+                )
+            with self._progress.task("installing debootstrap with apt-get"):
+                _check_run(["apt-get", "install", "-y", "-qq", "debootstrap"])
+        with (self._progress.task(f"making {DEBOOTSTRAP_IMAGE} with debootstrap + docker import (about 45 s)"),
+              tempfile.TemporaryDirectory(prefix="mailflow-rootfs-") as tmp):
+            root = Path(tmp) / "rootfs"
+            _check_run(["debootstrap", "--variant=minbase", "bookworm", str(root), DEBIAN_MIRROR])
+            archive = Path(tmp) / "rootfs.tar"
+            _check_run(["tar", "-C", str(root), "-cf", str(archive), "."])
+            repo, tag = DEBOOTSTRAP_IMAGE.split(":")
+            try:
+                self._client.api.import_image_from_file(str(archive), repository=repo, tag=tag)
+            except DockerException as exc:
+                raise ImageBuildError(f"docker import of the debootstrap root file system failed: {exc}") from exc
+
+    # -- images from compose/ ---------------------------------------------------------------------
+    def image(self, name: str, *, exclude_dirs: Iterable[str] = ()) -> str:
+        """The image built from ``compose/<name>/`` (role configuration directories excluded)."""
+        key = f"image:{name}"
+        if key not in self._built:
+            context_dir = self._compose / name
+            if not (context_dir / "Dockerfile").is_file():
+                raise ImageBuildError(f"no Dockerfile in {context_dir}")
+            context = BuildContext.from_dir(context_dir, exclude_dirs=exclude_dirs)
+            base = self.base_image()
+            self._built[key] = self._build(f"{IMAGE_PREFIX}/{name}", context, {"BASE_IMAGE": base},
+                                           base_id=self._image_id(base))
+        return self._built[key]
+
+    def role_image(self, mta: str, role: str, config_dir: Path, mta_image: str, config_target: str) -> str:
+        """The MTA image with ``config_dir`` copied over its configuration."""
+        key = f"role:{mta_image}:{config_dir.resolve()}"
+        if key not in self._built:
+            if not config_dir.is_dir():
+                raise ImageBuildError(f"configuration directory {config_dir} for role {role} does not exist")
+            context = BuildContext.from_dir(config_dir, dockerfile=role_dockerfile(config_target))
+            self._built[key] = self._build(f"{IMAGE_PREFIX}/{mta}-{role}", context, {"MTA_IMAGE": mta_image},
+                                           base_id=mta_image)
+        return self._built[key]
+
+    def _image_id(self, ref: str) -> str:
+        return str(self._client.images.get(ref).id)
+
+    def _build(self, repo: str, context: BuildContext, buildargs: dict[str, str], *, base_id: str) -> str:
+        digest = context.digest(base_id, *sorted(f"{k}={v}" for k, v in buildargs.items()))
+        tag = f"{repo}:{digest}"
+        if self._has(tag):
+            return tag
+        with self._progress.task(f"building image {tag}"):
+            try:
+                self._stream_build(context, tag, buildargs, digest)
+            except (BuildError, APIError) as exc:
+                raise ImageBuildError(f"building {tag} failed: {exc}") from exc
+        return tag
+
+    def _stream_build(self, context: BuildContext, tag: str, buildargs: dict[str, str], digest: str) -> None:
+        log: list[str] = []
+        stream: Iterable[dict[str, Any]] = self._client.api.build(
+            fileobj=context.tar(), custom_context=True, tag=tag, buildargs=buildargs, rm=True, forcerm=True,
+            decode=True, labels={HASH_LABEL: digest},
+        )
+        for chunk in stream:
+            if "error" in chunk:
+                tail = "\n".join(log[-20:])
+                raise ImageBuildError(f"building {tag} failed: {chunk['error'].strip()}\n{tail}")
+            text = str(chunk.get("stream", "")).rstrip()
+            if not text:
+                continue
+            log.extend(text.splitlines())
+            if text.startswith("Step "):
+                self._progress.line(f"  {tag}: {text[:100]}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+
+
+def _check_run(argv: list[str]) -> None:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise ImageBuildError(f"`{' '.join(argv[:3])} ...` failed with exit code {done.returncode}:\n{tail}")

@@ -1,0 +1,112 @@
+"""Labels on everything the harness creates, and cleanup by label: the fallback when a process died."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import docker
+from docker.errors import APIError, NotFound
+
+RUN_LABEL = "mailflow-harness.run"
+PID_LABEL = "mailflow-harness.pid"
+MACHINE_LABEL = "mailflow-harness.machine"
+KEEP_LABEL = "mailflow-harness.keep"
+ROLE_LABEL = "mailflow-harness.role"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def run_labels(run_id: str, *, keep: bool = False) -> dict[str, str]:
+    return {
+        RUN_LABEL: run_id,
+        PID_LABEL: str(os.getpid()),
+        MACHINE_LABEL: socket.gethostname(),
+        KEEP_LABEL: "1" if keep else "0",
+    }
+
+
+@dataclass(frozen=True)
+class RunLeftovers:
+    run_id: str
+    pid: int | None
+    machine: str
+    kept: bool
+    containers: tuple[str, ...]
+    networks: tuple[str, ...]
+
+    def owner_gone(self) -> bool:
+        """True when the process that made this run is known to be gone (same machine, pid not alive)."""
+        if self.machine != socket.gethostname() or self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+def list_runs(client: docker.DockerClient) -> list[RunLeftovers]:
+    by_run: dict[str, dict[str, object]] = defaultdict(dict)
+    containers: dict[str, list[str]] = defaultdict(list)
+    networks: dict[str, list[str]] = defaultdict(list)
+    for c in client.containers.list(all=True, filters={"label": RUN_LABEL}):
+        run = c.labels[RUN_LABEL]
+        by_run[run].update(c.labels)
+        containers[run].append(c.id)
+    for n in client.networks.list(filters={"label": RUN_LABEL}):
+        labels = n.attrs.get("Labels") or {}
+        run = labels[RUN_LABEL]
+        by_run[run].update(labels)
+        networks[run].append(n.id)
+    runs = []
+    for run, labels in sorted(by_run.items()):
+        pid_text = str(labels.get(PID_LABEL, ""))
+        runs.append(RunLeftovers(
+            run_id=run,
+            pid=int(pid_text) if pid_text.isdigit() else None,
+            machine=str(labels.get(MACHINE_LABEL, "")),
+            kept=labels.get(KEEP_LABEL) == "1",
+            containers=tuple(containers[run]),
+            networks=tuple(networks[run]),
+        ))
+    return runs
+
+
+def remove_run(client: docker.DockerClient, run_id: str) -> int:
+    """Remove every container, then every network, labelled with ``run_id``; return how many."""
+    removed = 0
+    for c in client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}):
+        try:
+            c.remove(force=True, v=True)
+            removed += 1
+        except NotFound:
+            pass
+        except APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise
+    for n in client.networks.list(filters={"label": f"{RUN_LABEL}={run_id}"}):
+        try:
+            n.remove()
+            removed += 1
+        except NotFound:
+            pass
+    return removed
+
+
+def reap_abandoned(client: docker.DockerClient) -> list[str]:
+    """Remove what runs whose process is gone left behind; kept topologies (`harness up`) stay."""
+    reaped = []
+    for run in list_runs(client):
+        if not run.kept and run.owner_gone():
+            remove_run(client, run.run_id)
+            reaped.append(run.run_id)
+    return reaped

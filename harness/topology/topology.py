@@ -1,0 +1,259 @@
+"""The standard topology: one internal network per run, a DNS container and the MTA roles, each on
+a static address so zones can be rendered before anything starts."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import random
+import tarfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+from docker.errors import APIError, DockerException, NotFound
+from docker.types import EndpointConfig, IPAMConfig, IPAMPool
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
+
+from harness.errors import InfrastructureError
+from harness.report.progress import Progress
+from harness.topology.images import ImageStore
+from harness.topology.labels import ROLE_LABEL, remove_run, run_labels
+from harness.topology.mta import IMPLEMENTATIONS, MtaImplementation
+from harness.topology.readiness import wait_for_greeting
+
+DNS_ROLE = "dns"
+# Host part of each role's address in the run's /24; the gateway (.1) is where the scenario client appears.
+HOST_OFFSETS = {DNS_ROLE: 2, "mx": 10, "relay": 11, "nomail": 12}
+# Private /24s for run networks: 172.28.0.0/14 is rarely routed on a LAN, and the engine refuses
+# overlaps with its other networks, so two runs at once simply pick again.
+SUBNET_POOL = ipaddress.IPv4Network("172.28.0.0/14")
+READY_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    role: str
+    hostname: str
+    mta: MtaImplementation | None  # None for the dns role
+    config_dir: Path | None
+
+
+@dataclass(frozen=True)
+class TopologyPlan:
+    hosts: tuple[HostPlan, ...]
+
+    def roles(self) -> tuple[str, ...]:
+        return tuple(h.role for h in self.hosts)
+
+
+@dataclass(frozen=True)
+class ZoneSetup:
+    """What the dns container serves: file name -> content, under /etc/nsd/harness/."""
+
+    files: Mapping[str, str]
+    probe_zone: str  # a zone whose SOA tells the server is answering
+
+
+def standard_plan(compose_dir: Path, hostnames: Mapping[str, str], *, mta: str = "postfix",
+                  overrides: Mapping[str, Path] | None = None) -> TopologyPlan:
+    impl = IMPLEMENTATIONS[mta]
+    overrides = overrides or {}
+    hosts = [HostPlan(DNS_ROLE, hostnames[DNS_ROLE], None, None)]
+    for role in impl.roles:
+        hosts.append(HostPlan(role, hostnames[role], impl,
+                              overrides.get(role) or impl.default_config(compose_dir, role)))
+    return TopologyPlan(tuple(hosts))
+
+
+@dataclass
+class Host:
+    role: str
+    hostname: str
+    address: str
+    image: str
+    mta: str | None
+    container: DockerContainer
+
+    @property
+    def container_id(self) -> str:
+        return str(self.container.get_wrapped_container().id)
+
+    def logs(self, tail: int = 30) -> str:
+        try:
+            raw = self.container.get_wrapped_container().logs(tail=tail)
+            return bytes(raw).decode("utf-8", "replace")
+        except DockerException as exc:
+            return f"(logs unavailable: {exc})"
+
+    def read_tree(self, path: str) -> dict[str, bytes]:
+        """Every regular file under ``path`` in the container (one API call, no exec)."""
+        try:
+            stream, _ = self.container.get_wrapped_container().get_archive(path)
+        except NotFound:
+            return {}
+        data = b"".join(stream)
+        files: dict[str, bytes] = {}
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    extracted = tar.extractfile(member)
+                    if extracted is not None:
+                        files[member.name] = extracted.read()
+        return files
+
+
+@dataclass
+class Topology:
+    """A running topology. ``destroy()`` removes everything it created (also found by label)."""
+
+    client: docker.DockerClient
+    run_id: str
+    network_name: str
+    subnet: ipaddress.IPv4Network
+    hosts: dict[str, Host] = field(default_factory=dict)
+    kept: bool = False
+
+    @property
+    def gateway(self) -> str:
+        return str(self.subnet.network_address + 1)
+
+    def address(self, role: str) -> str:
+        return self.hosts[role].address
+
+    def destroy(self) -> None:
+        try:
+            remove_run(self.client, self.run_id)
+        except DockerException as exc:
+            raise InfrastructureError(f"could not remove run {self.run_id}: {exc}") from exc
+
+
+def plan_addresses(plan: TopologyPlan, subnet: ipaddress.IPv4Network) -> dict[str, str]:
+    addresses = {}
+    extra = 20
+    for host in plan.hosts:
+        offset = HOST_OFFSETS.get(host.role)
+        if offset is None:
+            offset, extra = extra, extra + 1
+        addresses[host.role] = str(subnet.network_address + offset)
+    return addresses
+
+
+def build_images(images: ImageStore, plan: TopologyPlan) -> dict[str, str]:
+    """The image each role runs; built (or found by content hash) before anything starts."""
+    result = {DNS_ROLE: images.image("dns")}
+    for host in plan.hosts:
+        if host.mta is None or host.config_dir is None:
+            continue
+        mta_image = images.image(host.mta.name, exclude_dirs=host.mta.roles)
+        result[host.role] = images.role_image(host.mta.name, host.role, host.config_dir, mta_image,
+                                              host.mta.config_target)
+    return result
+
+
+def _create_network(client: docker.DockerClient, run_id: str, labels: dict[str, str]
+                    ) -> tuple[Network, ipaddress.IPv4Network]:
+    subnets: list[ipaddress.IPv4Network] = [
+        s for s in SUBNET_POOL.subnets(new_prefix=24) if isinstance(s, ipaddress.IPv4Network)]
+    for _ in range(20):
+        subnet = random.choice(subnets)
+        network = Network(docker_network_kw={
+            "driver": "bridge",
+            "internal": True,  # nothing inside can reach anything outside the run
+            "labels": labels,
+            "ipam": IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet), gateway=str(subnet.network_address + 1))]),
+        })
+        network.name = f"mailflow-{run_id}"
+        try:
+            network.create()
+            return network, subnet
+        except APIError as exc:
+            if "overlap" in str(exc).lower():
+                continue
+            raise InfrastructureError(f"could not create network {network.name}: {exc}") from exc
+    raise InfrastructureError("could not find a free /24 for the run's network in 172.28.0.0/14 (20 tries)")
+
+
+def start_topology(
+    client: docker.DockerClient,
+    plan: TopologyPlan,
+    images: Mapping[str, str],
+    zones: Callable[[Mapping[str, str]], ZoneSetup],
+    wait_dns: Callable[[str, str], None],
+    *,
+    run_id: str,
+    progress: Progress,
+    keep: bool = False,
+) -> Topology:
+    """Create the network, start dns, wait for it, then start the MTAs in parallel and wait for their
+    greetings. On any failure everything created so far is removed before the error propagates."""
+    labels = run_labels(run_id, keep=keep)
+    try:
+        network, subnet = _create_network(client, run_id, labels)
+    except DockerException as exc:
+        raise InfrastructureError(f"could not create the run's network: {exc}") from exc
+    topology = Topology(client, run_id, network.name, subnet, kept=keep)
+    addresses = plan_addresses(plan, subnet)
+    try:
+        dns_plan = next(h for h in plan.hosts if h.role == DNS_ROLE)
+        setup = zones(addresses)
+        dns_host = _container(network, dns_plan, images[DNS_ROLE], addresses[DNS_ROLE], labels, dns=None)
+        for name, text in setup.files.items():
+            dns_host.container.with_copy_into_container(text.encode(), f"/etc/nsd/harness/{name}")
+        dns_host.container.start()
+        topology.hosts[DNS_ROLE] = dns_host
+        wait_dns(addresses[DNS_ROLE], setup.probe_zone)
+
+        mtas = [h for h in plan.hosts if h.role != DNS_ROLE]
+        started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=addresses[DNS_ROLE])
+                   for h in mtas]
+        for host in started:
+            topology.hosts[host.role] = host
+
+        def start_one(host: Host) -> float:
+            host.container.start()
+            plan_host = next(h for h in mtas if h.role == host.role)
+            assert plan_host.mta is not None
+            return wait_for_greeting(host.address, plan_host.mta.ready_code(host.role),
+                                     what=f"{host.role} ({host.hostname})", timeout_s=READY_TIMEOUT_S,
+                                     logs=host.logs)
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
+            list(pool.map(start_one, started))
+        progress.line(f"run {run_id}: {len(started)} MTAs greeting after {time.monotonic() - t0:.1f}s")
+        return topology
+    except BaseException:
+        with contextlib.suppress(InfrastructureError):
+            topology.destroy()
+        raise
+
+
+def _container(network: Network, plan: HostPlan, image: str, address: str, labels: dict[str, str],
+               *, dns: str | None) -> Host:
+    kwargs: dict[str, object] = {
+        "labels": {**labels, ROLE_LABEL: plan.role},
+        "hostname": plan.hostname,
+        "networking_config": {network.name: EndpointConfig("1.41", aliases=[plan.role, plan.hostname],
+                                                           ipv4_address=address)},
+    }
+    if dns is not None:
+        kwargs["dns"] = [dns]
+    container = (DockerContainer(image, name=f"mailflow-{labels['mailflow-harness.run']}-{plan.role}")
+                 .with_network(network)
+                 .with_kwargs(**kwargs))
+    return Host(plan.role, plan.hostname, address, image, plan.mta.name if plan.mta else None, container)
+
+
+def describe(topology: Topology) -> list[dict[str, str]]:
+    return [{"role": h.role, "hostname": h.hostname, "address": h.address, "container": h.container_id[:12],
+             "image": h.image} for h in topology.hosts.values()]
+
+
+def roles_in(plan: TopologyPlan) -> Sequence[str]:
+    return plan.roles()

@@ -1,0 +1,174 @@
+"""The `harness` command on real containers: exit codes, failure output, cleanup, up/down."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from harness.topology.labels import PID_LABEL, RUN_LABEL, list_runs, reap_abandoned
+
+from .conftest import COMPOSE, ROOT
+
+
+def harness(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", "--compose", str(COMPOSE), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+WRONG_354 = """\
+name: expects 250 where mx says 354
+description: a deliberately wrong expectation; the run must fail and show what was observed
+steps:
+  - smtp:
+      host: mx
+      mail_from: alice@origin.test
+      rcpt_to: bob@example.test
+      expect:
+        data: 250
+"""
+
+WRONG_GREETING = """\
+name: expects 220 from the 521 host
+description: deliberately wrong; later stages must be reported as not reached, never as passed
+steps:
+  - smtp:
+      host: nomail
+      mail_from: alice@origin.test
+      rcpt_to: a@sendonly.test
+      expect:
+        connect: 220
+        rcpt: 250
+"""
+
+
+def test_wrong_data_expectation_fails_with_exit_1_and_shows_the_354(engine: docker.DockerClient,
+                                                                   tmp_path: Path) -> None:
+    scenario = tmp_path / "wrong.yaml"
+    scenario.write_text(WRONG_354)
+    out = tmp_path / "results.json"
+    junit = tmp_path / "junit.xml"
+    done = harness("run", str(scenario), "--json", str(out), "--junit", str(junit))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL" in done.stdout
+    # The failing transcript marks the DATA reply, which was the real 354.
+    marked = [line for line in done.stdout.splitlines() if "<<< expected 250" in line]
+    assert marked and "354" in marked[0], done.stdout
+    assert f"{scenario}:10:" in done.stdout  # the expectation's file:line
+    doc = json.loads(out.read_text())
+    (result,) = doc["scenarios"]
+    assert result["status"] == "failed"
+    (failure,) = result["failures"]
+    assert failure["stage"] == "DATA" and failure["expected"] == "250" and failure["observed"].startswith("354")
+    data = next(e for e in result["exchanges"] if e["command"] == "DATA")
+    assert data == {**data, "hop": "client->mx", "session": 1, "code": 354}
+    assert "<failure" in junit.read_text()
+
+
+def test_not_reached_stages_fail(engine: docker.DockerClient, tmp_path: Path) -> None:
+    scenario = tmp_path / "greeting.yaml"
+    scenario.write_text(WRONG_GREETING)
+    out = tmp_path / "r.json"
+    done = harness("run", str(scenario), "--json", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    failures = json.loads(out.read_text())["scenarios"][0]["failures"]
+    by_stage = {f["stage"]: f for f in failures}
+    assert by_stage["CONNECT"]["observed"].startswith("521")
+    assert by_stage["RCPT <a@sendonly.test>"]["observed"].startswith("not reached")
+
+
+def test_bad_scenario_exits_2_before_any_container(engine: docker.DockerClient, tmp_path: Path) -> None:
+    scenario = tmp_path / "bad.yaml"
+    scenario.write_text("name: x\ndescription: y\nsteps:\n  - smtp:\n      host: mx\n      rcpt_to: a@b\n")
+    before = len(list_runs(engine))
+    done = harness("run", str(scenario))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"harness: {scenario}:5:7: "), done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(list_runs(engine)) == before
+
+
+SLOW = """\
+name: slow
+description: waits long enough to be interrupted
+steps:
+  - smtp: {host: mx, mail_from: a@origin.test, rcpt_to: b@example.test}
+  - no_delivery: {host: relay, within: 60}
+"""
+
+
+def _own_objects(client: docker.DockerClient, pid: int) -> int:
+    label = f"{PID_LABEL}={pid}"
+    return (len(client.containers.list(all=True, filters={"label": label}))
+            + len(client.networks.list(filters={"label": label})))
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_removes_everything(engine: docker.DockerClient, tmp_path: Path, sig: int, code: int) -> None:
+    scenario = tmp_path / "slow.yaml"
+    scenario.write_text(SLOW)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "--compose", str(COMPOSE), "run", str(scenario)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _own_objects(engine, proc.pid) < 5 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        assert _own_objects(engine, proc.pid) >= 5, "the run never started its containers"
+        time.sleep(1.5)  # inside the no_delivery wait now
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    assert _own_objects(engine, proc.pid) == 0
+    assert "Traceback" not in err
+
+
+def test_leftovers_of_a_dead_process_are_reaped(engine: docker.DockerClient) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    labels = {RUN_LABEL: "test-abandoned-" + str(dead.pid), PID_LABEL: str(dead.pid),
+              "mailflow-harness.machine": os.uname().nodename, "mailflow-harness.keep": "0"}
+    kept = {**labels, RUN_LABEL: "test-kept-" + str(dead.pid), "mailflow-harness.keep": "1"}
+    net = engine.networks.create(f"mailflow-test-abandoned-{dead.pid}", internal=True, labels=labels)
+    kept_net = engine.networks.create(f"mailflow-test-kept-{dead.pid}", internal=True, labels=kept)
+    try:
+        reaped = reap_abandoned(engine)
+        assert labels[RUN_LABEL] in reaped
+        assert kept[RUN_LABEL] not in reaped
+        assert not engine.networks.list(filters={"label": f"{RUN_LABEL}={labels[RUN_LABEL]}"})
+        assert engine.networks.list(filters={"label": f"{RUN_LABEL}={kept[RUN_LABEL]}"})
+    finally:
+        for n in (net, kept_net):
+            with contextlib.suppress(docker.errors.NotFound):
+                n.remove()
+
+
+def test_up_then_down(engine: docker.DockerClient) -> None:
+    from harness.topology.readiness import read_greeting
+
+    done = harness("up", "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    run_id = info["run_id"]
+    try:
+        roles = {h["role"]: h for h in info["hosts"]}
+        assert set(roles) == {"dns", "mx", "relay", "nomail"}
+        assert read_greeting(roles["mx"]["address"])[0] == 220
+        assert read_greeting(roles["nomail"]["address"])[0] == 521
+        # A later run must not reap a kept topology.
+        assert run_id not in reap_abandoned(engine)
+    finally:
+        down = harness("down", "--run", run_id)
+    assert down.returncode == 0, down.stderr
+    assert not engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
