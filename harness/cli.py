@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -12,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from harness.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HarnessError, UsageError
+from harness.errors import EXIT_USAGE, HarnessError
 
 DESCRIPTION = """\
 Run mail-flow scenarios against real MTAs and a real DNS server in containers.
@@ -46,15 +45,21 @@ def _default_compose_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "compose"
 
 
+def _common_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """Accepted before or after the subcommand; after it, they only override when given."""
+    parser.add_argument("--compose", type=Path, default=default, metavar="DIR",
+                        help="directory with the Dockerfiles and role configurations (default: ./compose)")
+    parser.add_argument("--base-image", default=default, metavar="IMAGE",
+                        help="base image for all images (default: debian:bookworm-slim, or one made with "
+                             "debootstrap when it cannot be pulled)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default if default is not None else False,
+                        help="no progress lines on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compose", type=Path, default=None, metavar="DIR",
-                        help="directory with the Dockerfiles and role configurations (default: ./compose)")
-    parser.add_argument("--base-image", default=None, metavar="IMAGE",
-                        help="base image for all images (default: debian:bookworm-slim, or one made with "
-                             "debootstrap when it cannot be pulled)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    _common_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run scenarios and report", description="Run scenario files (or "
@@ -80,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="list the harness's runs on this engine")
     sub.add_parser("images", help="make sure the engine answers and build every image")
     sub.add_parser("schema", help="print the scenario JSON Schema (for editors)")
+    for subparser in sub.choices.values():
+        _common_options(subparser, argparse.SUPPRESS)
     return parser
 
 
@@ -103,5 +110,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"harness: {what}; removed {cleaned} container(s)/network(s) of this process", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
 
-
-__all__ = ["EXIT_FAILED", "EXIT_OK", "UsageError", "build_parser", "json", "main"]

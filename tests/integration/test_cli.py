@@ -62,7 +62,7 @@ def test_wrong_data_expectation_fails_with_exit_1_and_shows_the_354(engine: dock
     # The failing transcript marks the DATA reply, which was the real 354.
     marked = [line for line in done.stdout.splitlines() if "<<< expected 250" in line]
     assert marked and "354" in marked[0], done.stdout
-    assert f"{scenario}:10:" in done.stdout  # the expectation's file:line
+    assert f"{scenario}:9:15:" in done.stdout  # the expectation's file:line:col
     doc = json.loads(out.read_text())
     (result,) = doc["scenarios"]
     assert result["status"] == "failed"
@@ -172,3 +172,18 @@ def test_up_then_down(engine: docker.DockerClient) -> None:
         down = harness("down", "--run", run_id)
     assert down.returncode == 0, down.stderr
     assert not engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+
+
+def test_two_runs_at_once_do_not_collide(engine: docker.DockerClient, tmp_path: Path) -> None:
+    scenario = str(ROOT / "scenarios" / "01-direct-354.yaml")
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    procs = [subprocess.Popen([sys.executable, "-m", "harness", "-q", "--compose", str(COMPOSE), "run", scenario,
+                               "--json", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for out in outs]
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    run_ids = {json.loads(out.read_text())["scenarios"][0]["run_id"] for out in outs}
+    assert len(run_ids) == 2
+    for run_id in run_ids:
+        assert not engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
