@@ -15,8 +15,8 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (python dependencies)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@# pip's output goes to a log, shown only when it fails: its warnings would bury what matters.
+	@$(BIN)/python -m pip install -q -e '.[dev]' > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	@touch $@
 
 venv: $(STAMP) ## create .venv with the harness and its dependencies

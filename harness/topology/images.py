@@ -109,18 +109,19 @@ class ImageStore:
         wanted = self._requested_base
         if self._has(wanted):
             return wanted
+        # Made by an earlier run: no registry round trip on every run of a machine without one.
+        if wanted == DEFAULT_BASE_IMAGE and self._has(DEBOOTSTRAP_IMAGE):
+            return DEBOOTSTRAP_IMAGE
         try:
             with self._progress.task(f"pulling base image {wanted}"):
                 self._client.images.pull(wanted)
             return wanted
         except DockerException as exc:
+            reason = _reason(exc)
             if wanted != DEFAULT_BASE_IMAGE:
                 raise ImageBuildError(
-                    f"base image {wanted} is not available locally and cannot be pulled: {exc}") from exc
-            self._progress.line(f"base image {wanted} cannot be pulled ({_first_line(exc)})")
-        if self._has(DEBOOTSTRAP_IMAGE):
-            self._progress.line(f"using {DEBOOTSTRAP_IMAGE}, made earlier by debootstrap, as the base image")
-            return DEBOOTSTRAP_IMAGE
+                    f"base image {wanted} is not available locally and cannot be pulled: {reason}") from exc
+            self._progress.line(f"base image {wanted} cannot be pulled ({reason}): making an equivalent one")
         self._debootstrap()
         return DEBOOTSTRAP_IMAGE
 
@@ -203,8 +204,9 @@ class ImageStore:
                 self._progress.line(f"  {tag}: {text[:100]}")
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+def _reason(exc: DockerException) -> str:
+    text = str(getattr(exc, "explanation", None) or exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def _check_run(argv: list[str]) -> None:
