@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scenario files or directories (default: scenarios/)")
     run.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
     run.add_argument("--junit", type=Path, metavar="FILE", help="write results as JUnit XML")
+    run.add_argument("--mta", default=None, metavar="LIST",
+                     help="comma-separated MTA implementations to run each scenario on (postfix, exim, "
+                          "opensmtpd; default: postfix). A scenario's own `mta:` list narrows it further")
+    run.add_argument("--matrix", action="store_true",
+                     help="run on every implementation (unless --mta) and print the who-replied-what matrix")
     run.add_argument("--keep", choices=["never", "on-failure", "always"], default="never",
                      help="keep a scenario's containers after it ends, for debugging (remove with `harness down`)")
 

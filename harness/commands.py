@@ -64,10 +64,16 @@ def cmd_run(args: argparse.Namespace, progress: Progress) -> int:
     if not scenarios:
         raise UsageError("no scenario files found in " + ", ".join(str(p) for p in args.paths))
     ctx = _context(args, progress, keep=args.keep)
-    progress.line(f"running {len(scenarios)} scenario(s)")
-    results = run_all(ctx, scenarios, on_result=lambda r: print_result(r, sys.stdout))
+    mtas = _selected_mtas(args, ctx.compose_dir)
+    progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}")
+    results = run_all(ctx, scenarios, on_result=lambda r: print_result(r, sys.stdout), mtas=mtas)
     print()
     print(summary_table(results))
+    if args.matrix:
+        from harness.report.matrix import matrix_text
+
+        print()
+        print(matrix_text(results, mtas))
     if args.json:
         write_json(results, args.json)
     if args.junit:
@@ -77,6 +83,22 @@ def cmd_run(args: argparse.Namespace, progress: Progress) -> int:
     if any(r.status == FAILED for r in results):
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _selected_mtas(args: argparse.Namespace, compose: Path) -> list[str]:
+    from harness.topology.mta import IMPLEMENTATIONS, available
+
+    if args.mta:
+        names = [m.strip() for m in args.mta.split(",") if m.strip()]
+        unknown = [m for m in names if m not in IMPLEMENTATIONS]
+        if unknown:
+            raise UsageError(f"unknown MTA implementation(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(IMPLEMENTATIONS)})")
+        missing = [m for m in names if m not in available(compose)]
+        if missing:
+            raise UsageError(f"no image directory for {', '.join(missing)} in {compose}")
+        return names
+    return available(compose) if args.matrix else ["postfix"]
 
 
 def cmd_images(args: argparse.Namespace, progress: Progress) -> int:

@@ -1,4 +1,5 @@
-"""From a scenario to what must run: the topology plan and the zones the dns container serves."""
+"""From a scenario and the implementation under test to what must run: the topology plan and the
+zones the dns container serves."""
 
 from __future__ import annotations
 
@@ -8,37 +9,69 @@ from pathlib import Path
 
 from harness.dns.zones import (
     ROLE_HOSTNAMES,
+    STANDARD_MARK,
     ResolvedRecord,
     nsd_zones_conf,
     render_zones,
     resolve_records,
     standard_records,
 )
-from harness.scenario.model import Scenario
-from harness.topology.topology import DNS_ROLE, TopologyPlan, ZoneSetup, standard_plan
+from harness.scenario.model import DnsRecord, Scenario
+from harness.topology.topology import DNS_ROLE, RoleChange, TopologyPlan, ZoneSetup, standard_plan
 
 
 @dataclass
 class ScenarioPlan:
     scenario: Scenario | None
+    mta: str
     topology: TopologyPlan
     # Filled when addresses are known (just before the dns container starts).
     records: list[ResolvedRecord] = field(default_factory=list)
-    declared: list[ResolvedRecord] = field(default_factory=list)
+
+    def hostname(self, role: str) -> str:
+        return next(h.hostname for h in self.topology.hosts if h.role == role)
 
     def zone_setup(self, addresses: Mapping[str, str]) -> ZoneSetup:
         extra = list(self.scenario.dns) if self.scenario else []
-        self.records = resolve_records([*standard_records(addresses), *extra], addresses)
-        self.declared = self.records
+        # Roles a scenario adds get an A record under hosts.test, so MX records can name them.
+        added = [DnsRecord(f"{h.hostname}.", "A", None, h.role, 60, STANDARD_MARK)
+                 for h in self.topology.hosts if h.role not in ROLE_HOSTNAMES]
+        standard = {r: a for r, a in addresses.items() if r in ROLE_HOSTNAMES}
+        self.records = resolve_records([*standard_records(standard), *added, *extra], addresses)
         zones = render_zones(self.records, ns_address=addresses[DNS_ROLE])
         files = {z.filename: z.text for z in zones}
         files["zones.conf"] = nsd_zones_conf(zones)
         return ZoneSetup(files=files, probe_zone="example.test.")
 
 
+    def domain_addresses(self, domain: str) -> set[str]:
+        """Addresses that serve ``domain``: its MX hosts' A records and its own (a fallback an MTA
+        might wrongly use). Empty for a null MX domain with no A record."""
+        name = domain.rstrip(".").lower() + "."
+        targets = {name}
+        for r in self.records:
+            if r.name == name and r.rtype == "MX":
+                target = r.rdata.split()[-1].lower()
+                if target != ".":
+                    targets.add(target if target.endswith(".") else target + ".")
+        return {r.rdata for r in self.records if r.rtype in ("A", "AAAA") and r.name in targets}
+
+
+def role_changes(scenario: Scenario | None, mta: str) -> dict[str, RoleChange]:
+    if scenario is None:
+        return {}
+    changes = {}
+    for role, override in scenario.roles.items():
+        role_mta = override.mta or mta
+        changes[role] = RoleChange(
+            config_dir=override.config_dirs.get(role_mta),
+            settings=dict(override.settings.get(role_mta, {})),
+            like=override.like,
+            mta=override.mta,
+        )
+    return changes
+
+
 def plan_scenario(scenario: Scenario | None, compose_dir: Path, *, mta: str = "postfix") -> ScenarioPlan:
-    overrides: dict[str, Path] = {}
-    if scenario is not None:
-        overrides = {role: o.config_dir for role, o in scenario.roles.items()}
-    topology = standard_plan(compose_dir, ROLE_HOSTNAMES, mta=mta, overrides=overrides)
-    return ScenarioPlan(scenario, topology)
+    topology = standard_plan(compose_dir, ROLE_HOSTNAMES, mta=mta, changes=role_changes(scenario, mta))
+    return ScenarioPlan(scenario, mta, topology)

@@ -11,6 +11,7 @@ from harness.smtp.transcript import Exchange
 PASSED = "passed"
 FAILED = "failed"
 ERROR = "error"
+SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,11 @@ class StepOutcome:
     kind: str
     status: str
     summary: str  # one line: what was observed
+    override: str | None = None  # the reason of the per-implementation override applied, if any
 
     def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "kind": self.kind, "status": self.status, "summary": self.summary}
+        return {"step": self.step, "kind": self.kind, "status": self.status, "summary": self.summary,
+                "override": self.override}
 
 
 @dataclass

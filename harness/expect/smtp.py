@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 from harness.expect.results import Failure
-from harness.scenario.model import ReplyExpectation, SmtpSessionStep, Stage
+from harness.scenario.model import Mark, ReplyExpectation, SmtpSessionStep, Stage
 from harness.smtp.transcript import Exchange, Transcript
 
 
@@ -33,34 +34,52 @@ def _last_reached(transcript: Transcript) -> str:
     return f"the session ended after {last.command} {last.reply_str()}"
 
 
-def expectations_of(step: SmtpSessionStep) -> list[tuple[Stage, str | None, ReplyExpectation]]:
+def expectations_of(expect: Mapping[Stage, ReplyExpectation], expect_rcpt: Mapping[str, ReplyExpectation],
+                    recipients: Sequence[str]) -> list[tuple[Stage, str | None, ReplyExpectation]]:
     """(stage, recipient, expectation) in protocol order."""
     out: list[tuple[Stage, str | None, ReplyExpectation]] = []
     for stage in Stage:
         if stage is Stage.RCPT:
-            for rcpt in step.rcpt_to:
-                exp = step.expect_rcpt.get(rcpt) or step.expect.get(Stage.RCPT)
+            for rcpt in recipients:
+                exp = expect_rcpt.get(rcpt) or expect.get(Stage.RCPT)
                 if exp is not None:
                     out.append((stage, rcpt, exp))
-        elif stage in step.expect:
-            out.append((stage, None, step.expect[stage]))
+        elif stage in expect:
+            out.append((stage, None, expect[stage]))
     return out
 
 
-def check_session(index: int, step: SmtpSessionStep, transcript: Transcript) -> list[Failure]:
+def recipients_in(transcript: Transcript) -> list[str]:
+    """The recipients a session named, in order (for hops, whose recipients the scenario did not send)."""
+    out = []
+    for e in transcript.all("RCPT"):
+        sent = e.sent or ""
+        start, end = sent.find("<"), sent.find(">")
+        if start >= 0 and end > start:
+            out.append(sent[start + 1:end])
+    return out
+
+
+def check_stages(index: int, kind: str, expect: Mapping[Stage, ReplyExpectation],
+                 expect_rcpt: Mapping[str, ReplyExpectation], recipients: Sequence[str], transcript: Transcript,
+                 mark: Mark) -> list[Failure]:
     """A stage never reached is a failure "not reached", never a pass."""
     failures: list[Failure] = []
-    for stage, rcpt, exp in expectations_of(step):
+    for stage, rcpt, exp in expectations_of(expect, expect_rcpt, recipients):
         label = stage.value if rcpt is None else f"RCPT <{rcpt}>"
         exchange = find_stage(transcript, stage, rcpt)
         if exchange is None:
-            failures.append(Failure(index, "smtp", label, str(exp), f"not reached ({_last_reached(transcript)})",
-                                    exp.mark or step.mark, transcript.hop, transcript.session))
+            failures.append(Failure(index, kind, label, str(exp), f"not reached ({_last_reached(transcript)})",
+                                    exp.mark or mark, transcript.hop, transcript.session))
             continue
         if not reply_matches(exp, exchange):
-            failures.append(Failure(index, "smtp", label, str(exp), exchange.reply_str(), exp.mark or step.mark,
+            failures.append(Failure(index, kind, label, str(exp), exchange.reply_str(), exp.mark or mark,
                                     transcript.hop, transcript.session))
     return failures
+
+
+def check_session(index: int, step: SmtpSessionStep, transcript: Transcript) -> list[Failure]:
+    return check_stages(index, "smtp", step.expect, step.expect_rcpt, step.rcpt_to, transcript, step.mark)
 
 
 def session_summary(transcript: Transcript) -> str:

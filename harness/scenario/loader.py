@@ -1,5 +1,8 @@
 """Load scenario files: YAML with source marks -> JSON Schema validation -> semantic checks -> frozen models.
 
+A step's ``per_mta`` overrides are merged into the step (their keys replace the step's own) and the result
+is built and checked like any step, with marks of the replaced keys pointing into the override.
+
 Every problem in a file is a ScenarioError pointing at the offending node (``file:line:col: message``);
 nothing here lets a YAML, jsonschema or OS exception escape. The only I/O is reading the scenario file,
 reading the message files it names and checking that role configuration directories exist.
@@ -7,12 +10,15 @@ reading the message files it names and checking that role configuration director
 
 from __future__ import annotations
 
+import copy
 import datetime
+import ipaddress
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import yaml
 from yaml.constructor import ConstructorError
@@ -20,24 +26,33 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from harness.errors import ScenarioError, UsageError
 from harness.scenario.model import (
+    BounceStep,
     DeliveryStep,
     DnsRecord,
+    DsnCheck,
     HeaderCheck,
+    HopStep,
     Mark,
     Message,
+    NoConnectionStep,
     NoDeliveryStep,
+    QueueFlushStep,
+    QueueStateStep,
     ReplyExpectation,
     RoleOverride,
     Scenario,
     SmtpSessionStep,
     Stage,
     Step,
+    StepOverride,
 )
 from harness.scenario.validate import JsonPath, SourceMap, load_schema, schema_path, validate_document
 
 __all__ = [
     "DEFAULT_BODY",
     "DEFAULT_EHLO",
+    "DSN_FIELDS",
+    "KNOWN_MTAS",
     "STANDARD_ROLES",
     "load_scenario",
     "load_scenarios",
@@ -47,13 +62,21 @@ __all__ = [
 ]
 
 # Roles every scenario can use without declaring them (the dns container is infrastructure, not a host).
+# A scenario can change them under roles, and add roles that copy one of them (like: nomail).
 STANDARD_ROLES: tuple[str, ...] = ("mx", "relay", "nomail")
+# The MTA implementations a scenario can name (mta:, per_mta:, per-implementation config and settings);
+# the first is the one a plain `config: <path>` configures.
+KNOWN_MTAS: tuple[str, ...] = ("postfix", "exim", "opensmtpd")
 SCENARIO_SUFFIXES = (".yaml", ".yml")
 
 DEFAULT_EHLO = "client.origin.test"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_DELIVERY_WITHIN_S = 10.0
 DEFAULT_NO_DELIVERY_WITHIN_S = 3.0
+DEFAULT_HOP_WITHIN_S = 15.0
+DEFAULT_NO_CONNECTION_WITHIN_S = 5.0
+DEFAULT_BOUNCE_WITHIN_S = 20.0
+DEFAULT_QUEUE_STATE_WITHIN_S = 15.0
 DEFAULT_TTL = 300
 DEFAULT_BODY = "This message was sent by mailflow-harness.\n"
 
@@ -61,6 +84,28 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
+
+# The bounce step's expect keys -> the RFC 3464 per-recipient fields they check.
+DSN_FIELDS: dict[str, str] = {
+    "action": "Action",
+    "status": "Status",
+    "diagnostic_code": "Diagnostic-Code",
+    "remote_mta": "Remote-MTA",
+    "final_recipient": "Final-Recipient",
+}
+
+# Names that are not mail roles, with why they cannot appear under roles.
+_NOT_ROLES = {
+    "dns": "'dns' is the scenario's DNS server, not a mail role: it cannot be changed or added under roles",
+    "client": "'client' is the harness's own SMTP client, not a role: it cannot be changed or added "
+              "under roles",
+}
+
+# An override's key that replaces a step key of another name: in a per_mta entry `reason` is why the
+# implementation differs, so a queue_state step's own `reason` is replaced with `queue_reason`.
+_OVERRIDE_KEYS = {("queue_state", "queue_reason"): "reason"}
+
+_T = TypeVar("_T")
 
 
 def scenario_files(paths: Sequence[Path]) -> list[Path]:
@@ -252,6 +297,16 @@ class _Walker:
 # --- Models --------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Ids:
+    """What message_of can name while the steps are built in order."""
+
+    every: dict[str, int]  # id -> index of every smtp step with an id, to tell "later" from "unknown"
+    before: dict[str, int] = field(default_factory=dict)  # id -> index, smtp steps before this one
+    marks: dict[str, Mark] = field(default_factory=dict)
+    latest_smtp: int | None = None
+
+
 class _Builder:
     """Builds the models from schema-valid data, with the checks the schema cannot express."""
 
@@ -272,33 +327,81 @@ class _Builder:
 
     def scenario(self, data: dict[str, Any]) -> Scenario:
         name: str = data["name"]
+        mtas = self.mtas(data.get("mta"))
         roles = self.role_overrides(data.get("roles", {}))
         self.roles = STANDARD_ROLES + tuple(r for r in roles if r not in STANDARD_ROLES)
         dns = tuple(self.dns_record(i, rec) for i, rec in enumerate(data.get("dns", [])))
+        steps, overrides = self.steps(data["steps"], name)
         return Scenario(
             path=self.path,
             name=name,
             description=data["description"],
             dns=dns,
             roles=roles,
-            steps=self.steps(data["steps"], name),
+            steps=steps,
             mark=self.at(),
+            mtas=mtas,
+            overrides=overrides,
         )
+
+    def mtas(self, raw: str | list[str] | None) -> tuple[str, ...]:
+        if raw is None:
+            return ()
+        if isinstance(raw, str):
+            return (raw,)
+        for i, mta in enumerate(raw):
+            if mta in raw[:i]:
+                raise self.fail(self.at("mta", i), f"MTA implementation {mta!r} is listed twice in mta")
+        return tuple(raw)
+
+    # --- roles ---
 
     def role_overrides(self, roles: dict[str, Any]) -> dict[str, RoleOverride]:
         result: dict[str, RoleOverride] = {}
         for role, spec in roles.items():
-            if role not in STANDARD_ROLES:
-                raise self.fail(self.at_key("roles", role), f"custom role {role!r} is not supported yet: "
-                                f"roles can only override {_one_of(STANDARD_ROLES)}")
-            config: str = spec["config"]
-            directory = (self.base / config).resolve()
-            if not directory.is_dir():
-                problem = "is not a directory" if directory.exists() else "does not exist"
-                raise self.fail(self.at("roles", role, "config"),
-                                f"role config directory {config!r} {problem} (resolved to {directory})")
-            result[role] = RoleOverride(role=role, config_dir=directory, mark=self.at_key("roles", role))
+            here = ("roles", role)
+            if role in _NOT_ROLES:
+                raise self.fail(self.at_key(*here), _NOT_ROLES[role])
+            like: str | None = spec.get("like")
+            if role in STANDARD_ROLES and like is not None:
+                raise self.fail(self.at_key(*here, "like"), f"'like' is only for a role the scenario adds: "
+                                f"{role} is a standard role (change it with config and settings)")
+            if role not in STANDARD_ROLES and like is None:
+                raise self.fail(self.at_key(*here), f"{role!r} is not a standard role "
+                                f"({_one_of(STANDARD_ROLES)}): a role the scenario adds needs "
+                                "'like: <standard role>', the role it copies (e.g. like: nomail for a "
+                                "second host that answers 521)")
+            result[role] = RoleOverride(
+                role=role,
+                config_dirs=self.config_dirs(here, spec.get("config")),
+                settings=self.settings(here, spec.get("settings", {})),
+                mark=self.at_key(*here),
+                like=like,
+                mta=spec.get("mta"),
+            )
         return result
+
+    def config_dirs(self, here: JsonPath, config: str | dict[str, str] | None) -> dict[str, Path]:
+        if config is None:
+            return {}
+        if isinstance(config, str):
+            # A plain path is the configuration of the default implementation.
+            return {KNOWN_MTAS[0]: self.directory(config, (*here, "config"))}
+        return {mta: self.directory(name, (*here, "config", mta)) for mta, name in config.items()}
+
+    def directory(self, name: str, path: JsonPath) -> Path:
+        directory = (self.base / name).resolve()
+        if not directory.is_dir():
+            problem = "is not a directory" if directory.exists() else "does not exist"
+            raise self.fail(self.at(*path), f"role config directory {name!r} {problem} "
+                            f"(resolved to {directory})")
+        return directory
+
+    def settings(self, here: JsonPath, raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+        return {
+            mta: {name: self.as_written(value, (*here, "settings", mta, name)) for name, value in params.items()}
+            for mta, params in raw.items()
+        }
 
     def known_role(self, role: str, *path: str | int) -> str:
         if role not in self.roles:
@@ -330,70 +433,160 @@ class _Builder:
             mark=self.at(*here),
         )
 
-    def steps(self, raw_steps: list[dict[str, Any]], scenario_name: str) -> tuple[Step, ...]:
-        # Every smtp id with its step index, to tell "later step" from "no such step" for message_of.
-        all_ids: dict[str, int] = {}
+    # --- steps ---
+
+    def steps(
+        self, raw_steps: list[dict[str, Any]], scenario_name: str
+    ) -> tuple[tuple[Step, ...], dict[int, dict[str, StepOverride]]]:
+        ids = _Ids(every={})
         for index, raw in enumerate(raw_steps):
             if "smtp" in raw and "id" in raw["smtp"]:
-                all_ids.setdefault(raw["smtp"]["id"], index)
-        ids_so_far: dict[str, Mark] = {}
-        any_smtp = False
+                ids.every.setdefault(raw["smtp"]["id"], index)
         steps: list[Step] = []
+        overrides: dict[int, dict[str, StepOverride]] = {}
+        # The smtp step whose message a step checks: for the step itself, and per implementation.
+        sources: dict[int, int] = {}
+        override_sources: dict[tuple[int, str], int] = {}
         for index, raw in enumerate(raw_steps):
             kind, body = next(iter(raw.items()))
             here = ("steps", index, kind)
+            if kind == "smtp" and body.get("id") is not None:
+                step_id: str = body["id"]
+                if step_id in ids.marks:
+                    raise self.fail(self.at(*here, "id"), f"duplicate step id {step_id!r} "
+                                    f"(already used at line {ids.marks[step_id].line})")
+                ids.marks[step_id] = self.at(*here, "id")
+            step, source = self.step(kind, here, body, scenario_name, ids)
+            steps.append(step)
+            if source is not None:
+                sources[index] = source
+            for mta, spec in body.get("per_mta", {}).items():
+                override, source = self.step_override(kind, here, body, mta, spec, scenario_name, ids)
+                overrides.setdefault(index, {})[mta] = override
+                if source is not None:
+                    override_sources[(index, mta)] = source
             if kind == "smtp":
-                step_id: str | None = body.get("id")
-                if step_id is not None:
-                    if step_id in ids_so_far:
-                        raise self.fail(self.at(*here, "id"), f"duplicate step id {step_id!r} "
-                                        f"(already used at line {ids_so_far[step_id].line})")
-                    ids_so_far[step_id] = self.at(*here, "id")
-                steps.append(self.smtp_step(here, body, scenario_name))
-                any_smtp = True
-                continue
-            message_of: str | None = body.get("message_of")
-            if message_of is not None and message_of not in ids_so_far:
-                if message_of in all_ids:
-                    problem = (f"message_of {message_of!r} refers to a later step "
-                               f"(step {all_ids[message_of] + 1}): only a message sent before this step "
-                               "can be checked")
-                else:
-                    known = (f"known ids: {', '.join(ids_so_far)}" if ids_so_far
-                             else "no earlier smtp step has an id")
-                    problem = f"unknown step id {message_of!r} in message_of ({known})"
-                raise self.fail(self.at(*here, "message_of"), problem)
-            if message_of is None and not any_smtp:
-                raise self.fail(self.at("steps", index), f"{kind} step before any smtp step: "
-                                "there is no message to look for")
-            if kind == "delivery":
-                steps.append(self.delivery_step(here, body, message_of))
+                if body.get("id") is not None:
+                    ids.before[body["id"]] = index
+                ids.latest_smtp = index
+        self.check_skipped_messages(raw_steps, overrides, sources, override_sources)
+        return tuple(steps), overrides
+
+    def step(
+        self, kind: str, here: JsonPath, body: dict[str, Any], scenario_name: str, ids: _Ids
+    ) -> tuple[Step, int | None]:
+        """The step, and for a step that checks a session's message the index of that smtp step."""
+        if kind == "smtp":
+            return self.smtp_step(here, body, scenario_name), None
+        if kind == "hop":
+            return self.hop_step(here, body), None
+        if kind == "no_connection":
+            return self.no_connection_step(here, body), None
+        if kind == "queue_flush":
+            host = self.known_role(body["host"], *here, "host")
+            return QueueFlushStep(host=host, mark=self.at(*here[:-1])), None
+        source = self.message_source(kind, here, body, ids)
+        message_of: str | None = body.get("message_of")
+        if kind == "delivery":
+            return self.delivery_step(here, body, message_of), source
+        if kind == "no_delivery":
+            return self.no_delivery_step(here, body, message_of), source
+        if kind == "bounce":
+            return self.bounce_step(here, body, message_of), source
+        return self.queue_state_step(here, body, message_of), source
+
+    def message_source(self, kind: str, here: JsonPath, body: dict[str, Any], ids: _Ids) -> int:
+        message_of: str | None = body.get("message_of")
+        if message_of is not None:
+            if message_of in ids.before:
+                return ids.before[message_of]
+            if message_of in ids.every:
+                problem = (f"message_of {message_of!r} refers to a later step "
+                           f"(step {ids.every[message_of] + 1}): only a message sent before this step "
+                           "can be checked")
             else:
-                steps.append(self.no_delivery_step(here, body, message_of))
-        return tuple(steps)
+                known = (f"known ids: {', '.join(ids.before)}" if ids.before
+                         else "no earlier smtp step has an id")
+                problem = f"unknown step id {message_of!r} in message_of ({known})"
+            raise self.fail(self.at(*here, "message_of"), problem)
+        if ids.latest_smtp is None:
+            raise self.fail(self.at(*here[:-1]), f"{kind} step before any smtp step: "
+                            "there is no message to look for")
+        return ids.latest_smtp
+
+    def step_override(
+        self, kind: str, here: JsonPath, body: dict[str, Any], mta: str, spec: dict[str, Any],
+        scenario_name: str, ids: _Ids,
+    ) -> tuple[StepOverride, int | None]:
+        at = (*here, "per_mta", mta)
+        mark = self.at_key(*at)
+        reason: str = spec["reason"].strip()
+        # (key in the override, key of the step it replaces)
+        keys = [(key, _OVERRIDE_KEYS.get((kind, key), key)) for key in spec if key not in ("reason", "skip")]
+        if spec.get("skip", False):
+            if keys:
+                raise self.fail(self.at_key(*at, keys[0][0]), f"a skipped step takes no keys besides "
+                                f"'reason': {keys[0][0]!r} would change a step that does not run on {mta}")
+            return StepOverride(mta=mta, reason=reason, mark=mark, skip=True), None
+        if not keys:
+            raise self.fail(mark, f"the override for {mta} changes nothing: give 'skip: true', or keys "
+                            f"of the {kind} step that replace the step's own")
+        merged = {key: value for key, value in body.items() if key != "per_mta"}
+        merged.update({step_key: spec[key] for key, step_key in keys})
+        try:
+            step, source = self.relocated(here, at, keys).step(kind, here, merged, scenario_name, ids)
+        except ScenarioError as exc:
+            # The mark may be on a key the override leaves alone: say which variant of the step failed.
+            raise ScenarioError(exc.path, exc.line, exc.col, f"{exc.detail} (on {mta}: the step with its "
+                                f"per_mta override at line {mark.line})") from None
+        return StepOverride(mta=mta, reason=reason, mark=mark, step=step), source
+
+    def relocated(self, here: JsonPath, at: JsonPath, keys: list[tuple[str, str]]) -> _Builder:
+        """A builder whose marks for the step's replaced keys are those of the override's keys, so the
+        step merged with an override is built and checked like any step, with errors in the override."""
+        source = SourceMap(self.source.file, dict(self.source.values), dict(self.source.keys),
+                           dict(self.source.raw))
+        for key, step_key in keys:
+            old, new = (*here, step_key), (*at, key)
+            _move(source.values, self.source.values, old, new)
+            _move(source.keys, self.source.keys, old, new)
+            _move(source.raw, self.source.raw, old, new)
+        builder = copy.copy(self)
+        builder.source = source
+        return builder
+
+    def check_skipped_messages(
+        self,
+        raw_steps: list[dict[str, Any]],
+        overrides: dict[int, dict[str, StepOverride]],
+        sources: dict[int, int],
+        override_sources: dict[tuple[int, str], int],
+    ) -> None:
+        """A step that runs on an implementation cannot check the message of a step skipped there."""
+        for index, base_source in sources.items():
+            kind, body = next(iter(raw_steps[index].items()))
+            for mta in KNOWN_MTAS:
+                override = overrides.get(index, {}).get(mta)
+                if override is not None and override.skip:
+                    continue
+                source = override_sources.get((index, mta), base_source)
+                skipped = overrides.get(source, {}).get(mta)
+                if skipped is None or not skipped.skip:
+                    continue
+                if override is not None and "message_of" in body["per_mta"][mta]:
+                    mark = self.at("steps", index, kind, "per_mta", mta, "message_of")
+                elif "message_of" in body:
+                    mark = self.at("steps", index, kind, "message_of")
+                else:
+                    mark = self.at("steps", index)
+                raise self.fail(mark, f"step {index + 1} ({kind}) checks the message of step {source + 1}, "
+                                f"which is skipped on {mta} (per_mta): skip this step on {mta} too, or "
+                                "name another message with message_of")
 
     def smtp_step(self, here: JsonPath, body: dict[str, Any], scenario_name: str) -> SmtpSessionStep:
         rcpt_raw: str | list[str] = body["rcpt_to"]
         rcpt_to = (rcpt_raw,) if isinstance(rcpt_raw, str) else tuple(rcpt_raw)
-        expect: dict[Stage, ReplyExpectation] = {}
-        expect_rcpt: dict[str, ReplyExpectation] = {}
-        raw_expect: dict[str, Any] = body.get("expect", {})
-        for stage in Stage:
-            if stage.yaml_key not in raw_expect:
-                continue
-            spec = raw_expect[stage.yaml_key]
-            spec_path = (*here, "expect", stage.yaml_key)
-            # The schema tells the two mapping forms of rcpt apart the same way.
-            per_recipient = isinstance(spec, dict) and not {"code", "enhanced", "text"} & spec.keys()
-            if stage is Stage.RCPT and per_recipient:
-                for recipient, rcpt_spec in spec.items():
-                    if recipient not in rcpt_to:
-                        raise self.fail(self.at_key(*spec_path, recipient),
-                                        f"recipient {recipient!r} in expect.rcpt is not in rcpt_to "
-                                        f"({', '.join(rcpt_to)})")
-                    expect_rcpt[recipient] = self.reply(rcpt_spec, (*spec_path, recipient))
-            else:
-                expect[stage] = self.reply(spec, spec_path)
+        expect, expect_rcpt = self.expectations((*here, "expect"), body.get("expect", {}), rcpt_to)
         return SmtpSessionStep(
             host=self.known_role(body["host"], *here, "host"),
             ehlo=body.get("ehlo", DEFAULT_EHLO),
@@ -406,6 +599,30 @@ class _Builder:
             id=body.get("id"),
             timeout_s=float(body.get("timeout", DEFAULT_TIMEOUT_S)),
         )
+
+    def expectations(
+        self, path: JsonPath, raw_expect: dict[str, Any], rcpt_to: tuple[str, ...] | None
+    ) -> tuple[dict[Stage, ReplyExpectation], dict[str, ReplyExpectation]]:
+        """Per-stage and per-recipient expectations; ``rcpt_to`` (None: any) limits the recipients."""
+        expect: dict[Stage, ReplyExpectation] = {}
+        expect_rcpt: dict[str, ReplyExpectation] = {}
+        for stage in Stage:
+            if stage.yaml_key not in raw_expect:
+                continue
+            spec = raw_expect[stage.yaml_key]
+            spec_path = (*path, stage.yaml_key)
+            # The schema tells the two mapping forms of rcpt apart the same way.
+            per_recipient = isinstance(spec, dict) and not {"code", "enhanced", "text"} & spec.keys()
+            if stage is Stage.RCPT and per_recipient:
+                for recipient, rcpt_spec in spec.items():
+                    if rcpt_to is not None and recipient not in rcpt_to:
+                        raise self.fail(self.at_key(*spec_path, recipient),
+                                        f"recipient {recipient!r} in expect.rcpt is not in rcpt_to "
+                                        f"({', '.join(rcpt_to)})")
+                    expect_rcpt[recipient] = self.reply(rcpt_spec, (*spec_path, recipient))
+            else:
+                expect[stage] = self.reply(spec, spec_path)
+        return expect, expect_rcpt
 
     def reply(self, spec: int | dict[str, Any], path: JsonPath) -> ReplyExpectation:
         mark = self.at(*path)
@@ -437,17 +654,18 @@ class _Builder:
         headers: tuple[tuple[str, str], ...] = default_headers
         if "headers" in spec:
             headers = tuple(
-                (name, self.header_value(value, (*path, "headers", name)))
+                (name, self.as_written(value, (*path, "headers", name)))
                 for name, value in spec["headers"].items()
             )
         return Message(headers=headers, body=_normalise_body(spec.get("body", DEFAULT_BODY)))
 
-    def header_value(self, value: str | float | bool | None, path: JsonPath) -> str:
+    def as_written(self, value: str | float | bool | None, path: JsonPath) -> str:
         if isinstance(value, str):
             return value
         if value is None:
             return ""
-        # `X-Test: yes` or `X-Version: 1.10` mean the text, not YAML's boolean or float.
+        # `X-Test: yes`, `X-Version: 1.10` or `smtp_skip_5xx_greeting: no` mean the text, not YAML's
+        # boolean or float.
         return self.source.raw.get(path, str(value))
 
     def message_file(self, name: str, path: JsonPath) -> Message:
@@ -506,6 +724,99 @@ class _Builder:
             mark=self.at(*here[:-1]),
             message_of=message_of,
         )
+
+    def hop_step(self, here: JsonPath, body: dict[str, Any]) -> HopStep:
+        hop: str = body["hop"]
+        sender, _, receiver = hop.partition("->")
+        mark = self.at(*here, "hop")
+        roles = ", ".join(self.roles)
+        if sender == "client":
+            raise self.fail(mark, f"hop {hop!r} starts at the client: the client's own sessions are "
+                            "checked in smtp steps; a hop step checks a session between two hosts "
+                            "(e.g. relay->mx)")
+        if sender not in self.roles:
+            raise self.fail(mark, f"unknown role {sender!r} on the left of hop {hop!r} "
+                            f"(expected one of: {roles})")
+        if receiver not in self.roles and not _is_ipv4(receiver):
+            raise self.fail(mark, f"{receiver!r} on the right of hop {hop!r} is neither a role "
+                            f"({roles}) nor an IPv4 address")
+        expect, expect_rcpt = self.expectations((*here, "expect"), body["expect"], None)
+        return HopStep(
+            hop=hop,
+            session=body.get("session", 1),
+            expect=expect,
+            expect_rcpt=expect_rcpt,
+            within_s=float(body.get("within", DEFAULT_HOP_WITHIN_S)),
+            mark=self.at(*here[:-1]),
+        )
+
+    def no_connection_step(self, here: JsonPath, body: dict[str, Any]) -> NoConnectionStep:
+        source = self.known_role(body["from"], *here, "from")
+        domain: str | None = body.get("domain")
+        target: str | None = body.get("to")
+        if domain is not None and target is not None:
+            raise self.fail(self.at_key(*here, "to"),
+                            "a no_connection step takes either 'domain' or 'to', not both")
+        if domain is None and target is None:
+            raise self.fail(self.at(*here), "missing required key 'domain' (or 'to') in no_connection step")
+        if target is not None:
+            self.known_role(target, *here, "to")
+        return NoConnectionStep(
+            source=source,
+            domain=domain.rstrip(".").lower() if domain is not None else None,
+            target=target,
+            within_s=float(body.get("within", DEFAULT_NO_CONNECTION_WITHIN_S)),
+            mark=self.at(*here[:-1]),
+        )
+
+    def bounce_step(self, here: JsonPath, body: dict[str, Any], message_of: str | None) -> BounceStep:
+        checks = tuple(
+            DsnCheck(field=DSN_FIELDS[key], pattern=self.regex(pattern, *here, "expect", key))
+            for key, pattern in body.get("expect", {}).items()
+        )
+        return BounceStep(
+            host=self.known_role(body["host"], *here, "host"),
+            mailbox=body["mailbox"],
+            within_s=float(body.get("within", DEFAULT_BOUNCE_WITHIN_S)),
+            checks=checks,
+            mark=self.at(*here[:-1]),
+            message_of=message_of,
+        )
+
+    def queue_state_step(self, here: JsonPath, body: dict[str, Any], message_of: str | None) -> QueueStateStep:
+        state: str = body["state"]
+        reason: str | None = body.get("reason")
+        if reason is not None:
+            if state == "absent":
+                raise self.fail(self.at_key(*here, "reason"), "'reason' cannot be checked with state "
+                                "'absent': a message that is not queued has no reason")
+            self.regex(reason, *here, "reason")
+        return QueueStateStep(
+            host=self.known_role(body["host"], *here, "host"),
+            state=state,
+            reason=reason,
+            within_s=float(body.get("within", DEFAULT_QUEUE_STATE_WITHIN_S)),
+            mark=self.at(*here[:-1]),
+            message_of=message_of,
+        )
+
+
+def _move(table: dict[JsonPath, _T], original: dict[JsonPath, _T], old: JsonPath, new: JsonPath) -> None:
+    """In ``table`` (a copy of ``original``), replace the entries under ``old`` with ``original``'s
+    entries under ``new``, re-rooted at ``old``."""
+    for path in [p for p in table if p[:len(old)] == old]:
+        del table[path]
+    for path, value in original.items():
+        if path[:len(new)] == new:
+            table[(*old, *path[len(new):])] = value
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _os_problem(exc: OSError, file: Path) -> str:

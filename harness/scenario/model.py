@@ -115,7 +115,90 @@ class NoDeliveryStep:
     kind = "no_delivery"
 
 
-Step = SmtpSessionStep | DeliveryStep | NoDeliveryStep
+@dataclass(frozen=True)
+class HopStep:
+    """Stage expectations on a hop between hosts (``relay->mx``), matched against its ``session``-th
+    session (1-based, in the order connections were opened) once it is seen, within ``within_s``."""
+
+    hop: str
+    session: int
+    expect: Mapping[Stage, ReplyExpectation]
+    expect_rcpt: Mapping[str, ReplyExpectation]
+    within_s: float
+    mark: Mark
+
+    kind = "hop"
+
+
+@dataclass(frozen=True)
+class NoConnectionStep:
+    """No TCP connection from ``source`` to any address serving ``domain`` (its MX hosts' and its own
+    addresses, from the scenario's DNS) or to role ``target``, within ``within_s``. When the domain has
+    no such address at all (null MX), no SMTP connection from ``source`` to anything is allowed."""
+
+    source: str
+    domain: str | None
+    target: str | None
+    within_s: float
+    mark: Mark
+
+    kind = "no_connection"
+
+
+@dataclass(frozen=True)
+class DsnCheck:
+    """A delivery-status field (Action, Status, Diagnostic-Code, Remote-MTA, Final-Recipient) and a regex
+    searched in its value."""
+
+    field: str
+    pattern: str
+
+
+@dataclass(frozen=True)
+class BounceStep:
+    """A DSN (RFC 3464 multipart/report) about the message sent by ``message_of`` arrives in ``mailbox``
+    on ``host`` within ``within_s``, and its per-recipient fields match ``checks``."""
+
+    host: str
+    mailbox: str
+    within_s: float
+    checks: tuple[DsnCheck, ...]
+    mark: Mark
+    message_of: str | None = None
+
+    kind = "bounce"
+
+
+@dataclass(frozen=True)
+class QueueFlushStep:
+    """Ask the MTA on ``host`` to retry its queue now (``postqueue -f`` for Postfix)."""
+
+    host: str
+    mark: Mark
+
+    kind = "queue_flush"
+
+
+QUEUE_STATES = ("deferred", "active", "queued", "absent")
+
+
+@dataclass(frozen=True)
+class QueueStateStep:
+    """The message of ``message_of`` is in ``host``'s queue in ``state`` (``queued`` = any queue,
+    ``absent`` = not queued), with a reason matching ``reason`` (a regex), within ``within_s``."""
+
+    host: str
+    state: str
+    reason: str | None
+    within_s: float
+    mark: Mark
+    message_of: str | None = None
+
+    kind = "queue_state"
+
+
+Step = (SmtpSessionStep | DeliveryStep | NoDeliveryStep | HopStep | NoConnectionStep | BounceStep
+        | QueueFlushStep | QueueStateStep)
 
 
 @dataclass(frozen=True)
@@ -133,11 +216,32 @@ class DnsRecord:
 
 @dataclass(frozen=True)
 class RoleOverride:
-    """A role pointed at another configuration directory (resolved relative to the scenario file)."""
+    """A role's configuration changed for this scenario.
+
+    ``config_dirs``: per MTA implementation, another configuration directory (resolved relative to the
+    scenario file). ``settings``: per implementation, parameters laid over the configuration (Postfix:
+    main.cf parameters; Exim: macros). ``like``: for a role the scenario adds, the standard role whose
+    configuration and behaviour it copies (e.g. a second 521 host ``like: nomail``)."""
 
     role: str
-    config_dir: Path
+    config_dirs: Mapping[str, Path]
+    settings: Mapping[str, Mapping[str, str]]
     mark: Mark
+    like: str | None = None
+    # Run this role on a fixed implementation whatever the one under test (e.g. a Postfix mx behind
+    # an Exim relay): the scenario then tests the hop between two implementations.
+    mta: str | None = None
+
+
+@dataclass(frozen=True)
+class StepOverride:
+    """How one step differs on one MTA implementation, always with a reason (shown in every report)."""
+
+    mta: str
+    reason: str
+    mark: Mark
+    skip: bool = False
+    step: Step | None = None  # the step as it applies on this implementation, when not skipped
 
 
 @dataclass(frozen=True)
@@ -149,3 +253,19 @@ class Scenario:
     roles: Mapping[str, RoleOverride]
     steps: tuple[Step, ...]
     mark: Mark
+    # The MTA implementations this scenario runs on; empty = every one that supports its roles.
+    mtas: tuple[str, ...] = ()
+    # Per step index (0-based), per implementation.
+    overrides: Mapping[int, Mapping[str, StepOverride]] = field(default_factory=dict)
+
+    def steps_for(self, mta: str) -> tuple[tuple[int, Step, StepOverride | None], ...]:
+        """(1-based index, step, override applied) for ``mta``; a skipped step keeps its override
+        (``skip`` set) so reports can say why it did not run."""
+        out: list[tuple[int, Step, StepOverride | None]] = []
+        for i, step in enumerate(self.steps):
+            override = self.overrides.get(i, {}).get(mta)
+            if override is not None and override.skip:
+                out.append((i + 1, step, override))
+                continue
+            out.append((i + 1, override.step if override and override.step else step, override))
+        return tuple(out)

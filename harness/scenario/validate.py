@@ -3,8 +3,9 @@
 The schema (``schema.json``, shipped as package data) is the single description of the format: editors
 use it for completion and help, and the loader checks every file against it before building models.
 Besides the standard keywords, its subschemas carry annotations used only for messages here:
-``title`` names a mapping ("smtp step"), ``x-expected`` says in words what a value must be, and
-``x-key-noun`` replaces "key" in unknown-key messages ("unknown step kind ...").
+``title`` names a mapping ("smtp step"), ``x-expected`` says in words what a value must be,
+``x-key-noun`` replaces "key" in unknown-key messages ("unknown step kind ...") and ``x-missing`` maps a
+required key to the whole message given when it is absent.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ def _explain(error: ValidationError, source: SourceMap) -> tuple[Mark, str]:
         required: list[str] = error.validator_value  # type: ignore[assignment]
         present: dict[str, Any] = error.instance  # type: ignore[assignment]
         missing = [key for key in required if key not in present]
+        custom: dict[str, str] = schema.get("x-missing", {})
+        if missing[0] in custom:
+            return source.value(path), custom[missing[0]]
         return source.value(path), f"missing required key {_quote(missing[0])} in {title}"
 
     if keyword == "additionalProperties":

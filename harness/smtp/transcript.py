@@ -62,6 +62,7 @@ class Transcript:
     exchanges: list[Exchange] = field(default_factory=list)
     message_id: str | None = None
     message_bytes: bytes | None = None  # the message as sent (before dot-stuffing)
+    closed: bool = False  # the connection is known to have ended (for hops seen on the wire)
 
     def first(self, command: str) -> Exchange | None:
         return next((e for e in self.exchanges if e.command == command), None)

@@ -10,7 +10,8 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,18 +41,22 @@ class BuildContext:
 
     files: tuple[tuple[str, Path], ...]
     dockerfile: str | None = None
+    generated: tuple[tuple[str, bytes], ...] = ()
 
     @classmethod
-    def from_dir(cls, root: Path, *, exclude_dirs: Iterable[str] = (), dockerfile: str | None = None
-                 ) -> BuildContext:
-        excluded = set(exclude_dirs)
+    def from_dir(cls, root: Path, *, top_level_only: bool = False, dockerfile: str | None = None,
+                 generated: Mapping[str, bytes] | None = None) -> BuildContext:
+        """``top_level_only``: an MTA image's context is the files directly in its directory; its
+        subdirectories are role configurations, which must not make the MTA image rebuild.
+        ``generated``: files written by the harness, replacing or adding to the directory's."""
+        generated = dict(generated or {})
         files: list[tuple[str, Path]] = []
-        for path in sorted(root.rglob("*")):
+        for path in sorted(root.rglob("*") if not top_level_only else root.iterdir()):
             rel = path.relative_to(root)
-            if rel.parts[0] in excluded or not path.is_file() or "__pycache__" in rel.parts:
+            if not path.is_file() or "__pycache__" in rel.parts or rel.as_posix() in generated:
                 continue
             files.append((rel.as_posix(), path))
-        return cls(tuple(files), dockerfile)
+        return cls(tuple(files), dockerfile, tuple(sorted(generated.items())))
 
     def digest(self, *extra: str) -> str:
         h = hashlib.sha256()
@@ -61,6 +66,8 @@ class BuildContext:
             h.update(path.read_bytes() + b"\0")
         if self.dockerfile is not None:
             h.update(b"Dockerfile\0" + self.dockerfile.encode())
+        for rel, data in self.generated:
+            h.update(rel.encode() + b"\0" + data + b"\0")
         for item in extra:
             h.update(b"\0" + item.encode())
         return h.hexdigest()[:16]
@@ -70,11 +77,14 @@ class BuildContext:
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for rel, path in self.files:
                 tar.add(str(path), arcname=rel, recursive=False)
+            extra = list(self.generated)
             if self.dockerfile is not None:
-                data = self.dockerfile.encode()
-                info = tarfile.TarInfo("Dockerfile")
+                extra.append(("Dockerfile", self.dockerfile.encode()))
+            for rel, data in extra:
+                info = tarfile.TarInfo(rel)
                 info.size = len(data)
                 info.mode = 0o644
+                info.mtime = int(time.time())
                 tar.addfile(info, io.BytesIO(data))
         buf.seek(0)
         return buf
@@ -147,26 +157,28 @@ class ImageStore:
                 raise ImageBuildError(f"docker import of the debootstrap root file system failed: {exc}") from exc
 
     # -- images from compose/ ---------------------------------------------------------------------
-    def image(self, name: str, *, exclude_dirs: Iterable[str] = ()) -> str:
-        """The image built from ``compose/<name>/`` (role configuration directories excluded)."""
+    def image(self, name: str) -> str:
+        """The image built from the files directly in ``compose/<name>/``."""
         key = f"image:{name}"
         if key not in self._built:
             context_dir = self._compose / name
             if not (context_dir / "Dockerfile").is_file():
                 raise ImageBuildError(f"no Dockerfile in {context_dir}")
-            context = BuildContext.from_dir(context_dir, exclude_dirs=exclude_dirs)
+            context = BuildContext.from_dir(context_dir, top_level_only=True)
             base = self.base_image()
             self._built[key] = self._build(f"{IMAGE_PREFIX}/{name}", context, {"BASE_IMAGE": base},
                                            base_id=self._image_id(base))
         return self._built[key]
 
-    def role_image(self, mta: str, role: str, config_dir: Path, mta_image: str, config_target: str) -> str:
-        """The MTA image with ``config_dir`` copied over its configuration."""
-        key = f"role:{mta_image}:{config_dir.resolve()}"
+    def role_image(self, mta: str, role: str, config_dir: Path, mta_image: str, config_target: str,
+                   generated: Mapping[str, bytes] | None = None) -> str:
+        """The MTA image with ``config_dir`` (plus ``generated`` files) copied over its configuration."""
+        key = f"role:{mta_image}:{config_dir.resolve()}:{sorted((generated or {}).items())}"
         if key not in self._built:
             if not config_dir.is_dir():
                 raise ImageBuildError(f"configuration directory {config_dir} for role {role} does not exist")
-            context = BuildContext.from_dir(config_dir, dockerfile=role_dockerfile(config_target))
+            context = BuildContext.from_dir(config_dir, dockerfile=role_dockerfile(config_target),
+                                            generated=generated)
             self._built[key] = self._build(f"{IMAGE_PREFIX}/{mta}-{role}", context, {"MTA_IMAGE": mta_image},
                                            base_id=mta_image)
         return self._built[key]

@@ -9,7 +9,7 @@ import ipaddress
 import random
 import tarfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,12 @@ class HostPlan:
     hostname: str
     mta: MtaImplementation | None  # None for the dns role
     config_dir: Path | None
+    settings: Mapping[str, str] = field(default_factory=dict)
+    like: str | None = None  # an added role behaves like this standard role
+
+    @property
+    def base_role(self) -> str:
+        return self.like or self.role
 
 
 @dataclass(frozen=True)
@@ -60,14 +66,28 @@ class ZoneSetup:
     probe_zone: str  # a zone whose SOA tells the server is answering
 
 
+@dataclass(frozen=True)
+class RoleChange:
+    """A scenario's change to one role, for the implementation under test."""
+
+    config_dir: Path | None = None
+    settings: Mapping[str, str] = field(default_factory=dict)
+    like: str | None = None
+    mta: str | None = None  # run this role on another implementation than the one under test
+
+
 def standard_plan(compose_dir: Path, hostnames: Mapping[str, str], *, mta: str = "postfix",
-                  overrides: Mapping[str, Path] | None = None) -> TopologyPlan:
-    impl = IMPLEMENTATIONS[mta]
-    overrides = overrides or {}
+                  changes: Mapping[str, RoleChange] | None = None) -> TopologyPlan:
+    changes = changes or {}
     hosts = [HostPlan(DNS_ROLE, hostnames[DNS_ROLE], None, None)]
-    for role in impl.roles:
-        hosts.append(HostPlan(role, hostnames[role], impl,
-                              overrides.get(role) or impl.default_config(compose_dir, role)))
+    roles = list(IMPLEMENTATIONS[mta].roles) + [r for r in changes if r not in IMPLEMENTATIONS[mta].roles]
+    for role in roles:
+        change = changes.get(role, RoleChange())
+        impl = IMPLEMENTATIONS[change.mta or mta]
+        base = change.like or role
+        hosts.append(HostPlan(role, hostnames.get(role, f"{role}.hosts.test"), impl,
+                              change.config_dir or impl.default_config(compose_dir, base),
+                              dict(change.settings), change.like))
     return TopologyPlan(tuple(hosts))
 
 
@@ -150,9 +170,10 @@ def build_images(images: ImageStore, plan: TopologyPlan) -> dict[str, str]:
     for host in plan.hosts:
         if host.mta is None or host.config_dir is None:
             continue
-        mta_image = images.image(host.mta.name, exclude_dirs=host.mta.roles)
-        result[host.role] = images.role_image(host.mta.name, host.role, host.config_dir, mta_image,
-                                              host.mta.config_target)
+        mta_image = images.image(host.mta.name)
+        generated = host.mta.settings_files(host.config_dir, host.settings)
+        result[host.role] = images.role_image(host.mta.name, host.base_role, host.config_dir, mta_image,
+                                              host.mta.config_target, generated)
     return result
 
 
@@ -219,7 +240,7 @@ def start_topology(
             host.container.start()
             plan_host = next(h for h in mtas if h.role == host.role)
             assert plan_host.mta is not None
-            return wait_for_greeting(host.address, plan_host.mta.ready_code(host.role),
+            return wait_for_greeting(host.address, plan_host.mta.ready_code(plan_host.base_role),
                                      what=f"{host.role} ({host.hostname})", timeout_s=READY_TIMEOUT_S,
                                      logs=host.logs)
 
@@ -254,6 +275,3 @@ def describe(topology: Topology) -> list[dict[str, str]]:
     return [{"role": h.role, "hostname": h.hostname, "address": h.address, "container": h.container_id[:12],
              "image": h.image} for h in topology.hosts.values()]
 
-
-def roles_in(plan: TopologyPlan) -> Sequence[str]:
-    return plan.roles()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from harness.errors import ScenarioError, UsageError
 from harness.scenario.loader import (
     DEFAULT_BODY,
     DEFAULT_EHLO,
+    DSN_FIELDS,
+    KNOWN_MTAS,
     STANDARD_ROLES,
     load_scenario,
     load_scenarios,
@@ -24,17 +27,27 @@ from harness.scenario.loader import (
     schema_path,
 )
 from harness.scenario.model import (
+    QUEUE_STATES,
+    BounceStep,
     DeliveryStep,
+    DsnCheck,
     HeaderCheck,
+    HopStep,
     Mark,
+    NoConnectionStep,
     NoDeliveryStep,
+    QueueFlushStep,
+    QueueStateStep,
     ReplyExpectation,
     SmtpSessionStep,
     Stage,
+    Step,
+    StepOverride,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scenarios"
 FULL = FIXTURES / "full.yaml"
+FLOWS = FIXTURES / "flows.yaml"
 
 HEAD = "name: t\ndescription: d\nsteps:\n"
 # An smtp step at lines 4-7 of a file starting with HEAD; `extra` lines follow at the same indent.
@@ -76,8 +89,11 @@ def test_full_scenario_builds_models() -> None:
     assert s.dns[1].mark == Mark(f, 6, 5)
 
     assert list(s.roles) == ["relay"]
-    assert s.roles["relay"].config_dir == (FIXTURES / "relay-config").resolve()
+    # A plain path configures Postfix.
+    assert s.roles["relay"].config_dirs == {"postfix": (FIXTURES / "relay-config").resolve()}
+    assert (s.roles["relay"].settings, s.roles["relay"].like, s.roles["relay"].mta) == ({}, None, None)
     assert s.roles["relay"].mark == Mark(f, 9, 3)
+    assert (s.mtas, s.overrides) == ((), {})
 
     first, delivery, second, no_delivery = s.steps
     assert isinstance(first, SmtpSessionStep)
@@ -121,6 +137,101 @@ def test_full_scenario_builds_models() -> None:
     assert isinstance(no_delivery, NoDeliveryStep)
     assert (no_delivery.host, no_delivery.mailbox, no_delivery.within_s, no_delivery.message_of) == (
         "mx", None, 1.5, "first")
+
+
+def test_flows_scenario_builds_models() -> None:
+    s = load_scenario(FLOWS)
+    f = str(FLOWS)
+    config = (FIXTURES / "relay-config").resolve()
+    assert s.mtas == ("postfix", "exim")
+
+    assert list(s.roles) == ["relay", "backup", "mx"]
+    relay, backup, mx = s.roles["relay"], s.roles["backup"], s.roles["mx"]
+    assert relay.config_dirs == {"postfix": config, "exim": config}
+    # Parameter values as written: `no` is not False, `1.10` not 1.1, an empty value is "".
+    assert relay.settings == {
+        "postfix": {"smtp_skip_5xx_greeting": "no", "smtp_helo_timeout": "10", "version": "1.10",
+                    "quoted": "yes", "empty": ""},
+        "exim": {"RELAY_VERIFY_RECIPIENT": "no"},
+    }
+    assert (relay.like, relay.mta, relay.mark) == (None, None, Mark(f, 5, 3))
+    assert (backup.like, backup.config_dirs, backup.settings, backup.mta) == ("nomail", {}, {}, None)
+    assert (mx.config_dirs, mx.mta) == ({"postfix": config}, "postfix")
+    # An added role is a role everywhere: address_of, hosts, hops, no_connection.
+    assert s.dns[0].address_of == "backup"
+
+    (first, nc_domain, nc_role, second, hop, hop_ip, queued, flush, bounce, bounce_of, absent,
+     delivery) = s.steps
+    assert isinstance(first, SmtpSessionStep)
+    assert first.expect == {Stage.RCPT: ReplyExpectation(556, "5.1.10")}
+    assert isinstance(nc_domain, NoConnectionStep)
+    assert (nc_domain.source, nc_domain.domain, nc_domain.target, nc_domain.within_s) == (
+        "relay", "nullmx.test", None, 2.0)
+    assert nc_domain.mark == Mark(f, 31, 5)
+    assert isinstance(nc_role, NoConnectionStep)
+    assert (nc_role.source, nc_role.domain, nc_role.target, nc_role.within_s) == ("relay", None, "backup", 5.0)
+
+    assert isinstance(second, SmtpSessionStep) and second.id == "second"
+    assert isinstance(hop, HopStep)
+    assert (hop.hop, hop.session, hop.within_s, hop.mark) == ("relay->nomail", 1, 15.0, Mark(f, 38, 5))
+    assert hop.expect == {Stage.CONNECT: ReplyExpectation(521, "5.3.2")}
+    assert hop.expect[Stage.CONNECT].mark == Mark(f, 40, 25)
+    # No rcpt_to to check against: any recipient.
+    assert hop.expect_rcpt == {"y@anywhere.test": ReplyExpectation(250)}
+    assert isinstance(hop_ip, HopStep)
+    assert (hop_ip.hop, hop_ip.session, hop_ip.within_s) == ("relay->192.0.2.7", 2, 30.0)
+
+    assert isinstance(queued, QueueStateStep)
+    assert (queued.host, queued.state, queued.reason, queued.within_s, queued.message_of) == (
+        "relay", "deferred", "521", 15.0, None)
+    assert flush == QueueFlushStep(host="relay", mark=Mark(f, 51, 5))
+    assert isinstance(bounce, BounceStep)
+    assert (bounce.host, bounce.mailbox, bounce.within_s, bounce.message_of) == (
+        "relay", "alice@origin.test", 20.0, None)
+    # In the order written, with the RFC 3464 field names.
+    assert bounce.checks == (
+        DsnCheck("Status", "^5\\."), DsnCheck("Action", "failed"), DsnCheck("Diagnostic-Code", "521"),
+        DsnCheck("Remote-MTA", "nomail"), DsnCheck("Final-Recipient", "x@sendonly.test"))
+    assert isinstance(bounce_of, BounceStep)
+    assert (bounce_of.checks, bounce_of.message_of) == ((), "second")
+    assert isinstance(absent, QueueStateStep)
+    assert (absent.host, absent.state, absent.reason) == ("backup", "absent", None)
+    assert isinstance(delivery, DeliveryStep) and delivery.host == "mx"
+
+    assert {i: sorted(o) for i, o in s.overrides.items()} == {
+        0: ["exim", "opensmtpd"], 6: ["exim"], 11: ["exim"]}
+    exim = s.overrides[0]["exim"]
+    assert (exim.mta, exim.skip, exim.mark) == ("exim", False, Mark(f, 24, 9))
+    assert exim.reason == "Exim's verify = recipient answers 550 with no enhanced code"
+    assert isinstance(exim.step, SmtpSessionStep)
+    # The override's keys replace the step's own (expect as a whole); the rest is the step's.
+    assert exim.step.expect == {Stage.RCPT: ReplyExpectation(550)}
+    assert exim.step.expect[Stage.RCPT].mark == Mark(f, 27, 19)
+    assert (exim.step.id, exim.step.host, exim.step.rcpt_to, exim.step.mark) == (
+        "first", "relay", ("x@nullmx.test",), first.mark)
+    assert s.overrides[0]["opensmtpd"] == StepOverride(
+        "opensmtpd", "OpenSMTPD has no null-MX check: it accepts and defers", Mark(f, 28, 9), skip=True)
+    queue_exim = s.overrides[6]["exim"].step
+    assert isinstance(queue_exim, QueueStateStep)
+    assert (queue_exim.reason, queue_exim.within_s, queue_exim.state) == ("refused", 40.0, "deferred")
+    delivery_exim = s.overrides[11]["exim"].step
+    assert isinstance(delivery_exim, DeliveryStep)
+    assert (delivery_exim.host, delivery_exim.within_s, delivery_exim.mailbox) == ("backup", 3.0,
+                                                                                   "bob@example.test")
+
+    on_exim = s.steps_for("exim")
+    assert on_exim[0][1] is exim.step and on_exim[0][2] is exim
+    assert on_exim[1][1:] == (nc_domain, None)
+    on_opensmtpd = s.steps_for("opensmtpd")
+    assert on_opensmtpd[0][1] is first and on_opensmtpd[0][2] == s.overrides[0]["opensmtpd"]
+    assert [step for _, step, _ in s.steps_for("postfix")] == list(s.steps)
+
+
+def test_override_error_in_the_step_names_the_implementation(tmp_path: Path) -> None:
+    text = (HEAD + SMTP + "      expect: {rcpt: {bob@example.test: 250}}\n"
+            "      per_mta:\n        exim: {reason: r, rcpt_to: carol@example.test}\n")
+    path = write(tmp_path, text)
+    assert str(load_error(path)).endswith("(on exim: the step with its per_mta override at line 10)")
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -185,15 +296,17 @@ BAD: dict[str, tuple[str, int, int, str]] = {
         "name: 42\ndescription: d\nsteps:\n" + SMTP, 1, 7, "write it in quotes"),
     "unknown top-level key": (
         HEAD + SMTP + "extra: 1\n", 8, 1,
-        "unknown key 'extra' in scenario (expected one of: name, description, dns,"),
+        "unknown key 'extra' in scenario (expected one of: name, description, mta, dns,"),
     "empty steps": (
         "name: t\ndescription: d\nsteps: []\n", 3, 8, "expected a non-empty list of steps"),
     "unknown step kind": (
         HEAD + "  - smtpp:\n      host: mx\n", 4, 5,
-        "unknown step kind 'smtpp' (expected one of: smtp, delivery, no_delivery)"),
+        "unknown step kind 'smtpp' (expected one of: smtp, delivery, no_delivery, hop, no_connection, "
+        "bounce, queue_flush, queue_state)"),
     "step with two keys": (
         HEAD + "  - smtp: {host: mx, mail_from: a, rcpt_to: b}\n    delivery: {host: mx}\n", 4, 5,
-        "exactly one key, smtp, delivery or no_delivery, got a mapping with keys smtp, delivery"),
+        "exactly one key, the step kind (smtp, delivery, no_delivery, hop, no_connection, bounce, "
+        "queue_flush or queue_state), got a mapping with keys smtp, delivery"),
     "empty smtp step": (
         HEAD + "  - smtp:\n", 4, 10, "expected an smtp step mapping"),
     "unknown key in smtp step": (
@@ -253,9 +366,6 @@ BAD: dict[str, tuple[str, int, int, str]] = {
         "unknown role 'mxx' in host (expected one of: mx, relay, nomail)"),
     "unknown delivery host": (
         HEAD + SMTP + "  - delivery: {host: dns, mailbox: b}\n", 8, 22, "unknown role 'dns' in host"),
-    "unknown role in roles": (
-        ROLES_HEAD + "  submit: {config: .}\nsteps:\n" + SMTP, 4, 3,
-        "custom role 'submit' is not supported yet"),
     "duplicate key": (
         "name: t\ndescription: d\nname: u\nsteps:\n" + SMTP, 3, 1,
         "duplicate key 'name' (first defined at line 1)"),
@@ -291,6 +401,251 @@ BAD: dict[str, tuple[str, int, int, str]] = {
 }
 
 
+MTA_HEAD = "name: t\ndescription: d\n"
+# A queue_state/bounce etc. after one smtp step: the new step starts at line 8.
+AFTER = HEAD + SMTP
+
+
+def override(body: str) -> str:
+    """An smtp step (lines 4-7) with per_mta at line 8; ``body`` lines are indented under it."""
+    return HEAD + SMTP + "      per_mta:\n" + body
+
+
+BAD_NEW: dict[str, tuple[str, int, int, str]] = {
+    # mta
+    "unknown mta": (
+        MTA_HEAD + "mta: sendmail\nsteps:\n" + SMTP, 3, 6,
+        "expected an MTA implementation: postfix, exim or opensmtpd, got 'sendmail'"),
+    "unknown mta in list": (
+        MTA_HEAD + "mta: [postfix, Exim]\nsteps:\n" + SMTP, 3, 16,
+        "expected an MTA implementation: postfix, exim or opensmtpd, got 'Exim'"),
+    "empty mta list": (
+        MTA_HEAD + "mta: []\nsteps:\n" + SMTP, 3, 6,
+        "expected a non-empty list of MTA implementations (postfix, exim, opensmtpd), got an empty list"),
+    "mta listed twice": (
+        MTA_HEAD + "mta: [exim, postfix, exim]\nsteps:\n" + SMTP, 3, 22,
+        "MTA implementation 'exim' is listed twice in mta"),
+    # roles
+    "bad role name": (
+        ROLES_HEAD + "  Backup: {like: nomail}\nsteps:\n" + SMTP, 4, 3,
+        "expected a role name (lowercase letters, digits and '-', starting with a letter) as key, "
+        "got 'Backup'"),
+    "dns as a role": (
+        ROLES_HEAD + "  dns: {config: .}\nsteps:\n" + SMTP, 4, 3,
+        "'dns' is the scenario's DNS server, not a mail role"),
+    "client as a role": (
+        ROLES_HEAD + "  client: {like: relay}\nsteps:\n" + SMTP, 4, 3,
+        "'client' is the harness's own SMTP client, not a role"),
+    "added role without like": (
+        ROLES_HEAD + "  submit: {config: .}\nsteps:\n" + SMTP, 4, 3,
+        "'submit' is not a standard role (mx, relay or nomail): a role the scenario adds needs "
+        "'like: <standard role>'"),
+    "like on a standard role": (
+        ROLES_HEAD + "  relay: {config: ., like: mx}\nsteps:\n" + SMTP, 4, 22,
+        "'like' is only for a role the scenario adds: relay is a standard role"),
+    "like an added role": (
+        ROLES_HEAD + "  a: {like: nomail}\n  b: {like: a}\nsteps:\n" + SMTP, 5, 13,
+        "expected a standard role: mx, relay or nomail, got 'a'"),
+    "empty role override": (
+        ROLES_HEAD + "  relay: {}\nsteps:\n" + SMTP, 4, 10,
+        "expected a role override mapping with at least one of config, settings, like, mta, "
+        "got an empty mapping"),
+    "role override without value": (
+        ROLES_HEAD + "  relay:\nsteps:\n" + SMTP, 4, 9, "got an empty value"),
+    "unknown key in role override": (
+        ROLES_HEAD + "  relay: {configs: .}\nsteps:\n" + SMTP, 4, 11,
+        "unknown key 'configs' in role override (expected one of: config, settings, like, mta)"),
+    "unknown mta in config": (
+        ROLES_HEAD + "  relay:\n    config: {postfix: ., sendmail: .}\nsteps:\n" + SMTP, 5, 26,
+        "unknown MTA implementation 'sendmail' (expected one of: postfix, exim, opensmtpd)"),
+    "empty config mapping": (
+        ROLES_HEAD + "  relay: {config: {}}\nsteps:\n" + SMTP, 4, 19,
+        "expected a mapping of MTA implementation (postfix, exim, opensmtpd) to directory path, "
+        "got an empty mapping"),
+    "config not a path": (
+        ROLES_HEAD + "  relay: {config: [a]}\nsteps:\n" + SMTP, 4, 19,
+        "expected a directory path (a non-empty string), got a list"),
+    "unknown mta in settings": (
+        ROLES_HEAD + "  relay:\n    settings: {qmail: {a: b}}\nsteps:\n" + SMTP, 5, 16,
+        "unknown MTA implementation 'qmail' (expected one of: postfix, exim, opensmtpd)"),
+    "bad parameter name": (
+        ROLES_HEAD + "  relay:\n    settings: {postfix: {'bad name': 1}}\nsteps:\n" + SMTP, 5, 26,
+        "expected a parameter name (letters, digits and '_', not starting with a digit) as key, "
+        "got 'bad name'"),
+    "multi-line parameter value": (
+        ROLES_HEAD + "  relay:\n    settings: {postfix: {a: \"x\\ny\"}}\nsteps:\n" + SMTP, 5, 29,
+        "expected a parameter value (a single-line string, a number or a boolean)"),
+    "parameter value a list": (
+        ROLES_HEAD + "  relay:\n    settings: {postfix: {a: [x]}}\nsteps:\n" + SMTP, 5, 29,
+        "expected a parameter value (a single-line string, a number or a boolean), got a list"),
+    "unknown role mta": (
+        ROLES_HEAD + "  mx: {mta: qmail}\nsteps:\n" + SMTP, 4, 13,
+        "expected an MTA implementation: postfix, exim or opensmtpd, got 'qmail'"),
+    "unknown host lists the added roles": (
+        ROLES_HEAD + "  backup: {like: nomail}\nsteps:\n  - smtp: {host: backup2, mail_from: a, rcpt_to: b}\n",
+        6, 18, "unknown role 'backup2' in host (expected one of: mx, relay, nomail, backup)"),
+    # hop
+    "hop not a hop": (
+        AFTER + "  - hop: {hop: relay-mx, expect: {connect: 220}}\n", 8, 16,
+        "expected a hop such as relay->mx (a role, '->', then a role or an IPv4 address), got 'relay-mx'"),
+    "hop from client": (
+        AFTER + "  - hop: {hop: client->relay, expect: {connect: 220}}\n", 8, 16,
+        "hop 'client->relay' starts at the client: the client's own sessions are checked in smtp steps"),
+    "hop from unknown role": (
+        AFTER + "  - hop: {hop: mxx->relay, expect: {connect: 220}}\n", 8, 16,
+        "unknown role 'mxx' on the left of hop 'mxx->relay' (expected one of: mx, relay, nomail)"),
+    "hop to unknown": (
+        AFTER + "  - hop: {hop: relay->mxx, expect: {connect: 220}}\n", 8, 16,
+        "'mxx' on the right of hop 'relay->mxx' is neither a role (mx, relay, nomail) nor an IPv4 address"),
+    "hop to bad address": (
+        AFTER + "  - hop: {hop: relay->192.0.2.300, expect: {connect: 220}}\n", 8, 16,
+        "'192.0.2.300' on the right of hop"),
+    "hop without expect": (
+        AFTER + "  - hop: {hop: relay->mx}\n", 8, 10, "missing required key 'expect' in hop step"),
+    "hop empty expect": (
+        AFTER + "  - hop: {hop: relay->mx, expect: {}}\n", 8, 35,
+        "expected a non-empty mapping of stage (connect, ehlo, mail, rcpt, data, end_of_data, quit) to "
+        "expected reply, got an empty mapping"),
+    "hop bad stage": (
+        AFTER + "  - hop: {hop: relay->mx, expect: {helo: 250}}\n", 8, 36, "unknown key 'helo' in expect"),
+    "hop session 0": (
+        AFTER + "  - hop: {hop: relay->mx, session: 0, expect: {quit: 221}}\n", 8, 36,
+        "expected a session number (an integer, 1 or more), got 0"),
+    "hop within 0": (
+        AFTER + "  - hop: {hop: relay->mx, within: 0, expect: {quit: 221}}\n", 8, 35,
+        "expected a number of seconds greater than 0, got 0"),
+    # no_connection
+    "no_connection domain and to": (
+        HEAD + "  - no_connection: {from: relay, domain: nullmx.test, to: mx}\n", 4, 55,
+        "a no_connection step takes either 'domain' or 'to', not both"),
+    "no_connection neither": (
+        HEAD + "  - no_connection: {from: relay}\n", 4, 20,
+        "missing required key 'domain' (or 'to') in no_connection step"),
+    "no_connection without from": (
+        HEAD + "  - no_connection: {domain: nullmx.test}\n", 4, 20,
+        "missing required key 'from' in no_connection step"),
+    "no_connection unknown from": (
+        HEAD + "  - no_connection: {from: client, to: mx}\n", 4, 27, "unknown role 'client' in from"),
+    "no_connection unknown to": (
+        HEAD + "  - no_connection: {from: relay, to: dns}\n", 4, 38, "unknown role 'dns' in to"),
+    "no_connection bad domain": (
+        HEAD + "  - no_connection: {from: relay, domain: 'a b'}\n", 4, 42,
+        "expected a domain name such as nullmx.test, got 'a b'"),
+    # bounce
+    "bounce before smtp": (
+        HEAD + "  - bounce: {host: relay, mailbox: a@origin.test}\n", 4, 5,
+        "bounce step before any smtp step: there is no message to look for"),
+    "bounce without mailbox": (
+        AFTER + "  - bounce: {host: relay}\n", 8, 13, "missing required key 'mailbox' in bounce step"),
+    "bounce unknown field": (
+        AFTER + "  - bounce: {host: relay, mailbox: a, expect: {reporting_mta: x}}\n", 8, 48,
+        "unknown key 'reporting_mta' in bounce expect (expected one of: action, status, diagnostic_code, "
+        "remote_mta, final_recipient)"),
+    "bounce bad regex": (
+        AFTER + "  - bounce: {host: relay, mailbox: a, expect: {status: '^5\\.('}}\n", 8, 56,
+        "invalid regular expression '^5\\\\.(': missing ), unterminated subpattern"),
+    "bounce number pattern": (
+        AFTER + "  - bounce: {host: relay, mailbox: a, expect: {diagnostic_code: 521}}\n", 8, 65,
+        "expected a regular expression (a string), got 521 (a number): write it in quotes"),
+    "bounce unknown message_of": (
+        AFTER + "  - bounce: {host: relay, mailbox: a, message_of: x}\n", 8, 51,
+        "unknown step id 'x' in message_of (no earlier smtp step has an id)"),
+    # queue_flush
+    "queue_flush without host": (
+        AFTER + "  - queue_flush: {}\n", 8, 18, "missing required key 'host' in queue_flush step"),
+    "queue_flush unknown host": (
+        AFTER + "  - queue_flush: {host: dns}\n", 8, 25, "unknown role 'dns' in host"),
+    "queue_flush extra key": (
+        AFTER + "  - queue_flush: {host: mx, within: 3}\n", 8, 29,
+        "unknown key 'within' in queue_flush step (expected one of: host, per_mta)"),
+    # queue_state
+    "queue_state before smtp": (
+        HEAD + "  - queue_state: {host: relay, state: deferred}\n", 4, 5, "queue_state step before any smtp"),
+    "queue_state bad state": (
+        AFTER + "  - queue_state: {host: relay, state: bounced}\n", 8, 39,
+        "expected a queue state: deferred, active, queued or absent, got 'bounced'"),
+    "queue_state without state": (
+        AFTER + "  - queue_state: {host: relay}\n", 8, 18, "missing required key 'state' in queue_state step"),
+    "queue_state reason when absent": (
+        AFTER + "  - queue_state: {host: relay, state: absent, reason: x}\n", 8, 47,
+        "'reason' cannot be checked with state 'absent'"),
+    "queue_state bad reason regex": (
+        AFTER + "  - queue_state: {host: relay, state: deferred, reason: '['}\n", 8, 57,
+        "invalid regular expression '['"),
+    # per_mta
+    "override without reason": (
+        override("        exim: {skip: true}\n"), 9, 15,
+        "an override needs a 'reason': say why this implementation differs"),
+    "override with empty reason": (
+        override("        exim: {reason: ' ', skip: true}\n"), 9, 24,
+        "expected a reason (a non-empty single-line string), got ' '"),
+    "override with multi-line reason": (
+        override("        exim:\n          reason: |\n            a\n            b\n          skip: true\n"),
+        10, 19, "expected a reason (a non-empty single-line string)"),
+    "override for unknown mta": (
+        override("        qmail: {reason: r, skip: true}\n"), 9, 9,
+        "unknown MTA implementation 'qmail' (expected one of: postfix, exim, opensmtpd)"),
+    "empty per_mta": (
+        HEAD + SMTP + "      per_mta: {}\n", 8, 16,
+        "expected a non-empty mapping of MTA implementation (postfix, exim, opensmtpd) to override"),
+    "override not a mapping": (
+        override("        exim: skip\n"), 9, 15,
+        "expected an override mapping {reason, skip} or {reason, keys of the smtp step}, got 'skip'"),
+    "skip with other keys": (
+        override("        exim: {reason: r, skip: true, host: relay}\n"), 9, 39,
+        "a skipped step takes no keys besides 'reason': 'host' would change a step that does not run on exim"),
+    "override changes nothing": (
+        override("        exim: {reason: r}\n"), 9, 9,
+        "the override for exim changes nothing: give 'skip: true', or keys of the smtp step"),
+    "override changes nothing with skip false": (
+        override("        exim: {reason: r, skip: false}\n"), 9, 9, "the override for exim changes nothing"),
+    "override of id": (
+        override("        exim: {reason: r, id: other}\n"), 9, 27,
+        "unknown key 'id' in smtp override (expected one of: reason, skip, host, ehlo, mail_from,"),
+    "override key of another kind": (
+        override("        exim: {reason: r, state: deferred}\n"), 9, 27, "unknown key 'state' in smtp override"),
+    "override bad value": (
+        override("        exim:\n          reason: r\n          expect: {rcpt: 600}\n"), 11, 26,
+        "expected an integer reply code between 200 and 599, got 600"),
+    "override unknown role": (
+        override("        exim: {reason: r, host: mxx}\n"), 9, 33,
+        "unknown role 'mxx' in host (expected one of: mx, relay, nomail)"),
+    "override bad regex": (
+        override("        exim: {reason: r, expect: {mail: {code: 250, text: '('}}}\n"), 9, 60,
+        "invalid regular expression '('"),
+    "override rcpt_to no longer matches the step's expect": (
+        HEAD + SMTP + "      expect: {rcpt: {bob@example.test: 250}}\n"
+        "      per_mta:\n        exim: {reason: r, rcpt_to: carol@example.test}\n", 8, 23,
+        "recipient 'bob@example.test' in expect.rcpt is not in rcpt_to (carol@example.test)"),
+    "override no_connection gets both domain and to": (
+        HEAD + "  - no_connection:\n      from: relay\n      domain: nullmx.test\n"
+        "      per_mta:\n        exim: {reason: r, to: mx}\n", 8, 27,
+        "a no_connection step takes either 'domain' or 'to', not both"),
+    "override message_of a later step": (
+        HEAD + SMTP + "  - delivery:\n      host: mx\n      mailbox: b\n      per_mta:\n"
+        "        exim: {reason: r, message_of: later}\n" + smtp("      id: later\n"), 12, 39,
+        "message_of 'later' refers to a later step (step 3)"),
+    "queue_state override reason is the why": (
+        AFTER + "  - queue_state:\n      host: relay\n      state: deferred\n      per_mta:\n"
+        "        exim: {reason: r, queue_reason: '('}\n", 12, 41, "invalid regular expression '('"),
+    "message of a skipped step": (
+        override("        opensmtpd: {reason: r, skip: true}\n") + "  - delivery: {host: mx, mailbox: b}\n",
+        10, 5, "step 2 (delivery) checks the message of step 1, which is skipped on opensmtpd (per_mta): "
+        "skip this step on opensmtpd too, or name another message with message_of"),
+    "message_of a skipped step": (
+        HEAD + smtp("      id: one\n      per_mta:\n        exim: {reason: r, skip: true}\n") + SMTP
+        + "  - bounce: {host: mx, mailbox: b, message_of: one}\n", 15, 48,
+        "step 3 (bounce) checks the message of step 1, which is skipped on exim"),
+    "message_of a skipped step named in an override": (
+        HEAD + smtp("      id: one\n      per_mta:\n        exim: {reason: r, skip: true}\n") + SMTP
+        + "  - delivery:\n      host: mx\n      mailbox: b\n      per_mta:\n"
+        "        exim: {reason: r, message_of: one}\n", 19, 39,
+        "step 3 (delivery) checks the message of step 1, which is skipped on exim"),
+}
+
+BAD.update(BAD_NEW)
+
+
 @pytest.mark.parametrize(("text", "line", "col", "phrase"), list(BAD.values()), ids=list(BAD))
 def test_bad_file(tmp_path: Path, text: str, line: int, col: int, phrase: str) -> None:
     path = write(tmp_path, text)
@@ -312,7 +667,52 @@ def test_role_config_dir_is_relative_to_the_scenario(tmp_path: Path) -> None:
     (tmp_path / "scenarios").mkdir()
     text = ROLES_HEAD + "  relay: {config: ../compose/relay}\nsteps:\n" + SMTP
     path = write(tmp_path, text, "scenarios/s.yaml")
-    assert load_scenario(path).roles["relay"].config_dir == (tmp_path / "compose" / "relay").resolve()
+    assert load_scenario(path).roles["relay"].config_dirs == {"postfix": (tmp_path / "compose" / "relay").resolve()}
+
+
+def test_missing_role_config_dir_per_mta(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "file").write_text("")
+    path = write(tmp_path, ROLES_HEAD + "  relay:\n    config: {postfix: p, exim: e}\nsteps:\n" + SMTP)
+    error = load_error(path)
+    assert str(error).startswith(f"{path}:5:32: role config directory 'e' does not exist"), str(error)
+    path = write(tmp_path, ROLES_HEAD + "  relay:\n    config: {exim: file}\nsteps:\n" + SMTP)
+    assert str(load_error(path)).startswith(f"{path}:5:20: role config directory 'file' is not a directory")
+
+
+def test_added_role_with_its_own_config(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    text = (ROLES_HEAD + "  backup-2: {like: nomail, config: {exim: b}, settings: {exim: {X: 1}}}\nsteps:\n"
+            "  - smtp: {host: backup-2, mail_from: a, rcpt_to: b}\n")
+    s = load_scenario(write(tmp_path, text))
+    role = s.roles["backup-2"]
+    assert (role.like, role.config_dirs, role.settings) == ("nomail", {"exim": (tmp_path / "b").resolve()},
+                                                            {"exim": {"X": "1"}})
+    assert isinstance(s.steps[0], SmtpSessionStep) and s.steps[0].host == "backup-2"
+
+
+def test_single_mta(tmp_path: Path) -> None:
+    assert load_scenario(write(tmp_path, "name: t\ndescription: d\nmta: exim\nsteps:\n" + SMTP)).mtas == (
+        "exim",)
+
+
+def test_step_defaults(tmp_path: Path) -> None:
+    text = (HEAD + SMTP + "  - hop: {hop: relay->mx, expect: {quit: 221}}\n"
+            "  - no_connection: {from: relay, to: mx}\n"
+            "  - bounce: {host: relay, mailbox: a@origin.test}\n"
+            "  - queue_state: {host: relay, state: queued}\n")
+    _, hop, no_connection, bounce, queue = load_scenario(write(tmp_path, text)).steps
+    assert isinstance(hop, HopStep) and (hop.session, hop.within_s) == (1, 15.0)
+    assert isinstance(no_connection, NoConnectionStep) and no_connection.within_s == 5.0
+    assert isinstance(bounce, BounceStep) and (bounce.within_s, bounce.checks) == (20.0, ())
+    assert isinstance(queue, QueueStateStep) and (queue.within_s, queue.reason) == (15.0, None)
+
+
+def test_a_skipped_step_may_be_checked_where_the_checker_is_skipped_too(tmp_path: Path) -> None:
+    skip = "      per_mta:\n        exim: {reason: r, skip: true}\n"
+    text = HEAD + smtp(skip) + "  - delivery:\n      host: mx\n      mailbox: b\n" + skip
+    s = load_scenario(write(tmp_path, text))
+    assert [o.skip for _, _, o in s.steps_for("exim") if o] == [True, True]
 
 
 def test_missing_message_file(tmp_path: Path) -> None:
@@ -354,10 +754,11 @@ def test_file_order_decides_which_error_is_reported(tmp_path: Path) -> None:
     assert str(load_error(path)).startswith(f"{path}:4:22: unknown key 'mail_frm' in smtp step")
 
 
-def test_no_traceback_for_any_damaged_copy_of_a_valid_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fixture", [FULL, FLOWS], ids=["full", "flows"])
+def test_no_traceback_for_any_damaged_copy_of_a_valid_file(tmp_path: Path, fixture: Path) -> None:
     # Truncations and single-line deletions of a valid file reach every corner of the pipeline;
     # each must load or raise ScenarioError, never anything else.
-    lines = FULL.read_text().splitlines(keepends=True)
+    lines = fixture.read_text().splitlines(keepends=True)
     (tmp_path / "relay-config").mkdir()
     (tmp_path / "messages").mkdir()
     (tmp_path / "messages" / "hello.eml").write_bytes((FIXTURES / "messages" / "hello.eml").read_bytes())
@@ -434,6 +835,57 @@ def test_schema_stages_match_the_model() -> None:
 
 def test_standard_roles() -> None:
     assert STANDARD_ROLES == ("mx", "relay", "nomail")
+    assert load_schema()["$defs"]["standardRole"]["enum"] == list(STANDARD_ROLES)
+
+
+def test_schema_mtas_match_the_loader() -> None:
+    schema = load_schema()
+    defs = schema["$defs"]
+    assert defs["mtaName"]["enum"] == list(KNOWN_MTAS)
+    role = defs["roleOverride"]["properties"]
+    for mapping in (role["config"]["then"], role["settings"]):
+        assert list(mapping["properties"]) == list(KNOWN_MTAS)
+    for name, sub in defs.items():
+        if name.endswith("PerMta"):
+            assert list(sub["properties"]) == list(KNOWN_MTAS), name
+
+
+def _step_defs() -> dict[str, str]:
+    """Step kind -> the name of its schema definition."""
+    return {kind: ref["$ref"].rsplit("/", 1)[1]
+            for kind, ref in load_schema()["$defs"]["step"]["properties"].items()}
+
+
+def test_schema_step_kinds_match_the_model() -> None:
+    kinds = [cls.kind for cls in typing.get_args(Step)]
+    assert list(_step_defs()) == kinds
+
+
+def test_every_step_kind_has_per_mta_overrides_mirroring_its_keys() -> None:
+    # The override of a step offers exactly the step's keys (not id: message_of refers to it), each the
+    # same schema as in the step, plus reason and skip.
+    defs = load_schema()["$defs"]
+    renamed = {"queue_reason": "reason"}
+    for kind, name in _step_defs().items():
+        step = defs[name]["properties"]
+        prefix = name.removesuffix("Step")
+        assert step["per_mta"] == {"$ref": f"#/$defs/{prefix}PerMta"}, kind
+        override = defs[f"{prefix}Override"]
+        assert override["required"] == ["reason"]
+        assert "an override needs a 'reason'" in override["x-missing"]["reason"]
+        keys = list(override["properties"])
+        assert keys[:2] == ["reason", "skip"], kind
+        assert [renamed.get(k, k) if kind == "queue_state" else k for k in keys[2:]] == [
+            k for k in step if k not in ("id", "per_mta")], kind
+        for key in keys[2:]:
+            target = renamed.get(key, key) if kind == "queue_state" else key
+            assert override["properties"][key]["$ref"] == f"#/$defs/{name}/properties/{target}", (kind, key)
+
+
+def test_schema_bounce_fields_and_queue_states_match() -> None:
+    defs = load_schema()["$defs"]
+    assert list(defs["bounceStep"]["properties"]["expect"]["properties"]) == list(DSN_FIELDS)
+    assert defs["queueStateStep"]["properties"]["state"]["enum"] == list(QUEUE_STATES)
 
 
 def test_full_fixture_is_valid_yaml_mapping() -> None:

@@ -1,0 +1,164 @@
+"""Capture companions: tcpdump in an MTA container's network namespace, for the hops between MTAs.
+
+Each companion runs the ``compose/capture`` image with ``network_mode="container:<mta id>"``: it sees
+exactly the MTA's interfaces and addresses without the MTA's image, configuration or address being
+touched. It records every TCP port-25 packet of that namespace into ``/capture/smtp.pcap`` from
+start until it is removed; ``read_pcap()`` copies the file out at any time (tcpdump writes each
+packet as it arrives) and ``harness.observe.smtpstream`` decodes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tarfile
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from docker.errors import DockerException, NotFound
+from testcontainers.core.container import DockerContainer
+
+from harness.errors import InfrastructureError, ReadinessTimeoutError
+from harness.topology.labels import ROLE_LABEL, RUN_LABEL
+from harness.topology.topology import Host
+
+__all__ = ["CAPTURE_CAPS", "CAPTURE_FILE", "CAPTURE_IMAGE", "CaptureError", "HopCapture", "start_captures"]
+
+CAPTURE_IMAGE = "capture"  # ImageStore.image(CAPTURE_IMAGE): built from compose/capture/
+CAPTURE_FILE = "/capture/smtp.pcap"
+# What tcpdump needs, nothing more: NET_RAW for the packet socket; CHOWN, SETUID and SETGID because
+# Debian's tcpdump hands the file to user "tcpdump" and switches to it before capturing (it then runs
+# with no capability at all). NET_ADMIN is not needed: "-i any" never turns on promiscuous mode, and
+# sharing another container's network namespace needs no capability of its own.
+CAPTURE_CAPS = ("NET_RAW", "CHOWN", "SETUID", "SETGID")
+# tcpdump prints this on stderr once the socket is open and the filter installed.
+LISTENING = "listening on"
+READY_TIMEOUT_S = 20.0
+TSHARK_TIMEOUT_S = 60.0
+
+
+class CaptureError(InfrastructureError):
+    """A capture companion could not be started or read."""
+
+
+class HopCapture:
+    """The capture companion of one MTA container."""
+
+    def __init__(self, host: Host, image: str, labels: Mapping[str, str]) -> None:
+        self.host = host
+        self.image = image
+        self.role = f"{host.role}-capture"
+        run_id = labels.get(RUN_LABEL, "norun")
+        self.container = (
+            DockerContainer(image, name=f"mailflow-{run_id}-{self.role}")
+            .with_kwargs(
+                # The run's labels (cleanup by label removes the companion with the MTAs) + its own role.
+                labels={**labels, ROLE_LABEL: self.role},
+                network_mode=f"container:{host.container_id}",
+                # testcontainers would otherwise attach a "host network" it guesses when the harness
+                # itself runs in a container; a container sharing a namespace can join no network.
+                network=None,
+                cap_drop=["ALL"],
+                cap_add=list(CAPTURE_CAPS),
+            )
+        )
+        self.listening_after_s: float | None = None
+
+    @property
+    def container_id(self) -> str:
+        return str(self.container.get_wrapped_container().id)
+
+    def logs(self) -> str:
+        try:
+            raw = self.container.get_wrapped_container().logs(stdout=True, stderr=True, tail=50)
+            return bytes(raw).decode("utf-8", "replace")
+        except DockerException as exc:
+            return f"(logs unavailable: {exc})"
+
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> float:
+        """Start the companion and wait until tcpdump listens; return the seconds that took.
+
+        Readiness is tcpdump's own "listening on ..." line in the container log, never a sleep: packets
+        before that line are not captured, so nothing may be sent to the MTA until this returns.
+        """
+        started = time.monotonic()
+        try:
+            self.container.start()
+        except DockerException as exc:
+            raise CaptureError(f"could not start the capture companion of {self.host.role}: {exc}") from exc
+        wrapped = self.container.get_wrapped_container()
+        while True:
+            try:
+                log = bytes(wrapped.logs(stdout=True, stderr=True)).decode("utf-8", "replace")
+                if LISTENING in log:
+                    self.listening_after_s = time.monotonic() - started
+                    return self.listening_after_s
+                wrapped.reload()
+                status = wrapped.status
+            except DockerException as exc:
+                raise CaptureError(f"capture companion of {self.host.role}: {exc}") from exc
+            if status in ("exited", "dead"):
+                code = wrapped.attrs.get("State", {}).get("ExitCode")
+                raise CaptureError(
+                    f"the capture companion of {self.host.role} exited (status {code}) before tcpdump listened "
+                    f"(it needs the capabilities {', '.join(CAPTURE_CAPS)}):\n{log.strip()}")
+            if time.monotonic() - started > timeout_s:
+                raise ReadinessTimeoutError(
+                    f"the capture companion of {self.host.role} ({self.host.address}) did not print "
+                    f"{LISTENING!r} within {timeout_s:.0f} s\n--- its log ---\n{log.strip()}")
+            time.sleep(0.02)
+
+    def read_pcap(self) -> bytes:
+        """The capture file as it is now (complete up to the last packet written; works while running
+        and after the companion stopped)."""
+        try:
+            stream, _ = self.container.get_wrapped_container().get_archive(CAPTURE_FILE)
+            data = b"".join(stream)
+        except NotFound as exc:
+            raise CaptureError(f"no {CAPTURE_FILE} in the capture companion of {self.host.role}: {exc}") from exc
+        except DockerException as exc:
+            raise CaptureError(f"could not read the capture of {self.host.role}: {exc}") from exc
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    extracted = tar.extractfile(member)
+                    if extracted is not None:
+                        return extracted.read()
+        raise CaptureError(f"the archive of {CAPTURE_FILE} from {self.host.role} holds no file")
+
+    def tshark(self, *args: str) -> str:
+        """Run ``tshark -r <capture file> <args>`` inside the companion and return its standard output.
+
+        tshark reads the same file the harness decodes, so Wireshark's dissectors can check ours.
+        """
+        argv = ["timeout", str(int(TSHARK_TIMEOUT_S)), "tshark", "-r", CAPTURE_FILE, *args]
+        try:
+            exit_code, output = self.container.get_wrapped_container().exec_run(argv, demux=True)
+        except DockerException as exc:
+            raise CaptureError(f"could not run tshark in the capture companion of {self.host.role}: {exc}") from exc
+        stdout, stderr = output if output is not None else (None, None)
+        out = (stdout or b"").decode("utf-8", "replace")
+        if exit_code != 0:
+            err = (stderr or b"").decode("utf-8", "replace").strip()
+            raise CaptureError(f"tshark {' '.join(args)} exited with {exit_code}: {err}")
+        return out
+
+    def remove(self) -> None:
+        """Remove the companion (the run's label cleanup would do it too); the capture file goes with it."""
+        with contextlib.suppress(DockerException):
+            self.container.stop()
+
+
+def start_captures(hosts: Iterable[Host], image: str, labels: Mapping[str, str], *,
+                   timeout_s: float = READY_TIMEOUT_S) -> dict[str, HopCapture]:
+    """A listening companion for each host, started in parallel; on any failure none is left running."""
+    captures = {host.role: HopCapture(host, image, labels) for host in hosts}
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, len(captures))) as pool:
+            list(pool.map(lambda c: c.start(timeout_s), captures.values()))
+    except BaseException:
+        for capture in captures.values():
+            capture.remove()
+        raise
+    return captures

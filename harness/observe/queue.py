@@ -1,0 +1,68 @@
+"""An MTA's queue, read and flushed with the MTA's own tools through the engine (docker exec), so
+deferral is asserted without waiting for retry timers."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from docker.errors import DockerException
+
+from harness.errors import InfrastructureError
+from harness.observe.maildir import same_message_id
+from harness.topology.topology import Host
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    queue_id: str
+    state: str  # deferred, active, incoming, hold, ... as the MTA names it
+    message_id: str | None
+    reasons: tuple[str, ...]
+
+    def summary(self) -> str:
+        reason = f": {self.reasons[0]}" if self.reasons else ""
+        return f"{self.queue_id} {self.state}{reason}"
+
+
+def _exec(host: Host, argv: list[str]) -> str:
+    try:
+        result = host.container.get_wrapped_container().exec_run(argv)
+    except DockerException as exc:
+        raise InfrastructureError(f"`{' '.join(argv)}` on {host.role} failed: {exc}") from exc
+    output = bytes(result.output or b"").decode("utf-8", "replace")
+    if result.exit_code != 0:
+        raise InfrastructureError(f"`{' '.join(argv)}` on {host.role} exited {result.exit_code}: {output[-500:]}")
+    return output
+
+
+class PostfixQueue:
+    def flush(self, host: Host) -> None:
+        _exec(host, ["postqueue", "-f"])
+
+    def messages(self, host: Host) -> list[QueuedMessage]:
+        found = []
+        for line in _exec(host, ["postqueue", "-j"]).splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            queue_id = str(entry["queue_id"])
+            reasons = tuple(str(r["delay_reason"]) for r in entry.get("recipients", []) if r.get("delay_reason"))
+            headers = _exec(host, ["postcat", "-h", "-q", queue_id])
+            m = re.search(r"^Message-ID:\s*(\S+)", headers, re.IGNORECASE | re.MULTILINE)
+            found.append(QueuedMessage(queue_id, str(entry["queue_name"]), m.group(1) if m else None, reasons))
+        return found
+
+
+QUEUES: dict[str, PostfixQueue] = {"postfix": PostfixQueue()}
+
+
+def queue_of(host: Host) -> PostfixQueue:
+    if host.mta is None or host.mta not in QUEUES:
+        raise InfrastructureError(f"the harness cannot read the queue of {host.role} ({host.mta})")
+    return QUEUES[host.mta]
+
+
+def find_queued(host: Host, message_id: str) -> list[QueuedMessage]:
+    return [m for m in queue_of(host).messages(host) if same_message_id(m.message_id, message_id)]
