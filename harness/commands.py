@@ -105,10 +105,15 @@ def cmd_images(args: argparse.Namespace, progress: Progress) -> int:
     from harness.plan import plan_scenario
     from harness.topology.topology import build_images
 
+    from harness.topology.mta import available
+
     ctx = _context(args, progress)
-    images = build_images(ctx.images, plan_scenario(None, ctx.compose_dir).topology)
-    for role, tag in images.items():
-        print(f"{role:8} {tag}")
+    for mta in available(ctx.compose_dir):
+        images = build_images(ctx.images, plan_scenario(None, ctx.compose_dir, mta=mta).topology)
+        for role, tag in images.items():
+            print(f"{mta:10} {role:8} {tag}")
+    if (ctx.compose_dir / "capture" / "Dockerfile").is_file():
+        print(f"{'':10} {'capture':8} {ctx.images.image('capture')}")
     return EXIT_OK
 
 
