@@ -103,9 +103,8 @@ def _selected_mtas(args: argparse.Namespace, compose: Path) -> list[str]:
 
 def cmd_images(args: argparse.Namespace, progress: Progress) -> int:
     from harness.plan import plan_scenario
-    from harness.topology.topology import build_images
-
     from harness.topology.mta import available
+    from harness.topology.topology import build_images
 
     ctx = _context(args, progress)
     for mta in available(ctx.compose_dir):

@@ -13,11 +13,13 @@ import docker
 from harness.dns.preflight import check_records, wait_until_answering
 from harness.errors import HarnessError
 from harness.expect.results import ERROR, FAILED, PASSED, ScenarioResult
+from harness.observe.capture import CAPTURE_IMAGE, start_captures
+from harness.observe.hops import CapturedHops
 from harness.plan import ScenarioPlan, plan_scenario
 from harness.report.progress import Progress
 from harness.scenario.model import Scenario
 from harness.topology.images import ImageStore
-from harness.topology.labels import new_run_id, reap_abandoned
+from harness.topology.labels import new_run_id, reap_abandoned, run_labels
 from harness.topology.topology import Topology, build_images, start_topology
 from harness.verify import StepRunner
 
@@ -65,26 +67,49 @@ def bring_up(ctx: RunContext, plan: ScenarioPlan, *, run_id: str, keep_label: bo
 def run_scenario(ctx: RunContext, scenario: Scenario, mta: str | None = None) -> ScenarioResult:
     mta = mta or ctx.mta
     started = time.monotonic()
+    # Capture timestamps are wall-clock; the client's clock is monotonic from the same instant.
+    started_wall = time.time()
     result = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta)
     run_id = new_run_id()
     result.run_id = run_id
     topology: Topology | None = None
+    hops: CapturedHops | None = None
     try:
         plan = plan_scenario(scenario, ctx.compose_dir, mta=mta)
-        topology = bring_up(ctx, plan, run_id=run_id, keep_label=ctx.keep != KEEP_NEVER)
-        StepRunner(topology, scenario, result, started, mta=mta,
+        capture_image = ctx.images.image(CAPTURE_IMAGE)
+        keep_label = ctx.keep != KEEP_NEVER
+        topology = bring_up(ctx, plan, run_id=run_id, keep_label=keep_label)
+        mtas = [h for h in topology.hosts.values() if h.mta is not None]
+        captures = start_captures(mtas, capture_image, run_labels(run_id, keep=keep_label))
+        names = {h.address: h.role for h in topology.hosts.values()}
+        hops = CapturedHops(captures, names, client_address=topology.gateway, start_wall=started_wall)
+        StepRunner(topology, scenario, result, started, mta=mta, hops=hops,
                    domain_addresses=plan.domain_addresses).run_all()
         result.status = FAILED if result.failures else PASSED
     except HarnessError as exc:
         result.status = ERROR
         result.error = str(exc)
     finally:
+        if hops is not None:
+            _add_hop_exchanges(result, hops)
         result.duration_s = time.monotonic() - started
         if topology is not None and not _keep(ctx.keep, result.status):
             topology.destroy()
         elif topology is not None:
             ctx.progress.line(f"kept run {run_id} for debugging: `harness status`, then `harness down --run {run_id}`")
     return result
+
+
+def _add_hop_exchanges(result: ScenarioResult, hops: CapturedHops) -> None:
+    """Every hop's exchanges join the client's, as one timeline."""
+    try:
+        sessions = hops.sessions()
+    except HarnessError as exc:
+        result.error = (result.error + "\n" if result.error else "") + f"hop capture unreadable: {exc}"
+        return
+    own = list(result.exchanges)
+    merged = own + [e for t in sessions for e in t.exchanges]
+    result.exchanges = sorted(merged, key=lambda e: e.at_s)
 
 
 def _keep(keep: str, status: str) -> bool:

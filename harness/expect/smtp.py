@@ -22,8 +22,8 @@ def find_stage(transcript: Transcript, stage: Stage, recipient: str | None = Non
     if stage is Stage.EHLO:
         return transcript.first("EHLO") or transcript.first("HELO")
     if stage is Stage.RCPT:
-        wanted = f"<{recipient}>".lower()
-        return next((e for e in transcript.all("RCPT") if e.sent and e.sent.lower().endswith(wanted)), None)
+        wanted = (recipient or "").lower()
+        return next((e for e in transcript.all("RCPT") if _address(e.sent).lower() == wanted), None)
     return transcript.first(stage.value)
 
 
@@ -49,15 +49,16 @@ def expectations_of(expect: Mapping[Stage, ReplyExpectation], expect_rcpt: Mappi
     return out
 
 
+def _address(sent: str | None) -> str:
+    """The address of ``MAIL FROM:<a> SIZE=1`` / ``RCPT TO:<b> ORCPT=...``."""
+    sent = sent or ""
+    start, end = sent.find("<"), sent.find(">")
+    return sent[start + 1:end] if 0 <= start < end else ""
+
+
 def recipients_in(transcript: Transcript) -> list[str]:
     """The recipients a session named, in order (for hops, whose recipients the scenario did not send)."""
-    out = []
-    for e in transcript.all("RCPT"):
-        sent = e.sent or ""
-        start, end = sent.find("<"), sent.find(">")
-        if start >= 0 and end > start:
-            out.append(sent[start + 1:end])
-    return out
+    return [_address(e.sent) for e in transcript.all("RCPT")]
 
 
 def check_stages(index: int, kind: str, expect: Mapping[Stage, ReplyExpectation],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from docker.errors import DockerException
 
@@ -55,10 +56,41 @@ class PostfixQueue:
         return found
 
 
-QUEUES: dict[str, PostfixQueue] = {"postfix": PostfixQueue()}
+class OpenSmtpdQueue:
+    """``smtpctl show queue`` lines: envelope id|family|type|flags|sender|orig rcpt|dest|created|expires|
+    last try|attempts|state|next|last error. An envelope still pending after a try is deferred."""
+
+    def flush(self, host: Host) -> None:
+        _exec(host, ["smtpctl", "schedule", "all"])
+
+    def messages(self, host: Host) -> list[QueuedMessage]:
+        found = []
+        for line in _exec(host, ["smtpctl", "show", "queue"]).splitlines():
+            fields = line.split("|")
+            if len(fields) < 14:
+                continue
+            envelope, attempts, state, error = fields[0], fields[10], fields[11], "|".join(fields[13:])
+            if state == "inflight":
+                named = "active"
+            else:
+                named = "deferred" if attempts.isdigit() and int(attempts) > 0 else "incoming"
+            shown = _exec(host, ["smtpctl", "show", "message", envelope])
+            m = re.search(r"^Message-ID:\s*(\S+)", shown, re.IGNORECASE | re.MULTILINE)
+            found.append(QueuedMessage(envelope, named, m.group(1) if m else None,
+                                       (error,) if error.strip() else ()))
+        return found
 
 
-def queue_of(host: Host) -> PostfixQueue:
+class MtaQueue(Protocol):
+    def flush(self, host: Host) -> None: ...
+
+    def messages(self, host: Host) -> list[QueuedMessage]: ...
+
+
+QUEUES: dict[str, MtaQueue] = {"postfix": PostfixQueue(), "opensmtpd": OpenSmtpdQueue()}
+
+
+def queue_of(host: Host) -> MtaQueue:
     if host.mta is None or host.mta not in QUEUES:
         raise InfrastructureError(f"the harness cannot read the queue of {host.role} ({host.mta})")
     return QUEUES[host.mta]

@@ -168,6 +168,7 @@ class _Session:
         self.client = _Reader(conn.client)
         self.server = _Reader(conn.server)
         self.exchanges: list[Exchange] = []
+        self.out_of_step = False  # an unreadable reply: nothing after it can be paired
 
     def record(self, command: str, sent: str | None, reply: _Reply) -> None:
         text = _reply_text(reply.lines)
@@ -178,7 +179,7 @@ class _Session:
             enhanced=parse_enhanced(text) if reply.code is not None else None, text=text,
             lines=reply.lines, at_s=reply.ts - self.start_wall))
 
-    def no_reply(self, command: str, sent: str | None) -> None:
+    def no_reply(self, command: str, sent: str | None, detail: str = "") -> None:
         conn = self.conn
         if conn.server.gap or conn.client.gap:
             text = "capture is missing packets of this connection"
@@ -188,6 +189,8 @@ class _Session:
             text = "connection closed"
         else:
             text = "no reply yet: the connection was still open when the capture was read"
+        if detail:
+            text = f"{text} ({detail})"
         ts = conn.end_ts if conn.end_ts is not None else conn.last_ts
         self.exchanges.append(Exchange(hop=self.hop, session=self.session, command=command, sent=sent,
                                        code=None, enhanced=None, text=text, at_s=ts - self.start_wall))
@@ -204,7 +207,10 @@ class _Session:
                 self.record(UNSOLICITED, None, reply)
                 continue
             self.record(command, sent, reply)
-            return reply if reply.code is not None else None  # out of step: stop
+            if reply.code is None:
+                self.out_of_step = True
+                return None
+            return reply
 
     def run(self) -> list[Exchange]:
         conn = self.conn
@@ -229,7 +235,7 @@ class _Session:
             return self.exchanges
         self.commands(greeting)
         # Replies nobody asked for after the last command (421 before closing an idle session).
-        while (reply := self.server.reply()) is not None and reply.code is not None:
+        while not self.out_of_step and (reply := self.server.reply()) is not None and reply.code is not None:
             self.record(UNSOLICITED, None, reply)
         return self.exchanges
 
@@ -251,7 +257,9 @@ class _Session:
                 size = int(bdat.group(1))
                 chunk_ts = self.client.exact(size) if size else ts
                 if chunk_ts is None:
-                    return  # the chunk never arrived in full: nothing the server could have answered
+                    # The command went out but its chunk never arrived in full: unanswerable.
+                    self.no_reply(command, sent, "before the whole chunk was sent")
+                    return
                 ts = chunk_ts
             reply = self.reply_to(command, sent, ts)
             if reply is None:
@@ -270,10 +278,14 @@ class _Session:
         """The message and the reply to its final dot; False when the session cannot go on."""
         ts = self.client.message()
         if ts is None:
-            return False  # the final dot was never sent: there is no command to pair a reply with
+            # The message never ended: no final dot was sent, so no reply can be missing; the
+            # exchange only says how the connection ended (sent=None: nothing was sent).
+            self.no_reply("END-OF-DATA", None, "before the final dot")
+            return False
         return self.reply_to("END-OF-DATA", ".", ts) is not None
 
 
 def decode_session(conn: Connection, *, hop: str, session: int, start_wall: float) -> Transcript:
     """One connection's SMTP exchanges."""
-    return Transcript(hop=hop, session=session, exchanges=_Session(conn, hop, session, start_wall).run())
+    return Transcript(hop=hop, session=session, exchanges=_Session(conn, hop, session, start_wall).run(),
+                      closed=conn.end != "open" or conn.syn_only)

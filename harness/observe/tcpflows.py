@@ -184,6 +184,8 @@ def _segment(ts: float, packet: object) -> Segment | None:
     expected = ip_payload_len - tcp.off * 4
     # With TSO/GRO the kernel may hand tcpdump a "super-packet" whose IP length field is 0.
     truncated = ip_payload_len > 0 and len(payload) < expected
+    # dpkt slices a cut header without complaint: options shorter than the data offset says.
+    truncated = truncated or len(tcp.opts) < tcp.off * 4 - tcp.__hdr_len__
     return Segment(ts, _address(packet.src), tcp.sport, _address(packet.dst), tcp.dport, tcp.seq, tcp.flags,
                    payload, truncated)
 

@@ -13,7 +13,7 @@ def _failure_for(exchange: Exchange, failures: list[Failure]) -> Failure | None:
         if f.hop != exchange.hop or f.session != exchange.session or f.stage is None:
             continue
         if f.stage.startswith("RCPT <"):
-            if exchange.command == "RCPT" and exchange.sent and exchange.sent.lower().endswith(f.stage[5:].lower()):
+            if exchange.command == "RCPT" and exchange.sent and f.stage[5:].lower() in exchange.sent.lower():
                 return f
         elif f.stage == exchange.command:
             return f

@@ -260,8 +260,9 @@ def _container(network: Network, plan: HostPlan, image: str, address: str, label
     kwargs: dict[str, object] = {
         "labels": {**labels, ROLE_LABEL: plan.role},
         "hostname": plan.hostname,
-        "networking_config": {network.name: EndpointConfig("1.41", aliases=[plan.role, plan.hostname],
-                                                           ipv4_address=address)},
+        # No network aliases: Docker's embedded resolver would answer them before our DNS server, and
+        # the scenario's DNS must be the only truth about names.
+        "networking_config": {network.name: EndpointConfig("1.41", ipv4_address=address)},
     }
     if dns is not None:
         kwargs["dns"] = [dns]

@@ -51,3 +51,14 @@ def test_bundled_scenario_passes(run_context: RunContext, path: Path) -> None:
     elif stem.startswith("05"):
         rcpt = next(e for e in exchanges if e.command == "RCPT")
         assert (rcpt.code, rcpt.enhanced) == (550, "5.7.27")
+    elif stem.startswith("06"):
+        assert ("DATA", 354) in _codes(result, "relay->mx")
+        assert ("END-OF-DATA", 250) in _codes(result, "relay->mx")
+    elif stem.startswith(("07", "08")):
+        assert _codes(result, "relay->nomail")[0] == ("CONNECT", 521)
+    elif stem.startswith("09"):
+        # The relay never connected anywhere: no hop at all besides the client's own session.
+        assert {e.hop for e in exchanges} == {"client->relay"}
+    elif stem.startswith("10"):
+        assert _codes(result, "relay->nomail")[0] == ("CONNECT", 521)
+        assert _codes(result, "relay->backup")[0] == ("CONNECT", 521)

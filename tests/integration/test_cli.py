@@ -36,6 +36,20 @@ steps:
         data: 250
 """
 
+WRONG_HOP = """\
+name: expects 250 where mx answers the relay's DATA with 354
+description: a deliberately wrong hop expectation; the run must fail and show the hop
+steps:
+  - smtp:
+      host: relay
+      mail_from: alice@origin.test
+      rcpt_to: bob@example.test
+  - hop:
+      hop: relay->mx
+      expect:
+        data: 250
+"""
+
 WRONG_GREETING = """\
 name: expects 220 from the 521 host
 description: deliberately wrong; later stages must be reported as not reached, never as passed
@@ -71,6 +85,24 @@ def test_wrong_data_expectation_fails_with_exit_1_and_shows_the_354(engine: dock
     data = next(e for e in result["exchanges"] if e["command"] == "DATA")
     assert data == {**data, "hop": "client->mx", "session": 1, "code": 354}
     assert "<failure" in junit.read_text()
+
+
+def test_wrong_hop_expectation_fails_with_exit_1_and_shows_the_hop(engine: docker.DockerClient,
+                                                                  tmp_path: Path) -> None:
+    scenario = tmp_path / "wrong-hop.yaml"
+    scenario.write_text(WRONG_HOP)
+    out = tmp_path / "results.json"
+    done = harness("run", str(scenario), "--json", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{scenario}:11:15: step 2 (hop DATA): expected 250, observed 354" in done.stdout, done.stdout
+    assert "relay->mx session 1" in done.stdout
+    marked = [line for line in done.stdout.splitlines() if "<<< expected 250" in line]
+    assert marked and "354" in marked[0], done.stdout
+    (result,) = json.loads(out.read_text())["scenarios"]
+    (failure,) = result["failures"]
+    assert (failure["hop"], failure["stage"], failure["kind"]) == ("relay->mx", "DATA", "hop")
+    hops = {e["hop"] for e in result["exchanges"]}
+    assert {"client->relay", "relay->mx"} <= hops
 
 
 def test_not_reached_stages_fail(engine: docker.DockerClient, tmp_path: Path) -> None:

@@ -1,0 +1,43 @@
+"""Hops between hosts, as the capture companions saw them: decoded on demand, so every call is
+current while the scenario runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from harness.observe.capture import HopCapture
+from harness.observe.smtpstream import decode_connections, merge_captures
+from harness.observe.tcpflows import Connection
+from harness.smtp.transcript import Transcript
+from harness.verify import ConnectionAttempt
+
+
+class CapturedHops:
+    def __init__(self, captures: Mapping[str, HopCapture], names: Mapping[str, str], *, client_address: str,
+                 start_wall: float) -> None:
+        self._captures = captures
+        self._names = dict(names)
+        self._client = client_address
+        self._start_wall = start_wall
+
+    def _connections(self) -> list[Connection]:
+        return merge_captures([c.read_pcap() for c in self._captures.values()])
+
+    def sessions(self) -> list[Transcript]:
+        # The harness's own client sessions are recorded by the client itself, reply for reply.
+        return decode_connections(self._connections(), names=self._names, start_wall=self._start_wall,
+                                  exclude_sources=[self._client])
+
+    def attempts(self) -> list[ConnectionAttempt]:
+        out = []
+        for conn in self._connections():
+            if conn.src == self._client:
+                continue
+            out.append(ConnectionAttempt(
+                source=self._names.get(conn.src, conn.src),
+                destination=self._names.get(conn.dst, conn.dst),
+                destination_address=conn.dst,
+                port=conn.dport,
+                at_s=conn.first_ts - self._start_wall,
+            ))
+        return out
