@@ -76,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep", choices=["never", "on-failure", "always"], default="never",
                      help="keep a scenario's containers after it ends, for debugging (remove with `harness down`)")
 
+    matrix = sub.add_parser(
+        "matrix", help="run scenarios on every implementation and print who replied what",
+        description="Run each scenario on Postfix, Exim and OpenSMTPD (or --mta) and print a table: "
+                    "scenarios down, implementations across, each cell the key replies observed and "
+                    "pass/fail. --from-json renders an earlier `harness run --json` file instead of running.")
+    matrix.add_argument("paths", nargs="*", type=Path, default=[Path("scenarios")], metavar="PATH")
+    matrix.add_argument("--mta", default=None, metavar="LIST", help="comma-separated implementations")
+    matrix.add_argument("--markdown", type=Path, metavar="FILE",
+                        help="also write the table as Markdown (the project keeps docs/compatibility.md)")
+    matrix.add_argument("--from-json", type=Path, metavar="FILE", help="render this results file; run nothing")
+    matrix.add_argument("--json", type=Path, metavar="FILE", help="write the run's results as JSON")
+    matrix.set_defaults(matrix=True, keep="never", junit=None)
+
     val = sub.add_parser("validate", help="check scenario files without starting anything")
     val.add_argument("paths", nargs="*", type=Path, default=[Path("scenarios")], metavar="PATH")
 

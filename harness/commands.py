@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE, UsageError
-from harness.expect.results import ERROR, FAILED
+from harness.expect.results import ERROR, FAILED, ScenarioResult
 from harness.report.console import print_result, summary_table
 from harness.report.files import write_json, write_junit
 from harness.report.progress import Progress
@@ -40,7 +40,7 @@ def dispatch(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet)
     handler = {
         "run": cmd_run, "validate": cmd_validate, "up": cmd_up, "down": cmd_down, "status": cmd_status,
-        "images": cmd_images, "schema": cmd_schema,
+        "images": cmd_images, "schema": cmd_schema, "matrix": cmd_matrix,
     }[args.command]
     return handler(args, progress)
 
@@ -78,6 +78,42 @@ def cmd_run(args: argparse.Namespace, progress: Progress) -> int:
         write_json(results, args.json)
     if args.junit:
         write_junit(results, args.junit)
+    return _exit_code(results)
+
+
+def cmd_matrix(args: argparse.Namespace, progress: Progress) -> int:
+    from harness.expect.results import result_from_json
+    from harness.report.matrix import matrix_markdown, matrix_text
+
+    if args.from_json:
+        try:
+            doc = json.loads(args.from_json.read_text(encoding="utf-8"))
+            results = [result_from_json(r) for r in doc["scenarios"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{args.from_json}: not a results file of `harness run --json`: {exc}") from exc
+        mtas = list(dict.fromkeys(r.mta for r in results))
+        code = EXIT_OK
+    else:
+        from harness.runner import run_all
+
+        scenarios = load_scenarios(args.paths)
+        ctx = _context(args, progress)
+        mtas = _selected_mtas(args, ctx.compose_dir)
+        progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}")
+        results = run_all(ctx, scenarios, on_result=lambda r: progress.line(
+            f"{r.status.upper():6} {r.name} [{r.mta}] ({r.duration_s:.1f}s)"), mtas=mtas)
+        if args.json:
+            write_json(results, args.json)
+        code = _exit_code(results)
+    print(matrix_text(results, mtas))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(matrix_markdown(results, mtas), encoding="utf-8")
+        progress.line(f"wrote {args.markdown}")
+    return code
+
+
+def _exit_code(results: list[ScenarioResult]) -> int:
     if any(r.status == ERROR for r in results):
         return EXIT_INFRA
     if any(r.status == FAILED for r in results):

@@ -77,3 +77,23 @@ class ScenarioResult:
             "error": self.error,
             "run_id": self.run_id,
         }
+
+
+def result_from_json(doc: dict[str, Any]) -> ScenarioResult:
+    """What reports need back from a results file (failures keep their text, not their marks)."""
+    return ScenarioResult(
+        file=doc["file"],
+        name=doc["name"],
+        status=doc["status"],
+        duration_s=float(doc.get("duration_s", 0.0)),
+        failures=[Failure(f["step"], f["kind"], f.get("stage"), f["expected"], f["observed"], None, f.get("hop"),
+                          f.get("session")) for f in doc.get("failures", [])],
+        exchanges=[Exchange(e["hop"], e["session"], e["command"], e.get("sent"), e.get("code"), e.get("enhanced"),
+                            e.get("text", ""), tuple(e.get("lines", [])), float(e.get("at_s", 0.0)))
+                   for e in doc.get("exchanges", [])],
+        steps=[StepOutcome(s["step"], s["kind"], s["status"], s["summary"], s.get("override"))
+               for s in doc.get("steps", [])],
+        error=doc.get("error"),
+        run_id=doc.get("run_id"),
+        mta=doc.get("mta", "postfix"),
+    )

@@ -22,8 +22,9 @@ def _session_key(exchanges: Sequence[Exchange], hop: str, session: int) -> str:
             code = "closed" if e.code is None else str(e.code)
             return " ".join(p for p in (e.command, code, e.enhanced or "") if p)
     eod = next((e for e in mine if e.command == "END-OF-DATA"), None)
+    data = next((e for e in mine if e.command == "DATA"), None)
     if eod is not None:
-        return f"{eod.code}"
+        return f"DATA {data.code if data else '?'}, {eod.code}"
     return mine[-1].command if mine else "?"
 
 
