@@ -81,13 +81,34 @@ class OpenSmtpdQueue:
         return found
 
 
+class EximQueue:
+    """The Exim image's ``mta-queue``: ``flush`` runs ``exim4 -qff``; ``list`` prints a JSON line per
+    message (state frozen, deferred or active; Message-ID; per-recipient delay reasons)."""
+
+    def flush(self, host: Host) -> None:
+        _exec(host, ["mta-queue", "flush"])
+
+    def messages(self, host: Host) -> list[QueuedMessage]:
+        found = []
+        for line in _exec(host, ["mta-queue", "list"]).splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            reasons = [str(r["delay_reason"]) for r in entry.get("recipients", []) if r.get("delay_reason")]
+            if entry.get("last_error"):
+                reasons.append(str(entry["last_error"]))
+            state = "frozen" if entry.get("frozen") else str(entry["queue_name"])
+            found.append(QueuedMessage(str(entry["queue_id"]), state, entry.get("message_id"), tuple(reasons)))
+        return found
+
+
 class MtaQueue(Protocol):
     def flush(self, host: Host) -> None: ...
 
     def messages(self, host: Host) -> list[QueuedMessage]: ...
 
 
-QUEUES: dict[str, MtaQueue] = {"postfix": PostfixQueue(), "opensmtpd": OpenSmtpdQueue()}
+QUEUES: dict[str, MtaQueue] = {"postfix": PostfixQueue(), "exim": EximQueue(), "opensmtpd": OpenSmtpdQueue()}
 
 
 def queue_of(host: Host) -> MtaQueue:
