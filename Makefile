@@ -7,7 +7,7 @@ BUILD := build
 export TESTCONTAINERS_RYUK_DISABLED := true
 
 .DEFAULT_GOAL := help
-.PHONY: help venv engine images scenarios test unit lint down clean
+.PHONY: help venv images scenarios test unit lint docs down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,8 +24,8 @@ venv: $(STAMP) ## create .venv with the harness and its dependencies
 images: $(STAMP) ## start a Docker engine if none answers, then build the images (only what changed)
 	@$(BIN)/harness images
 
-scenarios: images ## run every scenario in scenarios/ (writes build/results.json, build/junit.xml)
-	@$(BIN)/harness run scenarios --json $(BUILD)/results.json --junit $(BUILD)/junit.xml
+scenarios: images ## run every scenario on Postfix, Exim and OpenSMTPD (build/results.json, build/junit.xml)
+	@$(BIN)/harness run --matrix scenarios --json $(BUILD)/results.json --junit $(BUILD)/junit.xml
 
 test: images ## run the project's tests (unit and real-container integration tests)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -36,6 +36,9 @@ unit: $(STAMP) ## run only the unit tests (no Docker)
 lint: $(STAMP) ## ruff and mypy --strict on harness/
 	@$(BIN)/ruff check harness tests
 	@$(BIN)/mypy harness
+
+docs: images ## regenerate docs/compatibility.md from a run of the bundled scenarios on all three MTAs
+	@$(BIN)/harness matrix scenarios --markdown docs/compatibility.md --json $(BUILD)/matrix.json
 
 down: $(STAMP) ## remove topologies kept by `harness up` or --keep
 	@$(BIN)/harness down

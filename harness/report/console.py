@@ -12,7 +12,7 @@ _WORD = {PASSED: "PASS", FAILED: "FAIL", ERROR: "ERROR"}
 
 
 def scenario_line(result: ScenarioResult) -> str:
-    return f"{_WORD[result.status]:5} {result.name}  ({result.file}, {result.duration_s:.1f}s)"
+    return f"{_WORD[result.status]:5} {result.name} [{result.mta}]  ({result.file}, {result.duration_s:.1f}s)"
 
 
 def details(result: ScenarioResult) -> str:
@@ -24,16 +24,16 @@ def details(result: ScenarioResult) -> str:
 
 
 def summary_table(results: Sequence[ScenarioResult]) -> str:
-    rows = [("status", "scenario", "time", "observed")]
+    rows = [("status", "scenario", "mta", "time", "observed")]
     for r in results:
         observed = "; ".join(s.summary for s in r.steps if s.kind == "smtp")
         if r.status == ERROR:
             observed = (r.error or "").splitlines()[0] if r.error else ""
-        rows.append((_WORD[r.status], r.name, f"{r.duration_s:.1f}s", observed))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        rows.append((_WORD[r.status], r.name, r.mta, f"{r.duration_s:.1f}s", observed))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = []
     for row in rows:
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
     lines.insert(1, "-" * min(120, max(len(line) for line in lines)))
     counts = {s: sum(1 for r in results if r.status == s) for s in (PASSED, FAILED, ERROR)}
     lines.append(f"{len(results)} scenario(s): {counts[PASSED]} passed, {counts[FAILED]} failed, "

@@ -12,7 +12,7 @@ from harness.smtp.transcript import Exchange
 _MARK = {PASSED: "pass", FAILED: "FAIL", ERROR: "ERROR"}
 
 
-def _session_key(exchanges: Sequence[Exchange], hop: str, session: int) -> str:
+def _session_key(exchanges: Sequence[Exchange], hop: str, session: int, *, show_data: bool) -> str:
     """The reply that decided the session: the first refusal, else the end of its DATA."""
     mine = [e for e in exchanges if e.hop == hop and e.session == session]
     for e in mine:
@@ -24,7 +24,7 @@ def _session_key(exchanges: Sequence[Exchange], hop: str, session: int) -> str:
     eod = next((e for e in mine if e.command == "END-OF-DATA"), None)
     data = next((e for e in mine if e.command == "DATA"), None)
     if eod is not None:
-        return f"DATA {data.code if data else '?'}, {eod.code}"
+        return f"DATA {data.code if data else '?'}, {eod.code}" if show_data else f"{eod.code}"
     return mine[-1].command if mine else "?"
 
 
@@ -33,9 +33,9 @@ def _step_key(step: StepOutcome, result: ScenarioResult) -> str | None:
         return None
     m = re.match(r"(\S+->\S+) session (\d+):", step.summary)
     if step.kind == "smtp" and m:
-        return _session_key(result.exchanges, m.group(1), int(m.group(2)))
+        return _session_key(result.exchanges, m.group(1), int(m.group(2)), show_data=False)
     if step.kind == "hop" and m:
-        return f"{m.group(1)} {_session_key(result.exchanges, m.group(1), int(m.group(2)))}"
+        return f"{m.group(1)} {_session_key(result.exchanges, m.group(1), int(m.group(2)), show_data=True)}"
     if step.kind == "bounce":
         status = re.search(r"Status: ([0-9.]+)", step.summary)
         action = re.search(r"Action: (\w+)", step.summary)
@@ -44,8 +44,8 @@ def _step_key(step: StepOutcome, result: ScenarioResult) -> str | None:
                                                      else "")
         return "no bounce"
     if step.kind == "queue_state":
-        state = re.search(r" (deferred|active|incoming|hold|queued)\b", step.summary)
-        return state.group(1) if state else "not queued"
+        state = re.search(r" (deferred|active|incoming|hold|frozen)\b", step.summary)
+        return state.group(1) if state else None
     if step.kind == "delivery":
         return "delivered" if step.status == PASSED else "not delivered"
     if step.status == FAILED:

@@ -533,6 +533,9 @@ class _Builder:
                             f"of the {kind} step that replace the step's own")
         merged = {key: value for key, value in body.items() if key != "per_mta"}
         merged.update({step_key: spec[key] for key, step_key in keys})
+        if kind == "queue_state" and merged.get("state") == "absent" and "queue_reason" not in spec:
+            # An override saying "not queued here" drops the step's reason: nothing queued has one.
+            merged.pop("reason", None)
         try:
             step, source = self.relocated(here, at, keys).step(kind, here, merged, scenario_name, ids)
         except ScenarioError as exc:
