@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from harness.errors import EXIT_USAGE, HarnessError
+from harness.errors import EXIT_INFRA, EXIT_USAGE, HarnessError
 
 DESCRIPTION = """\
 Run mail-flow scenarios against real MTAs and a real DNS server in containers.
@@ -122,6 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception:  # a bug: say so plainly, keep the traceback for the report, clean up
+        import traceback
+
+        cleaned = commands.cleanup_own_runs()
+        print("harness: internal error (a bug in the harness: please report it with the traceback below); "
+              f"removed {cleaned} container(s)/network(s) of this process\n{traceback.format_exc()}",
+              file=sys.stderr)
+        return EXIT_INFRA
     except KeyboardInterrupt as exc:
         cleaned = commands.cleanup_own_runs()
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"

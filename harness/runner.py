@@ -4,6 +4,7 @@ steps), destroy (always, unless asked to keep the topology for debugging)."""
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,9 @@ def run_scenario(ctx: RunContext, scenario: Scenario, mta: str | None = None) ->
     except HarnessError as exc:
         result.status = ERROR
         result.error = str(exc)
+    except Exception as exc:  # a harness bug must not end the other scenarios' runs, nor leak containers
+        result.status = ERROR
+        result.error = f"internal error (a bug in the harness: please report it): {exc!r}\n" + traceback.format_exc()
     finally:
         if hops is not None:
             _add_hop_exchanges(result, hops)

@@ -29,7 +29,8 @@ class QueuedMessage:
 
 def _exec(host: Host, argv: list[str]) -> str:
     try:
-        result = host.container.get_wrapped_container().exec_run(argv)
+        # stdout only: a warning on stderr must not end up in JSON being parsed.
+        result = host.container.get_wrapped_container().exec_run(argv, stdout=True, stderr=False)
     except DockerException as exc:
         raise InfrastructureError(f"`{' '.join(argv)}` on {host.role} failed: {exc}") from exc
     output = bytes(result.output or b"").decode("utf-8", "replace")
@@ -45,7 +46,7 @@ class PostfixQueue:
     def messages(self, host: Host) -> list[QueuedMessage]:
         found = []
         for line in _exec(host, ["postqueue", "-j"]).splitlines():
-            if not line.strip():
+            if not line.startswith("{"):
                 continue
             entry = json.loads(line)
             queue_id = str(entry["queue_id"])
@@ -91,7 +92,7 @@ class EximQueue:
     def messages(self, host: Host) -> list[QueuedMessage]:
         found = []
         for line in _exec(host, ["mta-queue", "list"]).splitlines():
-            if not line.strip():
+            if not line.startswith("{"):
                 continue
             entry = json.loads(line)
             reasons = [str(r["delay_reason"]) for r in entry.get("recipients", []) if r.get("delay_reason")]
