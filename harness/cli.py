@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Start dns, mx, relay and nomail and print each host's role, address "
                                     "and container id, so you can talk to them (e.g. with swaks).")
     up.add_argument("--json", action="store_true", help="print the hosts as JSON")
+    up.add_argument("--mta", default="postfix", choices=["postfix", "exim", "opensmtpd"],
+                    help="the MTA implementation playing mx, relay and nomail (default: postfix)")
 
     down = sub.add_parser("down", help="remove topologies kept by `harness up` or --keep")
     down.add_argument("--run", metavar="RUN_ID", help="remove only this run")

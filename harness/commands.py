@@ -160,13 +160,15 @@ def cmd_up(args: argparse.Namespace, progress: Progress) -> int:
 
     ctx = _context(args, progress)
     ctx.reap()
-    topology = bring_up(ctx, plan_scenario(None, ctx.compose_dir), run_id=new_run_id(), keep_label=True)
+    plan = plan_scenario(None, ctx.compose_dir, mta=args.mta)
+    topology = bring_up(ctx, plan, run_id=new_run_id(), keep_label=True)
     hosts = describe(topology)
     if args.json:
         print(json.dumps({"run_id": topology.run_id, "network": topology.network_name,
                           "client_address": topology.gateway, "hosts": hosts}, indent=2))
     else:
-        print(f"run {topology.run_id} on network {topology.network_name} (you connect from {topology.gateway})")
+        print(f"run {topology.run_id} ({args.mta}) on network {topology.network_name} "
+              f"(you connect from {topology.gateway})")
         for h in hosts:
             print(f"  {h['role']:7} {h['hostname']:22} {h['address']:15} {h['container']}")
         mx = topology.address("mx")
