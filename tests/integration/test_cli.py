@@ -219,3 +219,22 @@ def test_two_runs_at_once_do_not_collide(engine: docker.DockerClient, tmp_path: 
     assert len(run_ids) == 2
     for run_id in run_ids:
         assert not engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+
+
+def test_keep_on_failure_keeps_the_topology_until_down(engine: docker.DockerClient, tmp_path: Path) -> None:
+    scenario = tmp_path / "wrong.yaml"
+    scenario.write_text(WRONG_354)
+    out = tmp_path / "r.json"
+    done = harness("run", str(scenario), "--keep", "on-failure", "--json", str(out))
+    assert done.returncode == 1, done.stderr
+    run_id = json.loads(out.read_text())["scenarios"][0]["run_id"]
+    try:
+        kept = engine.containers.list(filters={"label": f"{RUN_LABEL}={run_id}"})
+        assert len(kept) >= 4, "the failed scenario's containers should still run"
+        assert f"harness down --run {run_id}" in done.stderr
+        # A later run's reaping leaves a kept topology alone even though its process is gone.
+        assert run_id not in reap_abandoned(engine)
+    finally:
+        down = harness("down", "--run", run_id)
+    assert down.returncode == 0, down.stderr
+    assert not engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})

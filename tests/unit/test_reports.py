@@ -1,0 +1,73 @@
+"""Reports from real results (scenarios 04 and 08 on all three MTAs, from `harness run --matrix --json`)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from pathlib import Path
+
+from harness.expect.results import FAILED, Failure, ScenarioResult, result_from_json
+from harness.report.console import summary_table
+from harness.report.files import write_json, write_junit
+from harness.report.matrix import cell, matrix_markdown, matrix_text
+from harness.report.transcript import render_timeline
+
+SAMPLE = Path(__file__).parent / "fixtures" / "results" / "matrix-sample.json"
+MTAS = ["postfix", "exim", "opensmtpd"]
+
+
+def _results() -> list[ScenarioResult]:
+    return [result_from_json(r) for r in json.loads(SAMPLE.read_text())["scenarios"]]
+
+
+def _by(results: list[ScenarioResult], prefix: str, mta: str) -> ScenarioResult:
+    return next(r for r in results if Path(r.file).name.startswith(prefix) and r.mta == mta)
+
+
+def test_cells_show_who_replied_what() -> None:
+    results = _results()
+    assert cell(_by(results, "04", "postfix")) == "pass: RCPT 556 5.1.10"
+    assert cell(_by(results, "04", "opensmtpd")) == "pass (override): 250"
+    assert cell(_by(results, "08", "postfix")) == "pass: 250, relay->nomail CONNECT 521 5.3.2, bounced 5.3.2"
+    assert cell(_by(results, "08", "exim")) == "pass: 250, relay->nomail CONNECT 521 5.3.2, bounced 5.0.0"
+    assert cell(_by(results, "08", "opensmtpd")).endswith("deferred")
+
+
+def test_matrix_has_a_row_per_scenario_and_a_column_per_mta() -> None:
+    results = _results()
+    text = matrix_text(results, MTAS).splitlines()
+    assert text[0].split() == ["scenario", *MTAS]
+    assert len(text) == 2 + 2
+    md = matrix_markdown(results, MTAS)
+    assert "| null MX recipient refused at RCPT | pass: RCPT 556 5.1.10 | pass: RCPT 556 5.1.10 |" in md
+    # Every override is listed with its reason.
+    assert "OpenSMTPD 6.8 has no null-MX check" in md
+
+
+def test_json_round_trip_keeps_the_contract(tmp_path: Path) -> None:
+    results = _results()
+    out = tmp_path / "r.json"
+    write_json(results, out)
+    again = json.loads(out.read_text())["scenarios"]
+    original = json.loads(SAMPLE.read_text())["scenarios"]
+    for a, b in zip(again, original, strict=True):
+        for key in ("file", "name", "mta", "status", "exchanges", "steps"):
+            assert a[key] == b[key]
+        for e in a["exchanges"]:
+            assert {"hop", "session", "command", "code", "enhanced", "text"} <= set(e)
+
+
+def test_a_failure_is_marked_in_the_timeline_and_in_junit(tmp_path: Path) -> None:
+    result = _by(_results(), "08", "postfix")
+    failing = replace(result, status=FAILED, failures=[
+        Failure(2, "hop", "CONNECT", "220", "521 5.3.2 Service currently unavailable", None, "relay->nomail", 1)])
+    timeline = render_timeline(failing)
+    marked = [line for line in timeline.splitlines() if "<<< expected 220" in line]
+    assert len(marked) == 1 and "521" in marked[0]
+    assert "client->relay session 1" in timeline and "relay->nomail session 1" in timeline
+    junit = tmp_path / "j.xml"
+    write_junit([failing], junit)
+    failure = ET.parse(junit).getroot().find("testcase/failure")
+    assert failure is not None and "<<< expected 220" in (failure.text or "")
+    assert "FAIL" in summary_table([failing])
