@@ -64,6 +64,9 @@ __all__ = [
 # Roles every scenario can use without declaring them (the dns container is infrastructure, not a host).
 # A scenario can change them under roles, and add roles that copy one of them (like: nomail).
 STANDARD_ROLES: tuple[str, ...] = ("mx", "relay", "nomail")
+# OpenSMTPD's smtpd.conf has no macro or override mechanism the harness could write settings into.
+MTAS_WITHOUT_SETTINGS = ("opensmtpd",)
+
 # The MTA implementations a scenario can name (mta:, per_mta:, per-implementation config and settings);
 # the first is the one a plain `config: <path>` configures.
 KNOWN_MTAS: tuple[str, ...] = ("postfix", "exim", "opensmtpd")
@@ -398,6 +401,11 @@ class _Builder:
         return directory
 
     def settings(self, here: JsonPath, raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+        for mta in raw:
+            if mta in MTAS_WITHOUT_SETTINGS:
+                raise self.fail(self.at_key(*here, "settings", mta),
+                                f"{mta} roles take no settings (its configuration has no parameters to lay "
+                                f"over): give the role a configuration directory with `config: {{{mta}: DIR}}`")
         return {
             mta: {name: self.as_written(value, (*here, "settings", mta, name)) for name, value in params.items()}
             for mta, params in raw.items()

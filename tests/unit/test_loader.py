@@ -891,3 +891,12 @@ def test_schema_bounce_fields_and_queue_states_match() -> None:
 def test_full_fixture_is_valid_yaml_mapping() -> None:
     # Guards the fixture itself: the marks asserted above depend on its layout.
     assert isinstance(yaml.safe_load(FULL.read_text()), dict)
+
+
+def test_settings_for_opensmtpd_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("name: n\ndescription: d\nroles:\n  relay:\n    settings:\n      opensmtpd: {a: b}\n"
+                    "steps:\n  - smtp: {host: relay, mail_from: a@b.test, rcpt_to: c@d.test}\n")
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    assert str(err.value).startswith(f"{path}:6:7: opensmtpd roles take no settings")
