@@ -33,6 +33,9 @@ test: images ## run the project's tests (unit and real-container integration tes
 unit: $(STAMP) ## run only the unit tests (no Docker)
 	@$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
+bench: images ## startup benchmark, as ratios: topology start per MTA, hop capture, decoder (bench/README.md)
+	@$(BIN)/python bench/startup.py $(BENCH_ARGS)
+
 lint: $(STAMP) ## ruff and mypy --strict on harness/
 	@$(BIN)/ruff check harness tests
 	@$(BIN)/mypy harness
