@@ -17,8 +17,10 @@ DESCRIPTION = """\
 Run mail-flow scenarios against real MTAs and a real DNS server in containers.
 
 Scenarios are YAML files (see README.md and `harness schema`). Each scenario gets its own
-hermetic network with a DNS server and Postfix in the roles mx, relay and nomail; the harness
-sends mail with its own SMTP client, records every reply and checks the expectations.
+hermetic network with a DNS server and an MTA (Postfix, Exim or OpenSMTPD) in the roles mx,
+relay and nomail; the harness sends mail with its own SMTP client, records every reply of its
+own sessions and, from packet captures, of every hop between the MTAs, and checks the
+expectations. `harness run --matrix` runs each scenario on all three and prints who replied what.
 """
 
 EPILOG = """\
