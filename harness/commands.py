@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE, UsageError
+from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, UsageError
 from harness.expect.results import ERROR, FAILED, ScenarioResult
 from harness.report.console import print_result, summary_table
 from harness.report.files import write_json, write_junit
@@ -222,5 +222,3 @@ def cleanup_own_runs() -> int:
     except Exception:  # cleanup after Ctrl-C must never raise a second traceback
         return 0
 
-
-_ = EXIT_USAGE

@@ -28,9 +28,6 @@ class ScenarioPlan:
     # Filled when addresses are known (just before the dns container starts).
     records: list[ResolvedRecord] = field(default_factory=list)
 
-    def hostname(self, role: str) -> str:
-        return next(h.hostname for h in self.topology.hosts if h.role == role)
-
     def zone_setup(self, addresses: Mapping[str, str]) -> ZoneSetup:
         extra = list(self.scenario.dns) if self.scenario else []
         # Roles a scenario adds get an A record under hosts.test, so MX records can name them.

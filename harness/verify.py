@@ -13,8 +13,9 @@ from typing import Protocol
 from harness.expect.results import FAILED, PASSED, SKIPPED, Failure, ScenarioResult, StepOutcome
 from harness.expect.smtp import check_session, check_stages, recipients_in, session_summary
 from harness.observe.dsn import DeliveryStatus, parse_dsn, unmatched_checks
-from harness.observe.mailbox import POLL_INTERVAL_S, wait_for_message
+from harness.observe.mailbox import wait_for_message
 from harness.observe.maildir import MAIL_ROOT, DeliveredMessage, header_value, messages_in, split_message
+from harness.observe.polling import poll_until
 from harness.observe.queue import find_queued, queue_of
 from harness.scenario.model import (
     BounceStep,
@@ -65,12 +66,6 @@ class NoHops:
 
 
 Outcome = tuple[list[Failure], str]
-
-
-def _poll(within_s: float, probe: Callable[[], bool], *, interval: float = POLL_INTERVAL_S) -> None:
-    deadline = time.monotonic() + within_s
-    while not probe() and time.monotonic() < deadline:
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
 class StepRunner:
@@ -131,6 +126,12 @@ class StepRunner:
                 return transcript
         raise AssertionError(f"the loader guarantees an earlier smtp session {message_of or ''}")
 
+    def _message_id(self, message_of: str | None) -> str:
+        """The Message-ID of the message a step is about (the client always renders one)."""
+        message_id = self._session_for(message_of).message_id
+        assert message_id is not None
+        return message_id
+
     # -- mailboxes ------------------------------------------------------------------------------------
     def delivery(self, index: int, step: Step) -> Outcome:
         assert isinstance(step, DeliveryStep)
@@ -166,10 +167,8 @@ class StepRunner:
 
     def no_delivery(self, index: int, step: Step) -> Outcome:
         assert isinstance(step, NoDeliveryStep)
-        transcript = self._session_for(step.message_of)
-        assert transcript.message_id is not None
-        found = wait_for_message(self.topology.hosts[step.host], transcript.message_id, step.mailbox,
-                                 step.within_s)
+        found = wait_for_message(self.topology.hosts[step.host], self._message_id(step.message_of),
+                                 step.mailbox, step.within_s)
         where = f"{step.mailbox or 'any mailbox'} on {step.host}"
         if found:
             observed = f"delivered to {found[0].mailbox} on {step.host} ({found[0].path})"
@@ -179,9 +178,7 @@ class StepRunner:
 
     def bounce(self, index: int, step: Step) -> Outcome:
         assert isinstance(step, BounceStep)
-        transcript = self._session_for(step.message_of)
-        assert transcript.message_id is not None
-        message_id = transcript.message_id
+        message_id = self._message_id(step.message_of)
         host = self.topology.hosts[step.host]
         found: list[DeliveryStatus] = []
 
@@ -195,7 +192,7 @@ class StepRunner:
                     found.append(status)
             return bool(found)
 
-        _poll(step.within_s, probe)
+        poll_until(step.within_s, probe)
         expected = "a DSN about " + message_id + (" with " + ", ".join(
             f"{c.field} /{c.pattern}/" for c in step.checks) if step.checks else "")
         if not found:
@@ -218,9 +215,7 @@ class StepRunner:
 
     def queue_state(self, index: int, step: Step) -> Outcome:
         assert isinstance(step, QueueStateStep)
-        transcript = self._session_for(step.message_of)
-        assert transcript.message_id is not None
-        message_id = transcript.message_id
+        message_id = self._message_id(step.message_of)
         host = self.topology.hosts[step.host]
         last: list[str] = []
 
@@ -236,8 +231,7 @@ class StepRunner:
                     return True
             return False
 
-        _poll(step.within_s, probe, interval=0.5)
-        ok = probe()
+        ok = poll_until(step.within_s, probe, interval=0.5)
         expected = f"message {step.state} in {step.host}'s queue" + (f", reason /{step.reason}/" if step.reason
                                                                    else "")
         observed = "; ".join(last) if last else "not in the queue"
@@ -262,7 +256,7 @@ class StepRunner:
             return transcript.closed or not check_stages(index, "hop", step.expect, step.expect_rcpt,
                                                          recipients_in(transcript), transcript, step.mark)
 
-        _poll(step.within_s, probe, interval=0.25)
+        poll_until(step.within_s, probe, interval=0.25)
         if not seen:
             observed = f"no session {step.session} on {step.hop} within {step.within_s:g} s"
             hops = sorted({t.hop for t in self.hops.sessions()})
@@ -284,9 +278,15 @@ class StepRunner:
             addresses = self.domain_addresses(step.domain)
             what = f"any address serving {step.domain}" if addresses else \
                 f"anything (no address serves {step.domain})"
-        time.sleep(step.within_s)
-        offending = [a for a in self.hops.attempts() if a.source == step.source
-                     and (not addresses or a.destination_address in addresses)]
+        offending: list[ConnectionAttempt] = []
+
+        def probe() -> bool:
+            # True as soon as an offending attempt is on the wire: no need to wait out the bound.
+            offending[:] = [a for a in self.hops.attempts() if a.source == step.source
+                            and (not addresses or a.destination_address in addresses)]
+            return bool(offending)
+
+        poll_until(step.within_s, probe, interval=0.25)
         expected = f"no connection from {step.source} to {what} within {step.within_s:g} s"
         if offending:
             first = offending[0]

@@ -23,7 +23,7 @@ def find_stage(transcript: Transcript, stage: Stage, recipient: str | None = Non
         return transcript.first("EHLO") or transcript.first("HELO")
     if stage is Stage.RCPT:
         wanted = (recipient or "").lower()
-        return next((e for e in transcript.all("RCPT") if _address(e.sent).lower() == wanted), None)
+        return next((e for e in transcript.all("RCPT") if command_address(e.sent).lower() == wanted), None)
     return transcript.first(stage.value)
 
 
@@ -49,7 +49,7 @@ def expectations_of(expect: Mapping[Stage, ReplyExpectation], expect_rcpt: Mappi
     return out
 
 
-def _address(sent: str | None) -> str:
+def command_address(sent: str | None) -> str:
     """The address of ``MAIL FROM:<a> SIZE=1`` / ``RCPT TO:<b> ORCPT=...``."""
     sent = sent or ""
     start, end = sent.find("<"), sent.find(">")
@@ -58,7 +58,7 @@ def _address(sent: str | None) -> str:
 
 def recipients_in(transcript: Transcript) -> list[str]:
     """The recipients a session named, in order (for hops, whose recipients the scenario did not send)."""
-    return [_address(e.sent) for e in transcript.all("RCPT")]
+    return [command_address(e.sent) for e in transcript.all("RCPT")]
 
 
 def check_stages(index: int, kind: str, expect: Mapping[Stage, ReplyExpectation],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from docker.errors import DockerException
 
@@ -39,16 +39,18 @@ def _exec(host: Host, argv: list[str]) -> str:
     return output
 
 
+def _json_lines(output: str) -> list[dict[str, Any]]:
+    """``postqueue -j`` / ``mta-queue list``: one JSON object per line; anything else is not ours."""
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
 class PostfixQueue:
     def flush(self, host: Host) -> None:
         _exec(host, ["postqueue", "-f"])
 
     def messages(self, host: Host) -> list[QueuedMessage]:
         found = []
-        for line in _exec(host, ["postqueue", "-j"]).splitlines():
-            if not line.startswith("{"):
-                continue
-            entry = json.loads(line)
+        for entry in _json_lines(_exec(host, ["postqueue", "-j"])):
             queue_id = str(entry["queue_id"])
             reasons = tuple(str(r["delay_reason"]) for r in entry.get("recipients", []) if r.get("delay_reason"))
             headers = _exec(host, ["postcat", "-h", "-q", queue_id])
@@ -91,10 +93,7 @@ class EximQueue:
 
     def messages(self, host: Host) -> list[QueuedMessage]:
         found = []
-        for line in _exec(host, ["mta-queue", "list"]).splitlines():
-            if not line.startswith("{"):
-                continue
-            entry = json.loads(line)
+        for entry in _json_lines(_exec(host, ["mta-queue", "list"])):
             reasons = [str(r["delay_reason"]) for r in entry.get("recipients", []) if r.get("delay_reason")]
             if entry.get("last_error"):
                 reasons.append(str(entry["last_error"]))

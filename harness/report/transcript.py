@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from harness.expect.results import Failure, ScenarioResult
+from harness.expect.smtp import command_address
 from harness.smtp.transcript import Exchange
 
 MARK = "<<<"
@@ -13,7 +14,7 @@ def _failure_for(exchange: Exchange, failures: list[Failure]) -> Failure | None:
         if f.hop != exchange.hop or f.session != exchange.session or f.stage is None:
             continue
         if f.stage.startswith("RCPT <"):
-            if exchange.command == "RCPT" and exchange.sent and f.stage[5:].lower() in exchange.sent.lower():
+            if exchange.command == "RCPT" and command_address(exchange.sent).lower() == f.stage[6:-1].lower():
                 return f
         elif f.stage == exchange.command:
             return f
@@ -35,8 +36,6 @@ def render_timeline(result: ScenarioResult, *, only_failing_sessions: bool = Fal
         sent = ex.sent if ex.sent is not None else "(connect)"
         out.append(f"    [{ex.at_s:7.3f}s] C: {sent}")
         replies = list(ex.lines) or [f"{ex.code} {ex.text}" if ex.code is not None else f"(no reply: {ex.text})"]
-        if ex.code is None and ex.lines == ():
-            replies = [f"(no reply: {ex.text})"]
         failure = _failure_for(ex, result.failures)
         for i, line in enumerate(replies):
             suffix = ""

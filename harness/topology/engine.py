@@ -13,6 +13,7 @@ from docker.errors import DockerException
 
 from harness.errors import EngineUnavailableError
 from harness.report.progress import Progress
+from harness.topology.hostcmd import run_checked
 
 DOCKERD_LOG = Path("/var/log/mailflow-harness-dockerd.log")
 START_TIMEOUT_S = 60.0
@@ -51,8 +52,9 @@ def ensure_engine(progress: Progress, *, may_start: bool = True) -> docker.Docke
         )
     if shutil.which("dockerd") is None:
         with progress.task("no Docker engine answers: installing Debian's docker.io with apt-get"):
-            _run(["apt-get", "update", "-qq"])
-            _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker.io"])
+            run_checked(["apt-get", "update", "-qq"], EngineUnavailableError)
+            run_checked(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker.io"],
+                        EngineUnavailableError)
     with progress.task(f"starting dockerd (log: {DOCKERD_LOG})"):
         log = DOCKERD_LOG.open("ab")
         # A new session: dockerd must survive this process and make's, so the next command finds it.
@@ -68,10 +70,3 @@ def ensure_engine(progress: Progress, *, may_start: bool = True) -> docker.Docke
         f"see {DOCKERD_LOG}"
     )
 
-
-def _run(argv: list[str]) -> None:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        raise EngineUnavailableError(f"`{' '.join(argv)}` failed with exit code {done.returncode}:\n{tail}")

@@ -7,7 +7,6 @@ import hashlib
 import io
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -21,6 +20,7 @@ from docker.errors import APIError, BuildError, DockerException, ImageNotFound
 
 from harness.errors import ImageBuildError
 from harness.report.progress import Progress
+from harness.topology.hostcmd import run_checked
 
 DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
 DEBOOTSTRAP_IMAGE = "mailflow-harness/debian:bookworm"
@@ -143,13 +143,13 @@ class ImageStore:
                     "install debootstrap (as root) or make the image available"
                 )
             with self._progress.task("installing debootstrap with apt-get"):
-                _check_run(["apt-get", "install", "-y", "-qq", "debootstrap"])
+                run_checked(["apt-get", "install", "-y", "-qq", "debootstrap"], ImageBuildError)
         with (self._progress.task(f"making {DEBOOTSTRAP_IMAGE} with debootstrap + docker import (about 45 s)"),
               tempfile.TemporaryDirectory(prefix="mailflow-rootfs-") as tmp):
             root = Path(tmp) / "rootfs"
-            _check_run(["debootstrap", "--variant=minbase", "bookworm", str(root), DEBIAN_MIRROR])
+            run_checked(["debootstrap", "--variant=minbase", "bookworm", str(root), DEBIAN_MIRROR], ImageBuildError)
             archive = Path(tmp) / "rootfs.tar"
-            _check_run(["tar", "-C", str(root), "-cf", str(archive), "."])
+            run_checked(["tar", "-C", str(root), "-cf", str(archive), "."], ImageBuildError)
             repo, tag = DEBOOTSTRAP_IMAGE.split(":")
             try:
                 self._client.api.import_image_from_file(str(archive), repository=repo, tag=tag)
@@ -220,10 +220,3 @@ def _reason(exc: DockerException) -> str:
     text = str(getattr(exc, "explanation", None) or exc).strip()
     return text.splitlines()[0][:160] if text else type(exc).__name__
 
-
-def _check_run(argv: list[str]) -> None:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        raise ImageBuildError(f"`{' '.join(argv[:3])} ...` failed with exit code {done.returncode}:\n{tail}")

@@ -54,9 +54,6 @@ class HostPlan:
 class TopologyPlan:
     hosts: tuple[HostPlan, ...]
 
-    def roles(self) -> tuple[str, ...]:
-        return tuple(h.role for h in self.hosts)
-
 
 @dataclass(frozen=True)
 class ZoneSetup:
