@@ -36,16 +36,25 @@ class Stage(enum.Enum):
         return self.value.lower().replace("-", "_")
 
 
+# What a stage may end in instead of a reply (``connect: refused`` in a scenario): how the connection
+# attempt or the session failed, as the client or the capture saw it.
+NO_REPLY_OUTCOMES = ("refused", "no-answer", "reset", "closed")
+
+
 @dataclass(frozen=True)
 class ReplyExpectation:
-    """An expected SMTP reply: the code, optionally the enhanced status code, a regex the text must match."""
+    """An expected SMTP reply: the code, optionally the enhanced status code, a regex the text must match.
+    Or, with ``code`` None, an expected absence of any reply: ``no_reply`` is one of NO_REPLY_OUTCOMES."""
 
-    code: int
+    code: int | None
     enhanced: str | None = None
     text: str | None = None
     mark: Mark | None = field(default=None, compare=False)
+    no_reply: str | None = None
 
     def __str__(self) -> str:
+        if self.code is None:
+            return f"no reply ({self.no_reply})"
         parts = [str(self.code)]
         if self.enhanced:
             parts.append(self.enhanced)
@@ -76,6 +85,10 @@ class SmtpSessionStep:
     mark: Mark
     id: str | None = None
     timeout_s: float = 30.0
+    # ESMTP parameters as written (``SIZE=12000000``, ``SMTPUTF8``, ``NOTIFY=FAILURE``); ``SIZE=auto``
+    # is replaced by the rendered message's size when the session runs.
+    mail_options: tuple[str, ...] = ()
+    rcpt_options: tuple[str, ...] = ()
 
     kind = "smtp"
 
@@ -98,6 +111,7 @@ class DeliveryStep:
     body_intact: bool
     mark: Mark
     message_of: str | None = None
+    copies: int | None = None  # exactly this many copies in the mailbox (None: at least one)
 
     kind = "delivery"
 
@@ -117,15 +131,20 @@ class NoDeliveryStep:
 
 @dataclass(frozen=True)
 class HopStep:
-    """Stage expectations on a hop between hosts (``relay->mx``), matched against its ``session``-th
-    session (1-based, in the order connections were opened) once it is seen, within ``within_s``."""
+    """Stage expectations on a hop between hosts (``relay->mx``), judged against the one transaction
+    (MAIL .. END-OF-DATA or RSET) that carried the message of ``message_of`` (default: the latest smtp
+    step's), found by its Message-ID in the DATA content, else by its envelope. ``session`` (1-based,
+    in connection order) is an explicit override: that connection's transaction for the message, or its
+    first transaction when the message never got as far as DATA on it. A hop without any transaction
+    (a 521 greeting, a refused connection) is judged on its connection stages only."""
 
     hop: str
-    session: int
+    session: int | None
     expect: Mapping[Stage, ReplyExpectation]
     expect_rcpt: Mapping[str, ReplyExpectation]
     within_s: float
     mark: Mark
+    message_of: str | None = None
 
     kind = "hop"
 
@@ -170,6 +189,21 @@ class BounceStep:
 
 
 @dataclass(frozen=True)
+class NoBounceStep:
+    """No DSN about the message of ``message_of`` (by its Original-Envelope-Id, the returned headers'
+    Message-ID, or a Final-Recipient naming one of its recipients) arrives in ``mailbox`` on ``host``
+    within ``within_s``."""
+
+    host: str
+    mailbox: str
+    within_s: float
+    mark: Mark
+    message_of: str | None = None
+
+    kind = "no_bounce"
+
+
+@dataclass(frozen=True)
 class QueueFlushStep:
     """Ask the MTA on ``host`` to retry its queue now (``postqueue -f`` for Postfix)."""
 
@@ -180,6 +214,7 @@ class QueueFlushStep:
 
 
 QUEUE_STATES = ("deferred", "active", "queued", "absent")
+QUEUE_SUBJECTS = ("message", "bounce")
 
 
 @dataclass(frozen=True)
@@ -193,18 +228,27 @@ class QueueStateStep:
     within_s: float
     mark: Mark
     message_of: str | None = None
+    # "message": the message itself; "bounce": the DSN the MTA made about it (stuck when the sender's
+    # domain accepts no mail).
+    of: str = "message"
 
     kind = "queue_state"
 
 
 Step = (SmtpSessionStep | DeliveryStep | NoDeliveryStep | HopStep | NoConnectionStep | BounceStep
-        | QueueFlushStep | QueueStateStep)
+        | NoBounceStep | QueueFlushStep | QueueStateStep)
+
+
+# ``address_of: unreachable``: an address in the run's own network that nothing answers on, so MX
+# fallback past a dead host is written without a literal address outside the network.
+UNREACHABLE_ROLE = "unreachable"
 
 
 @dataclass(frozen=True)
 class DnsRecord:
     """An extra record. ``value`` is zone-file rdata (``10 mx.example.test.``); for A records
-    ``address_of`` names a role whose container address becomes the rdata instead."""
+    ``address_of`` names a role whose container address becomes the rdata instead, or ``unreachable``:
+    an address inside the run's network that no container answers on (UNREACHABLE_ROLE)."""
 
     name: str
     rtype: str
