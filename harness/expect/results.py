@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.observe.observations import Observation, observation_from_json
 from harness.scenario.model import Mark
 from harness.smtp.transcript import Exchange
 
@@ -43,12 +44,14 @@ class StepOutcome:
     step: int
     kind: str
     status: str
-    summary: str  # one line: what was observed
+    summary: str  # one line: what was observed, for people
     override: str | None = None  # the reason of the per-implementation override applied, if any
+    observation: Observation | None = None  # what was observed, as typed data (None: skipped)
 
     def to_json(self) -> dict[str, Any]:
         return {"step": self.step, "kind": self.kind, "status": self.status, "summary": self.summary,
-                "override": self.override}
+                "override": self.override,
+                "observation": self.observation.to_json() if self.observation is not None else None}
 
 
 @dataclass
@@ -81,6 +84,7 @@ class ScenarioResult:
 
 def result_from_json(doc: dict[str, Any]) -> ScenarioResult:
     """What reports need back from a results file (failures keep their text, not their marks)."""
+
     return ScenarioResult(
         file=doc["file"],
         name=doc["name"],
@@ -88,10 +92,9 @@ def result_from_json(doc: dict[str, Any]) -> ScenarioResult:
         duration_s=float(doc.get("duration_s", 0.0)),
         failures=[Failure(f["step"], f["kind"], f.get("stage"), f["expected"], f["observed"], None, f.get("hop"),
                           f.get("session")) for f in doc.get("failures", [])],
-        exchanges=[Exchange(e["hop"], e["session"], e["command"], e.get("sent"), e.get("code"), e.get("enhanced"),
-                            e.get("text", ""), tuple(e.get("lines", [])), float(e.get("at_s", 0.0)))
-                   for e in doc.get("exchanges", [])],
-        steps=[StepOutcome(s["step"], s["kind"], s["status"], s["summary"], s.get("override"))
+        exchanges=[Exchange.from_json(e) for e in doc.get("exchanges", [])],
+        steps=[StepOutcome(s["step"], s["kind"], s["status"], s["summary"], s.get("override"),
+                           observation_from_json(s["observation"]) if s.get("observation") else None)
                for s in doc.get("steps", [])],
         error=doc.get("error"),
         run_id=doc.get("run_id"),

@@ -7,10 +7,27 @@ from collections.abc import Mapping, Sequence
 
 from harness.expect.results import Failure
 from harness.scenario.model import Mark, ReplyExpectation, SmtpSessionStep, Stage
-from harness.smtp.transcript import Exchange, Transcript
+from harness.smtp.transcript import Exchange, Transcript, address_in
+
+
+def no_reply_outcome(exchange: Exchange) -> str | None:
+    """How a stage ended without a reply, in the words scenarios use (NO_REPLY_OUTCOMES), from the text
+    the client or the capture decoder recorded; None when there was a reply."""
+    if exchange.code is not None:
+        return None
+    text = exchange.text.lower()
+    if "refused" in text:
+        return "refused"
+    if "reset" in text:
+        return "reset"
+    if "no answer" in text or "timed out" in text:
+        return "no-answer"
+    return "closed"
 
 
 def reply_matches(expectation: ReplyExpectation, exchange: Exchange) -> bool:
+    if expectation.code is None:
+        return no_reply_outcome(exchange) == expectation.no_reply
     if exchange.code != expectation.code:
         return False
     if expectation.enhanced is not None and exchange.enhanced != expectation.enhanced:
@@ -51,9 +68,7 @@ def expectations_of(expect: Mapping[Stage, ReplyExpectation], expect_rcpt: Mappi
 
 def command_address(sent: str | None) -> str:
     """The address of ``MAIL FROM:<a> SIZE=1`` / ``RCPT TO:<b> ORCPT=...``."""
-    sent = sent or ""
-    start, end = sent.find("<"), sent.find(">")
-    return sent[start + 1:end] if 0 <= start < end else ""
+    return address_in(sent)
 
 
 def recipients_in(transcript: Transcript) -> list[str]:

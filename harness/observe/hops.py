@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from harness.observe.capture import HopCapture
+from harness.observe.observations import ConnectionAttempt
 from harness.observe.smtpstream import decode_connections, merge_captures
 from harness.observe.tcpflows import Connection
 from harness.smtp.transcript import Transcript
-from harness.verify import ConnectionAttempt
 
 
 class CapturedHops:

@@ -5,26 +5,26 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from docker.errors import DockerException
 
 from harness.errors import InfrastructureError
 from harness.observe.maildir import same_message_id
+from harness.observe.observations import QueuedMessage, SentMessage
 from harness.topology.topology import Host
 
+# Message-IDs named anywhere in a queued message: its own header, and a DSN's returned headers.
+_MENTION = re.compile(r"^(?:Message-ID|References|In-Reply-To):[ \t]*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 
-@dataclass(frozen=True)
-class QueuedMessage:
-    queue_id: str
-    state: str  # deferred, active, incoming, hold, ... as the MTA names it
-    message_id: str | None
-    reasons: tuple[str, ...]
 
-    def summary(self) -> str:
-        reason = f": {self.reasons[0]}" if self.reasons else ""
-        return f"{self.queue_id} {self.state}{reason}"
+def _mentions(content: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_MENTION.findall(content)))
+
+
+def _own_message_id(content: str) -> str | None:
+    m = re.search(r"^Message-ID:\s*(\S+)", content, re.IGNORECASE | re.MULTILINE)
+    return m.group(1) if m else None
 
 
 def _exec(host: Host, argv: list[str]) -> str:
@@ -52,10 +52,13 @@ class PostfixQueue:
         found = []
         for entry in _json_lines(_exec(host, ["postqueue", "-j"])):
             queue_id = str(entry["queue_id"])
-            reasons = tuple(str(r["delay_reason"]) for r in entry.get("recipients", []) if r.get("delay_reason"))
-            headers = _exec(host, ["postcat", "-h", "-q", queue_id])
-            m = re.search(r"^Message-ID:\s*(\S+)", headers, re.IGNORECASE | re.MULTILINE)
-            found.append(QueuedMessage(queue_id, str(entry["queue_name"]), m.group(1) if m else None, reasons))
+            recipients = entry.get("recipients", [])
+            reasons = tuple(str(r["delay_reason"]) for r in recipients if r.get("delay_reason"))
+            # Headers and body: a queued DSN names the message it is about in its returned headers.
+            content = _exec(host, ["postcat", "-bh", "-q", queue_id])
+            found.append(QueuedMessage(queue_id, str(entry["queue_name"]), _own_message_id(content), reasons,
+                                       str(entry.get("sender", "")),
+                                       tuple(str(r.get("address", "")) for r in recipients), _mentions(content)))
         return found
 
 
@@ -73,14 +76,15 @@ class OpenSmtpdQueue:
             if len(fields) < 14:
                 continue
             envelope, attempts, state, error = fields[0], fields[10], fields[11], "|".join(fields[13:])
+            sender, recipient = fields[4], fields[6] or fields[5]
             if state == "inflight":
                 named = "active"
             else:
                 named = "deferred" if attempts.isdigit() and int(attempts) > 0 else "incoming"
             shown = _exec(host, ["smtpctl", "show", "message", envelope])
-            m = re.search(r"^Message-ID:\s*(\S+)", shown, re.IGNORECASE | re.MULTILINE)
-            found.append(QueuedMessage(envelope, named, m.group(1) if m else None,
-                                       (error,) if error.strip() else ()))
+            found.append(QueuedMessage(envelope, named, _own_message_id(shown), (error,) if error.strip() else (),
+                                       "" if sender in ("", "<>", "MAILER-DAEMON") else sender, (recipient,),
+                                       _mentions(shown)))
         return found
 
 
@@ -98,7 +102,13 @@ class EximQueue:
             if entry.get("last_error"):
                 reasons.append(str(entry["last_error"]))
             state = "frozen" if entry.get("frozen") else str(entry["queue_name"])
-            found.append(QueuedMessage(str(entry["queue_id"]), state, entry.get("message_id"), tuple(reasons)))
+            queue_id = str(entry["queue_id"])
+            content = _exec(host, ["exim4", "-Mvh", queue_id]) + _exec(host, ["exim4", "-Mvb", queue_id])
+            sender = str(entry.get("sender") or "")
+            found.append(QueuedMessage(queue_id, state, entry.get("message_id"), tuple(reasons),
+                                       "" if sender == "<>" else sender,
+                                       tuple(str(r.get("address", "")) for r in entry.get("recipients", [])),
+                                       _mentions(content)))
         return found
 
 
@@ -119,3 +129,21 @@ def queue_of(host: Host) -> MtaQueue:
 
 def find_queued(host: Host, message_id: str) -> list[QueuedMessage]:
     return [m for m in queue_of(host).messages(host) if same_message_id(m.message_id, message_id)]
+
+
+def is_bounce_about(entry: QueuedMessage, message: SentMessage) -> bool:
+    """A queued DSN about ``message``: a null reverse-path, and the message's Message-ID in its returned
+    headers (or, when the MTA returned none, addressed to the message's sender)."""
+    if entry.sender not in ("", None) or same_message_id(entry.message_id, message.message_id):
+        return False
+    if any(same_message_id(m, message.message_id) for m in entry.mentions):
+        return True
+    return not entry.mentions and any(r.lower() == message.mail_from.lower() for r in entry.recipients)
+
+
+def queue_entries(host: Host, message: SentMessage, of: str) -> list[QueuedMessage]:
+    """The entries of ``host``'s queue that are ``message`` (of="message") or a DSN about it ("bounce")."""
+    entries = queue_of(host).messages(host)
+    if of == "bounce":
+        return [m for m in entries if is_bounce_about(m, message)]
+    return [m for m in entries if same_message_id(m.message_id, message.message_id)]

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 
 from harness.observe.tcpflows import Connection, Stream, merge_connections, read_connections
 from harness.smtp.client import parse_enhanced
@@ -92,6 +94,7 @@ class _Reader:
         self.stream = stream
         self.data = stream.data
         self.pos = 0
+        self.last_content = b""  # the bytes of the last message (or BDAT chunk) read
 
     def line(self) -> tuple[bytes, float] | None:
         """The next complete line (without its line end), or None when no complete line is left."""
@@ -103,10 +106,12 @@ class _Reader:
         return raw.rstrip(b"\r"), self.stream.ts_at(end)
 
     def exact(self, n: int) -> float | None:
-        """Skip ``n`` bytes; the time the last one arrived, or None when fewer are left."""
+        """Skip ``n`` bytes (``last_content`` keeps them); the time the last one arrived, or None when
+        fewer are left."""
         if len(self.data) - self.pos < n:
             self.pos = len(self.data)
             return None
+        self.last_content = self.data[self.pos:self.pos + n]
         self.pos += n
         return self.stream.ts_at(self.pos - 1)
 
@@ -118,8 +123,10 @@ class _Reader:
         """
         end = self.data.find(_END_OF_DATA, self.pos - 2)
         if end < 0:
+            self.last_content = self.data[self.pos:]
             self.pos = len(self.data)
             return None
+        self.last_content = self.data[self.pos:end + 2]
         self.pos = end + len(_END_OF_DATA)
         return self.stream.ts_at(self.pos - 1)
 
@@ -139,6 +146,14 @@ class _Reader:
             lines.append(text)
             if raw[3:4] != b"-":
                 return _Reply(int(raw[:3]), tuple(lines), ts)
+
+
+def content_message_id(content: bytes) -> str | None:
+    """The Message-ID header of message content as sent (dot-stuffed or not: the header block is the
+    same), or None. Only the header block is parsed."""
+    head = content.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    value = BytesHeaderParser(policy=compat32).parsebytes(head + b"\r\n\r\n").get("Message-ID")
+    return str(value).strip() or None if value is not None else None
 
 
 def _reply_text(lines: Sequence[str]) -> str:
@@ -169,6 +184,7 @@ class _Session:
         self.server = _Reader(conn.server)
         self.exchanges: list[Exchange] = []
         self.out_of_step = False  # an unreadable reply: nothing after it can be paired
+        self.chunks = b""  # BDAT content of the current transaction
 
     def record(self, command: str, sent: str | None, reply: _Reply) -> None:
         text = _reply_text(reply.lines)
@@ -261,9 +277,14 @@ class _Session:
                     self.no_reply(command, sent, "before the whole chunk was sent")
                     return
                 ts = chunk_ts
+                self.chunks += self.client.last_content if size else b""
+            elif command == "MAIL":
+                self.chunks = b""
             reply = self.reply_to(command, sent, ts)
             if reply is None:
                 return
+            if bdat and bdat.group(2):
+                self.tag_content(self.chunks)
             last = reply
             if command == "DATA" and reply.code == 354:
                 if not self.end_of_data():
@@ -281,8 +302,17 @@ class _Session:
             # The message never ended: no final dot was sent, so no reply can be missing; the
             # exchange only says how the connection ended (sent=None: nothing was sent).
             self.no_reply("END-OF-DATA", None, "before the final dot")
+            self.tag_content(self.client.last_content)
             return False
-        return self.reply_to("END-OF-DATA", ".", ts) is not None
+        replied = self.reply_to("END-OF-DATA", ".", ts) is not None
+        self.tag_content(self.client.last_content)
+        return replied
+
+    def tag_content(self, content: bytes) -> None:
+        """The reply just recorded was about ``content``: note its Message-ID on that exchange."""
+        message_id = content_message_id(content)
+        if message_id and self.exchanges:
+            self.exchanges[-1] = replace(self.exchanges[-1], message_id=message_id)
 
 
 def decode_session(conn: Connection, *, hop: str, session: int, start_wall: float) -> Transcript:

@@ -3,51 +3,61 @@ and whether the scenario passed there. The same table as text (console) or Markd
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from harness.expect.results import ERROR, FAILED, PASSED, SKIPPED, ScenarioResult, StepOutcome
+from harness.observe.observations import (
+    BounceObservation,
+    HopObservation,
+    MailboxObservation,
+    QueueObservation,
+    SessionObservation,
+)
 from harness.smtp.transcript import Exchange
 
 _MARK = {PASSED: "pass", FAILED: "FAIL", ERROR: "ERROR"}
 
 
-def _session_key(exchanges: Sequence[Exchange], hop: str, session: int, *, show_data: bool) -> str:
-    """The reply that decided the session: the first refusal, else the end of its DATA."""
-    mine = [e for e in exchanges if e.hop == hop and e.session == session]
-    for e in mine:
+def _decisive(exchanges: Sequence[Exchange], *, show_data: bool) -> str:
+    """The reply that decided a session or transaction: the first refusal, else the end of its DATA."""
+    for e in exchanges:
         if e.command == "QUIT":
             continue
         if e.code is None or e.code >= 400:
             code = "closed" if e.code is None else str(e.code)
             return " ".join(p for p in (e.command, code, e.enhanced or "") if p)
-    eod = next((e for e in mine if e.command == "END-OF-DATA"), None)
-    data = next((e for e in mine if e.command == "DATA"), None)
+    eod = next((e for e in exchanges if e.command == "END-OF-DATA"), None)
+    data = next((e for e in exchanges if e.command == "DATA"), None)
     if eod is not None:
         return f"DATA {data.code if data else '?'}, {eod.code}" if show_data else f"{eod.code}"
-    return mine[-1].command if mine else "?"
+    return exchanges[-1].command if exchanges else "?"
 
 
-def _step_key(step: StepOutcome, result: ScenarioResult) -> str | None:
-    if step.status == SKIPPED:
+def _step_key(step: StepOutcome) -> str | None:
+    """The cell text of one step, from its observation's fields."""
+    obs = step.observation
+    if step.status == SKIPPED or obs is None:
         return None
-    m = re.match(r"(\S+->\S+) session (\d+):", step.summary)
-    if step.kind == "smtp" and m:
-        return _session_key(result.exchanges, m.group(1), int(m.group(2)), show_data=False)
-    if step.kind == "hop" and m:
-        return f"{m.group(1)} {_session_key(result.exchanges, m.group(1), int(m.group(2)), show_data=True)}"
-    if step.kind == "bounce":
-        status = re.search(r"Status: ([0-9.]+)", step.summary)
-        action = re.search(r"Action: (\w+)", step.summary)
-        if status:
-            return f"bounced {status.group(1)}" + (f" ({action.group(1)})" if action and action.group(1) != "failed"
-                                                     else "")
-        return "no bounce"
-    if step.kind == "queue_state":
-        state = re.search(r" (deferred|active|incoming|hold|frozen)\b", step.summary)
-        return state.group(1) if state else None
-    if step.kind == "delivery":
-        return "delivered" if step.status == PASSED else "not delivered"
+    if isinstance(obs, SessionObservation):
+        return _decisive(obs.exchanges, show_data=False)
+    if isinstance(obs, HopObservation):
+        if obs.matched_by is None:
+            return f"{obs.hop} not seen"
+        return f"{obs.hop} {_decisive(obs.exchanges, show_data=True)}"
+    if isinstance(obs, BounceObservation):
+        if not obs.dsns:
+            return "no bounce"
+        dsn = obs.dsns[0]
+        action = dsn.field("Action")
+        return f"bounced {dsn.field('Status') or '?'}" + (f" ({action})" if action and action != "failed" else "")
+    if isinstance(obs, QueueObservation):
+        states = sorted({e.state for e in obs.entries})
+        what = "" if obs.of == "message" else "bounce "
+        return f"{what}{'/'.join(states)}" if states else (f"{what}not queued" if step.kind == "queue_state"
+                                                            and obs.of != "message" else None)
+    if isinstance(obs, MailboxObservation) and step.kind == "delivery":
+        return "delivered" + (f" x{len(obs.copies)}" if len(obs.copies) > 1 else "") if obs.copies \
+            else "not delivered"
     if step.status == FAILED:
         return f"{step.kind} failed"
     return None
@@ -58,7 +68,7 @@ def cell(result: ScenarioResult) -> str:
         return "ERROR"
     keys: list[str] = []
     for step in result.steps:
-        key = _step_key(step, result)
+        key = _step_key(step)
         if key and key not in keys:
             keys.append(key)
     overridden = any(s.override for s in result.steps)

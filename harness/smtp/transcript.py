@@ -26,6 +26,9 @@ class Exchange:
     text: str
     lines: tuple[str, ...] = ()
     at_s: float = 0.0  # seconds since the scenario started
+    # On END-OF-DATA (and BDAT ... LAST): the Message-ID header of the content that reply is about, as
+    # it crossed the wire. What ties a hop's transaction to the scenario's own message.
+    message_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -38,7 +41,14 @@ class Exchange:
             "text": self.text,
             "lines": list(self.lines),
             "at_s": round(self.at_s, 4),
+            "message_id": self.message_id,
         }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Exchange:
+        return cls(doc["hop"], doc["session"], doc["command"], doc.get("sent"), doc.get("code"), doc.get("enhanced"),
+                   doc.get("text", ""), tuple(doc.get("lines", [])), float(doc.get("at_s", 0.0)),
+                   doc.get("message_id"))
 
     def reply_str(self) -> str:
         if self.code is None:
@@ -69,3 +79,75 @@ class Transcript:
 
     def all(self, command: str) -> list[Exchange]:
         return [e for e in self.exchanges if e.command == command]
+
+    def transactions(self) -> list[Transaction]:
+        """The mail transactions of this session (RFC 5321 3.3): each from MAIL to the reply after
+        its message (END-OF-DATA, BDAT LAST), or to the RSET/MAIL/QUIT that abandoned it."""
+        out: list[Transaction] = []
+        current: list[Exchange] | None = None
+
+        def close() -> None:
+            if current:
+                out.append(Transaction(self.hop, self.session, len(out) + 1, tuple(current)))
+
+        for e in self.exchanges:
+            if e.command == "MAIL":
+                close()
+                current = [e]
+            elif current is not None and e.command in ("RSET", "QUIT", "EHLO", "HELO", "STARTTLS", "TLS"):
+                if e.command == "RSET":
+                    current.append(e)
+                close()
+                current = None
+            elif current is not None:
+                current.append(e)
+                if e.command == "END-OF-DATA" or (e.command == "BDAT" and "LAST" in (e.sent or "").upper()):
+                    close()
+                    current = None
+        close()
+        return out
+
+    def connection_stages(self) -> list[Exchange]:
+        """The exchanges outside any transaction: the greeting, EHLO/HELO, QUIT."""
+        return [e for e in self.exchanges if e.command in ("CONNECT", "EHLO", "HELO", "QUIT", "STARTTLS")]
+
+
+def address_in(sent: str | None) -> str:
+    """The address of ``MAIL FROM:<a> SIZE=1`` / ``RCPT TO:<b> ORCPT=...``."""
+    sent = sent or ""
+    start, end = sent.find("<"), sent.find(">")
+    return sent[start + 1:end] if 0 <= start < end else ""
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One mail transaction of a session: MAIL, its RCPTs, DATA and the reply after the message (or the
+    RSET that abandoned it). ``number`` counts transactions within the session from 1."""
+
+    hop: str
+    session: int
+    number: int
+    exchanges: tuple[Exchange, ...]
+
+    @property
+    def mail_from(self) -> str:
+        return address_in(self.exchanges[0].sent) if self.exchanges else ""
+
+    @property
+    def recipients(self) -> list[str]:
+        return [address_in(e.sent) for e in self.exchanges if e.command == "RCPT"]
+
+    @property
+    def message_id(self) -> str | None:
+        return next((e.message_id for e in self.exchanges if e.message_id), None)
+
+    @property
+    def complete(self) -> bool:
+        """Its outcome is known: a reply after the message, an RSET, or a refusal that ends it."""
+        last = self.exchanges[-1]
+        if last.command in ("END-OF-DATA", "RSET") or last.code is None:
+            return True
+        return last.command == "BDAT" and "LAST" in (last.sent or "").upper()
+
+    def first(self, command: str) -> Exchange | None:
+        return next((e for e in self.exchanges if e.command == command), None)

@@ -1,0 +1,202 @@
+"""Judging: a step's expectations against what was observed. Pure: observations in, failures out.
+
+Every verdict here is about the scenario's own message, because every observation is (see
+``harness.observe.observations``). Each judge says what would have made it pass; the mutation test
+(tests/unit/test_mutation.py) proves that changing any expectation makes it fail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from harness.expect.results import Failure
+from harness.expect.smtp import check_session, check_stages, recipients_in
+from harness.observe.maildir import header_value, split_message
+from harness.observe.observations import (
+    BounceObservation,
+    ConnectionObservation,
+    FlushObservation,
+    HopObservation,
+    MailboxObservation,
+    Observation,
+    QueueObservation,
+    SessionObservation,
+)
+from harness.scenario.model import (
+    BounceStep,
+    DeliveryStep,
+    HopStep,
+    NoBounceStep,
+    NoConnectionStep,
+    NoDeliveryStep,
+    QueueFlushStep,
+    QueueStateStep,
+    SmtpSessionStep,
+    Step,
+)
+from harness.smtp.transcript import Transcript
+
+__all__ = ["body_difference", "judge", "queue_entry_matches"]
+
+
+def judge(index: int, step: Step, observation: Observation) -> list[Failure]:
+    """The failures of ``step`` (1-based ``index``) given ``observation``; [] when it holds."""
+    judges: dict[type, Callable[[int, Any, Any], list[Failure]]] = {
+        SmtpSessionStep: _smtp, HopStep: _hop, DeliveryStep: _delivery, NoDeliveryStep: _no_delivery,
+        BounceStep: _bounce, NoBounceStep: _no_bounce, QueueStateStep: _queue_state,
+        NoConnectionStep: _no_connection, QueueFlushStep: _flush,
+    }
+    return judges[type(step)](index, step, observation)
+
+
+def _smtp(index: int, step: SmtpSessionStep, obs: SessionObservation) -> list[Failure]:
+    transcript = Transcript(obs.hop, obs.session, list(obs.exchanges))
+    return check_session(index, step, transcript)
+
+
+def _hop(index: int, step: HopStep, obs: HopObservation) -> list[Failure]:
+    if obs.matched_by is None:
+        where = f"session {step.session} on {step.hop}" if step.session else f"the message's transaction on {step.hop}"
+        seen = f"hops seen: {', '.join(obs.hops_seen) or 'none'}"
+        others = f"; other transactions on {step.hop}: " + ", ".join(
+            f"session {s} #{n} ({mid or 'no Message-ID'})" for s, n, mid in obs.others) if obs.others else ""
+        return [Failure(index, "hop", None, where, f"not seen ({seen}{others})", step.mark, step.hop, step.session)]
+    transcript = Transcript(obs.hop, obs.session or 0, list(obs.exchanges), closed=obs.closed)
+    return check_stages(index, "hop", step.expect, step.expect_rcpt, recipients_in(transcript), transcript,
+                        step.mark)
+
+
+def _delivery(index: int, step: DeliveryStep, obs: MailboxObservation) -> list[Failure]:
+    where = f"{step.mailbox} on {step.host}"
+    message = obs.message
+    if not obs.copies:
+        note = ""
+        if message.end_of_data is None:
+            note = " (the client's session never reached END-OF-DATA)"
+        elif not message.accepted:
+            note = f" (END-OF-DATA was {message.end_of_data.reply_str()})"
+        return [Failure(index, "delivery", None, f"message {message.message_id} in {where}",
+                        f"not delivered within {step.within_s:g} s{note}", step.mark)]
+    failures: list[Failure] = []
+    if step.copies is not None and len(obs.copies) != step.copies:
+        pending = f"; still queued: {', '.join(obs.still_queued)}" if obs.still_queued else ""
+        failures.append(Failure(index, "delivery", None, f"{step.copies} cop{'y' if step.copies == 1 else 'ies'}"
+                                f" in {where}", f"{len(obs.copies)}: " + ", ".join(c.path for c in obs.copies)
+                                + pending, step.mark))
+    copy = obs.copies[0]
+    for check in step.headers:
+        value = header_value(copy.raw, check.name)
+        if value is None or re.search(check.pattern, value) is None:
+            failures.append(Failure(index, "delivery", None, f"header {check.name} matching /{check.pattern}/",
+                                    f"{check.name}: {value}" if value is not None else f"no {check.name} header",
+                                    step.mark))
+    if step.body_intact:
+        difference = body_difference(split_message(message.content)[1], split_message(copy.raw)[1])
+        if difference is not None:
+            failures.append(Failure(index, "delivery", None, "body byte for byte as sent", difference, step.mark))
+    return failures
+
+
+def _no_delivery(index: int, step: NoDeliveryStep, obs: MailboxObservation) -> list[Failure]:
+    if not obs.copies:
+        return []
+    where = f"{step.mailbox or 'any mailbox'} on {step.host}"
+    first = obs.copies[0]
+    return [Failure(index, "no_delivery", None, f"no copy in {where} within {step.within_s:g} s",
+                    f"delivered to {first.mailbox} on {step.host} ({first.path})", step.mark)]
+
+
+def _bounce(index: int, step: BounceStep, obs: BounceObservation) -> list[Failure]:
+    expected = f"a DSN about {obs.message_id}" + (" with " + ", ".join(
+        f"{c.field} /{c.pattern}/" for c in step.checks) if step.checks else "")
+    if not obs.dsns:
+        return [Failure(index, "bounce", None, expected, f"no DSN about the message in {step.mailbox} on "
+                        f"{step.host} within {step.within_s:g} s", step.mark)]
+    best: list[str] | None = None
+    for dsn in obs.dsns:
+        missing = _unmatched(dsn.per_message, dsn.recipients, [(c.field, c.pattern) for c in step.checks])
+        if not missing:
+            return []
+        if best is None or len(missing) < len(best):
+            best = missing
+    return [Failure(index, "bounce", None, expected,
+                    f"DSN {obs.dsns[0].summary()} (not matching: {', '.join(best or [])})", step.mark)]
+
+
+def _unmatched(per_message: dict[str, str], recipients: tuple[dict[str, str], ...],
+               checks: list[tuple[str, str]]) -> list[str]:
+    """The checks no single recipient block satisfies together (a field missing there is looked up in
+    the per-message fields); [] = all hold."""
+    if not checks:
+        return []
+    message_fields = {k.lower(): v for k, v in per_message.items()}
+    best: list[str] | None = None
+    for block in recipients or ({},):
+        fields = {**message_fields, **{k.lower(): v for k, v in block.items()}}
+        failed = [f"{name} /{pattern}/" for name, pattern in checks
+                  if re.search(pattern, fields.get(name.lower(), "")) is None]
+        if not failed:
+            return []
+        if best is None or len(failed) < len(best):
+            best = failed
+    return best or []
+
+
+def _no_bounce(index: int, step: NoBounceStep, obs: BounceObservation) -> list[Failure]:
+    if not obs.dsns:
+        return []
+    first = obs.dsns[0]
+    return [Failure(index, "no_bounce", None, f"no DSN about {obs.message_id} in {step.mailbox} on {step.host} "
+                    f"within {step.within_s:g} s", f"DSN ({first.about}): {first.summary()} ({first.path})",
+                    step.mark)]
+
+
+def queue_entry_matches(step: QueueStateStep, state: str, reasons: tuple[str, ...]) -> bool:
+    state_ok = step.state == "queued" or state == step.state
+    return state_ok and (step.reason is None or any(re.search(step.reason, r) for r in reasons))
+
+
+def _queue_state(index: int, step: QueueStateStep, obs: QueueObservation) -> list[Failure]:
+    subject = "the message" if step.of == "message" else "a DSN about the message"
+    if step.state == "absent":
+        if not obs.entries:
+            return []
+        return [Failure(index, "queue_state", None, f"{subject} not in {step.host}'s queue",
+                        "; ".join(e.summary() for e in obs.entries), step.mark)]
+    if any(queue_entry_matches(step, e.state, e.reasons) for e in obs.entries):
+        return []
+    expected = f"{subject} {step.state} in {step.host}'s queue" + (f", reason /{step.reason}/" if step.reason else "")
+    observed = "; ".join(e.summary() for e in obs.entries) or "not in the queue"
+    return [Failure(index, "queue_state", None, expected, observed, step.mark)]
+
+
+def _no_connection(index: int, step: NoConnectionStep, obs: ConnectionObservation) -> list[Failure]:
+    if not obs.attempts:
+        return []
+    first = obs.attempts[0]
+    return [Failure(index, "no_connection", None, f"no connection from {step.source} to {obs.what} within "
+                    f"{step.within_s:g} s", f"{len(obs.attempts)} connection(s), first {step.source}->"
+                    f"{first.destination} ({first.destination_address}:{first.port}) at {first.at_s:.3f}s",
+                    step.mark)]
+
+
+def _flush(index: int, step: QueueFlushStep, obs: FlushObservation) -> list[Failure]:
+    return []
+
+
+def body_difference(sent: bytes, delivered: bytes) -> str | None:
+    """Where two bodies first differ: line, column and a short excerpt of each side (a line split at
+    998 characters by an MTA reads as "line 3, column 999", not as two 1,500-character lines)."""
+    if sent == delivered:
+        return None
+    sent_lines, got_lines = sent.split(b"\n"), delivered.split(b"\n")
+    for number, (a, b) in enumerate(zip(sent_lines, got_lines, strict=False), start=1):
+        if a == b:
+            continue
+        col = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        start = max(0, col - 20)
+        return (f"body line {number}, column {col + 1} differs (sent {len(a)} bytes, delivered {len(b)}): "
+                f"sent {a[start:col + 20]!r}, delivered {b[start:col + 20]!r}")
+    return f"body has {len(got_lines)} lines, sent {len(sent_lines)}"

@@ -1,0 +1,88 @@
+"""Which transaction on a hop carried the scenario's message. Pure: decoded sessions in, one
+``HopObservation`` out.
+
+An MTA may carry several messages over one connection (OpenSMTPD reuses relay->mx sessions; Postfix
+can, with its connection cache), so a hop expectation is judged against one *transaction*, never a
+whole session: the one whose DATA content has the message's Message-ID, else the one whose envelope
+is the message's (sender and one of its recipients). A session that never reached MAIL (a 521
+greeting, a refused connection) can only be matched as a connection, opened after the message was
+accepted by the client's session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from harness.observe.maildir import same_message_id
+from harness.observe.observations import HopObservation, SentMessage
+from harness.smtp.transcript import Transaction, Transcript
+
+__all__ = ["select_on_hop"]
+
+
+def _observation(hop: str, transcript: Transcript, transaction: Transaction | None, matched_by: str,
+                 hops_seen: tuple[str, ...], others: tuple[tuple[int, int, str | None], ...]) -> HopObservation:
+    exchanges = list(transcript.connection_stages())
+    if transaction is not None:
+        exchanges += list(transaction.exchanges)
+    exchanges.sort(key=lambda e: transcript.exchanges.index(e))
+    complete = transcript.closed or (transaction is not None and transaction.complete)
+    return HopObservation(hop, transcript.session, transaction.number if transaction else None, matched_by,
+                          tuple(exchanges), transcript.closed, hops_seen, others, complete)
+
+
+def _by_message_id(transactions: Sequence[Transaction], message: SentMessage) -> Transaction | None:
+    return next((t for t in transactions if same_message_id(t.message_id, message.message_id)), None)
+
+
+def _by_envelope(transactions: Sequence[Transaction], message: SentMessage) -> Transaction | None:
+    wanted = {r.lower() for r in message.rcpt_to}
+    for t in transactions:
+        # Only transactions that never carried another message's content: one that did is not ours.
+        if t.message_id is not None:
+            continue
+        if t.mail_from.lower() == message.mail_from.lower() and wanted & {r.lower() for r in t.recipients}:
+            return t
+    return None
+
+
+def select_on_hop(sessions: Sequence[Transcript], hop: str, message: SentMessage | None, *,
+                  session: int | None = None) -> HopObservation:
+    """The transaction on ``hop`` that carried ``message`` (None: the scenario sent none; then the
+    first transaction, or the first session, is taken). ``session`` narrows the search to that
+    connection; without a match there, its first transaction is judged, never a mix of two."""
+    hops_seen = tuple(sorted({t.hop for t in sessions}))
+    on_hop = [t for t in sessions if t.hop == hop]
+    if session is not None:
+        on_hop = [t for t in on_hop if t.session == session]
+    pairs = [(t, x) for t in on_hop for x in t.transactions()]
+    transactions = [x for _, x in pairs]
+    owner = {id(x): t for t, x in pairs}
+
+    def others(chosen: Transaction | None) -> tuple[tuple[int, int, str | None], ...]:
+        return tuple((x.session, x.number, x.message_id) for x in transactions if x is not chosen)
+
+    if message is not None:
+        found = _by_message_id(transactions, message)
+        if found is not None:
+            return _observation(hop, owner[id(found)], found, f"Message-ID {message.message_id}", hops_seen,
+                                others(found))
+        found = _by_envelope(transactions, message)
+        if found is not None:
+            return _observation(hop, owner[id(found)], found,
+                                f"envelope {message.mail_from} -> {', '.join(found.recipients)}",
+                                hops_seen, others(found))
+    if session is not None and on_hop:
+        first = on_hop[0].transactions()
+        return _observation(hop, on_hop[0], first[0] if first else None, f"session {session} as asked",
+                            hops_seen, others(first[0] if first else None))
+    if message is None and on_hop:
+        first = on_hop[0].transactions()
+        return _observation(hop, on_hop[0], first[0] if first else None, "the first session (no message sent)",
+                            hops_seen, others(first[0] if first else None))
+    # A connection that never reached MAIL, opened once the message had been handed over.
+    after = message.sent_at_s if message is not None else 0.0
+    for t in on_hop:
+        if not t.transactions() and t.exchanges and t.exchanges[0].at_s >= after:
+            return _observation(hop, t, None, "connection without a transaction", hops_seen, others(None))
+    return HopObservation(hop, session, None, None, (), False, hops_seen, others(None))
