@@ -1,0 +1,247 @@
+"""Judging observations about the scenario's own message; regression tests for issue 7's verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.expect.judge import body_difference, judge
+from harness.observe.dsn import parse_dsn
+from harness.observe.hopmatch import select_on_hop
+from harness.observe.observations import (
+    BounceObservation,
+    ConnectionAttempt,
+    ConnectionObservation,
+    DeliveredCopy,
+    FoundDsn,
+    HopObservation,
+    MailboxObservation,
+    QueuedMessage,
+    QueueObservation,
+    SentMessage,
+    observation_from_json,
+)
+from harness.observe.queue import is_bounce_about
+from harness.scenario.model import (
+    BounceStep,
+    DeliveryStep,
+    HopStep,
+    Mark,
+    NoBounceStep,
+    NoConnectionStep,
+    NoDeliveryStep,
+    QueueStateStep,
+    ReplyExpectation,
+    Stage,
+)
+from harness.smtp.transcript import Exchange, Transcript
+from harness.verify import StepRunner
+from tests.mutants import mutants
+
+MARK = Mark("s.yaml", 3, 5)
+OURS = "<ours@origin.test>"
+THEIRS = "<theirs@origin.test>"
+DSN_FIXTURES = Path(__file__).parent / "fixtures" / "dsn"
+
+
+def _sent(message_id: str = OURS, rcpt: str = "nobody@example.test", at: float = 0.0) -> SentMessage:
+    eod = Exchange("client->relay", 1, "END-OF-DATA", ".", 250, "2.0.0", "2.0.0 Ok: queued", at_s=at + 0.01)
+    return SentMessage(None, "client->relay", 1, message_id, "alice@origin.test", (rcpt,), None,
+                       b"Message-ID: " + message_id.encode() + b"\r\n\r\nhello\r\n", eod, at)
+
+
+def _ex(session: int, command: str, sent: str | None, code: int | None, at: float, message_id: str | None = None,
+        text: str = "") -> Exchange:
+    return Exchange("relay->mx", session, command, sent, code, None, text, (), at, message_id)
+
+
+def _reused_session(*, ours_complete: bool = True) -> Transcript:
+    """OpenSMTPD's way: one relay->mx connection; our message refused at RCPT (then RSET), another
+    message carried in full on the same session."""
+    exchanges = [
+        _ex(1, "CONNECT", None, 220, 1.0), _ex(1, "EHLO", "EHLO relay", 250, 1.01),
+        _ex(1, "MAIL", "MAIL FROM:<alice@origin.test>", 250, 1.02),
+        _ex(1, "RCPT", "RCPT TO:<nobody@example.test>", 550, 1.03),
+    ]
+    if ours_complete:
+        exchanges += [
+            _ex(1, "RSET", "RSET", 250, 1.04),
+            _ex(1, "MAIL", "MAIL FROM:<carol@origin.test>", 250, 1.05),
+            _ex(1, "RCPT", "RCPT TO:<bob@example.test>", 250, 1.06),
+            _ex(1, "DATA", "DATA", 354, 1.07),
+            _ex(1, "END-OF-DATA", ".", 250, 1.08, THEIRS),
+        ]
+    return Transcript("relay->mx", 1, exchanges, closed=False)
+
+
+HOP_EXPECT = {Stage.RCPT: ReplyExpectation(550), Stage.DATA: ReplyExpectation(354),
+              Stage.END_OF_DATA: ReplyExpectation(250)}
+
+
+def test_hop_expectation_is_judged_on_the_messages_transaction_not_the_session() -> None:
+    """Verdict 1: on today's main the session's DATA 354/END-OF-DATA 250 (another message's) passed."""
+    obs = select_on_hop([_reused_session()], "relay->mx", _sent())
+    assert obs.matched_by == "envelope alice@origin.test -> nobody@example.test"
+    assert obs.transaction == 1 and obs.complete
+    failures = judge(2, HopStep("relay->mx", None, HOP_EXPECT, {}, 15, MARK), obs)
+    assert [(f.stage, f.observed.split(" (")[0]) for f in failures] == [("DATA", "not reached"),
+                                                                        ("END-OF-DATA", "not reached")]
+
+
+def test_second_message_on_a_reused_connection_is_found_by_message_id() -> None:
+    """Verdict 1: `session: 2` found "no session 2" on OpenSMTPD; the message's own transaction is found."""
+    obs = select_on_hop([_reused_session()], "relay->mx", _sent(THEIRS, "bob@example.test"))
+    assert obs.matched_by == f"Message-ID {THEIRS}"
+    assert (obs.session, obs.transaction) == (1, 2)
+    expect = {Stage.DATA: ReplyExpectation(354), Stage.END_OF_DATA: ReplyExpectation(250)}
+    assert judge(2, HopStep("relay->mx", None, expect, {}, 15, MARK), obs) == []
+    # CONNECT and EHLO belong to the session, and are judged with its transaction.
+    assert [e.command for e in obs.exchanges][:2] == ["CONNECT", "EHLO"]
+
+
+def test_explicit_session_never_mixes_two_transactions() -> None:
+    obs = select_on_hop([_reused_session()], "relay->mx", _sent("<unknown@x>", "zed@example.test"), session=1)
+    assert obs.matched_by == "session 1 as asked" and obs.transaction == 1
+    assert "END-OF-DATA" not in [e.command for e in obs.exchanges]
+
+
+def test_a_transaction_whose_content_is_another_message_is_not_ours_by_envelope() -> None:
+    session = _reused_session()
+    obs = select_on_hop([session], "relay->mx", SentMessage(
+        None, "client->relay", 1, OURS, "carol@origin.test", ("bob@example.test",), None, b"", None, 0.0))
+    assert obs.matched_by is None
+    failures = judge(2, HopStep("relay->mx", None, HOP_EXPECT, {}, 15, MARK), obs)
+    assert len(failures) == 1 and "session 1 #2" in failures[0].observed
+
+
+def test_hop_waits_for_the_transactions_outcome() -> None:
+    """Verdict 5: the capture was read once, mid-transaction; now the hop is read until its outcome."""
+    reads = [[_reused_session(ours_complete=False)], [_reused_session(ours_complete=False)]]
+
+    class Hops:
+        calls = 0
+
+        def sessions(self) -> list[Transcript]:
+            Hops.calls += 1
+            return reads.pop(0) if reads else [_reused_session()]
+
+        def attempts(self) -> list[ConnectionAttempt]:
+            return []
+
+    runner = StepRunner.__new__(StepRunner)
+    runner.hops = Hops()
+    runner.sent = [_sent(THEIRS, "bob@example.test")]
+    step = HopStep("relay->mx", None, {Stage.END_OF_DATA: ReplyExpectation(250)}, {}, 5, MARK)
+    obs = runner.hop(1, step)
+    assert isinstance(obs, HopObservation)
+    assert Hops.calls == 3 and obs.complete and judge(1, step, obs) == []
+
+
+def test_connection_without_transaction_is_matched_only_after_the_message() -> None:
+    early = Transcript("relay->nomail", 1, [Exchange("relay->nomail", 1, "CONNECT", None, 521, "5.3.2", "x",
+                                                     (), 0.5)], closed=True)
+    late = Transcript("relay->nomail", 2, [Exchange("relay->nomail", 2, "CONNECT", None, 521, "5.3.2", "x",
+                                                    (), 2.5)], closed=True)
+    obs = select_on_hop([early, late], "relay->nomail", _sent(at=2.0))
+    assert obs.session == 2 and obs.matched_by == "connection without a transaction"
+    assert select_on_hop([early], "relay->nomail", _sent(at=2.0)).matched_by is None
+
+
+def _dsn_found(path: str = "new/1") -> FoundDsn:
+    status = parse_dsn((DSN_FIXTURES / "postfix-nullmx.eml").read_bytes())
+    assert status is not None
+    return FoundDsn(path, "Message-ID in the returned headers", dict(status.per_message), tuple(status.recipients))
+
+
+def test_no_bounce_fails_when_a_dsn_about_the_message_arrived() -> None:
+    """Verdict 2: no_delivery looked for the message's own Message-ID, which a DSN does not carry."""
+    step = NoBounceStep("relay", "alice@origin.test", 3, MARK)
+    failures = judge(4, step, BounceObservation("relay", "alice@origin.test", OURS, (_dsn_found(),), 0.1))
+    assert len(failures) == 1 and "Status: 5.1.0" in failures[0].observed
+    assert judge(4, step, BounceObservation("relay", "alice@origin.test", OURS, (), 3.0)) == []
+
+
+def test_a_real_dsn_is_about_its_message_and_not_another() -> None:
+    status = parse_dsn((DSN_FIXTURES / "postfix-nullmx.eml").read_bytes())
+    assert status is not None
+    assert status.about("<a9030d10-e83d-4de6-bde9-de189cd5d8d1@origin.test>")
+    assert not status.about(OURS)
+
+
+def test_queued_bounce_is_tied_to_its_message() -> None:
+    """Verdict 4: queue_state looked only for the original message, never the DSN stuck behind it."""
+    dsn = QueuedMessage("7F1", "deferred", "<dsn@relay>", ("521 5.3.2",), "", ("x@sendonly.test",),
+                        ("<dsn@relay>", OURS))
+    other = QueuedMessage("7F2", "deferred", "<dsn2@relay>", ("521",), "", ("x@sendonly.test",),
+                          ("<dsn2@relay>", THEIRS))
+    original = QueuedMessage("7F3", "deferred", OURS, (), "x@sendonly.test", ("y@example.test",), (OURS,))
+    message = _sent()
+    assert [is_bounce_about(q, message) for q in (dsn, other, original)] == [True, False, False]
+    step = QueueStateStep("relay", "deferred", "521", 5, MARK, of="bounce")
+    assert judge(3, step, QueueObservation("relay", "bounce", (dsn,), 0.5)) == []
+    assert judge(3, step, QueueObservation("relay", "bounce", (), 5.0))[0].expected.startswith(
+        "a DSN about the message deferred")
+
+
+def _copy(raw: bytes, path: str = "new/1") -> DeliveredCopy:
+    return DeliveredCopy("bob@example.test", path, raw)
+
+
+def test_copies_counts_every_copy_of_the_message() -> None:
+    message = _sent(rcpt="bob@example.test")
+    step = DeliveryStep("mx", "bob@example.test", 10, (), True, MARK, copies=1)
+    one = MailboxObservation("mx", "bob@example.test", message, (_copy(message.content),), 0.2)
+    two = MailboxObservation("mx", "bob@example.test", message, (_copy(message.content),
+                                                                 _copy(message.content, "new/2")), 0.2)
+    assert judge(5, step, one) == []
+    assert judge(5, step, two)[0].expected == "1 copy in bob@example.test on mx"
+
+
+def test_body_difference_names_line_and_column() -> None:
+    sent = b"short\n" + b"x" * 1500 + b"\n"
+    got = b"short\n" + b"x" * 998 + b"\n" + b"x" * 502 + b"\n"
+    text = body_difference(sent, got)
+    assert text is not None and text.startswith("body line 2, column 999 differs (sent 1500 bytes, delivered 998)")
+    assert len(text) < 200
+
+
+def test_no_connection_fails_on_any_attempt() -> None:
+    step = NoConnectionStep("relay", "nullmx.test", None, 2, MARK)
+    attempt = ConnectionAttempt("relay", "10.0.0.9", "10.0.0.9", 25, 0.7)
+    assert judge(1, step, ConnectionObservation("relay", "anything", (attempt,), 0.7))
+    assert judge(1, step, ConnectionObservation("relay", "anything", (), 2.0)) == []
+
+
+def test_no_reply_expectations_match_how_the_connection_ended() -> None:
+    refused = HopObservation("relay->dead", 1, None, "connection without a transaction",
+                             (Exchange("relay->dead", 1, "CONNECT", None, None, None, "connection refused"),),
+                             True, ("relay->dead",), complete=True)
+    step = HopStep("relay->dead", None, {Stage.CONNECT: ReplyExpectation(None, no_reply="refused")}, {}, 5, MARK)
+    assert judge(1, step, refused) == []
+    silent = HopStep("relay->dead", None, {Stage.CONNECT: ReplyExpectation(None, no_reply="no-answer")}, {}, 5, MARK)
+    assert judge(1, silent, refused)
+
+
+@pytest.mark.parametrize("obs", [
+    MailboxObservation("mx", None, _sent(), (_copy(b"a\r\n\r\nb"),), 0.3, ("relay 1 deferred",)),
+    BounceObservation("relay", "a@b", OURS, (_dsn_found(),), 1.0),
+    QueueObservation("relay", "bounce", (QueuedMessage("1", "deferred", None, ("r",), "", ("a",), (OURS,)),), 1),
+])
+def test_observations_round_trip_through_json(obs: MailboxObservation | BounceObservation | QueueObservation
+                                               ) -> None:
+    assert observation_from_json(obs.to_json()) == obs
+
+
+def test_every_mutant_of_a_passing_step_fails() -> None:
+    message = _sent(rcpt="bob@example.test")
+    step = DeliveryStep("mx", "bob@example.test", 10, (), True, MARK, copies=1)
+    obs = MailboxObservation("mx", "bob@example.test", message, (_copy(message.content),), 0.2)
+    assert judge(1, step, obs) == []
+    assert all(judge(1, mutant, obs) for _, mutant in mutants(step))
+    nothing = MailboxObservation("mx", "bob@example.test", message, (), 3.0)
+    none_step = NoDeliveryStep("mx", "bob@example.test", 3, MARK)
+    assert judge(1, none_step, nothing) == [] and all(judge(1, m, nothing) for _, m in mutants(none_step))
+    bounce = BounceStep("relay", "alice@origin.test", 5, (), MARK)
+    found = BounceObservation("relay", "alice@origin.test", OURS, (_dsn_found(),), 0.1)
+    assert all(judge(1, m, found) for _, m in mutants(bounce))
