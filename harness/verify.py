@@ -35,7 +35,7 @@ from harness.observe.observations import (
     SessionObservation,
 )
 from harness.observe.polling import poll_until
-from harness.observe.queue import find_queued, queue_entries, queue_of
+from harness.observe.queue import find_queued, flush, queue_entries
 from harness.scenario.model import (
     BounceStep,
     DeliveryStep,
@@ -218,7 +218,7 @@ class StepRunner:
     def queue_flush(self, index: int, step: Step) -> Observation:
         assert isinstance(step, QueueFlushStep)
         host = self.topology.hosts[step.host]
-        queue_of(host).flush(host)
+        flush(host)
         return FlushObservation(step.host)
 
     def queue_state(self, index: int, step: Step) -> Observation:

@@ -1,0 +1,89 @@
+"""What the harness needs from an MTA implementation, behind one small interface. Each implementation is
+one module beside this one; the list of implementations, the schema's enums and the CLI's choices all
+come from ``harness.mta.DRIVERS``.
+
+Drivers are pure descriptions plus the commands they run; the container I/O goes through a
+``CommandRunner`` the caller supplies (``harness.observe.queue`` adapts a running host to it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from harness.errors import UsageError
+from harness.observe.observations import QueuedMessage
+
+__all__ = ["ROLES", "CommandRunner", "MtaDriver", "json_lines", "mentions", "own_message_id"]
+
+# The standard roles every implementation plays (roles are listed here and nowhere else).
+ROLES = ("mx", "relay", "nomail")
+
+# Message-IDs named anywhere in a queued message: its own header, and a DSN's returned headers.
+_MENTION = re.compile(r"^(?:Message-ID|References|In-Reply-To):[ \t]*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
+_OWN_ID = re.compile(r"^Message-ID:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+class CommandRunner(Protocol):
+    """Runs a command in the MTA's container and returns its standard output; raises
+    InfrastructureError when it cannot be run or exits non-zero."""
+
+    def __call__(self, argv: list[str]) -> str: ...
+
+
+def mentions(content: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_MENTION.findall(content)))
+
+
+def own_message_id(content: str) -> str | None:
+    m = _OWN_ID.search(content)
+    return m.group(1) if m else None
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    """One JSON object per line (``postqueue -j``, ``mta-queue list``); anything else is not ours."""
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+class MtaDriver:
+    """One MTA implementation: where its configuration goes, how settings are laid over it, and its
+    queue (list, flush). Subclasses set the class attributes and implement the queue."""
+
+    name: str = ""
+    config_target: str = ""  # where a role's configuration directory is copied in the image
+    # The file in the role directory that scenario settings go into; None: the MTA takes no settings.
+    settings_file: str | None = None
+    # "append" (main.cf: a later definition wins) or "macros" (a file of its own the config includes).
+    settings_style: str = "none"
+    roles: tuple[str, ...] = ROLES
+
+    def default_config(self, compose_dir: Path, role: str) -> Path:
+        return compose_dir / self.name / role
+
+    def ready_code(self, role: str) -> int:
+        return 521 if role == "nomail" else 220
+
+    def settings_files(self, config_dir: Path, settings: Mapping[str, str]) -> dict[str, bytes]:
+        """Files that replace or join the role directory's to apply ``settings``."""
+        if not settings:
+            return {}
+        if self.settings_file is None:
+            raise UsageError(f"{self.name} roles take no settings: use a configuration directory instead")
+        lines = ["", "# Settings from the scenario (mailflow-harness): a later definition wins."]
+        lines += [f"{key} = {value}" for key, value in sorted(settings.items())]
+        added = ("\n".join(lines) + "\n").encode()
+        if self.settings_style == "append":
+            original = (config_dir / self.settings_file).read_bytes()
+            return {self.settings_file: original + added}
+        return {self.settings_file: added}
+
+    def flush(self, run: CommandRunner) -> None:
+        """Retry every queued message now."""
+        raise NotImplementedError
+
+    def queued(self, run: CommandRunner) -> list[QueuedMessage]:
+        """Every queue entry, with its sender, recipients and the Message-IDs its content names."""
+        raise NotImplementedError

@@ -1,0 +1,34 @@
+"""Exim 4.96: settings are macros in a file of their own; queue through the image's ``mta-queue``
+(compose/exim/mta-queue) and ``exim4 -Mvh/-Mvb``."""
+
+from __future__ import annotations
+
+from harness.mta.base import CommandRunner, MtaDriver, json_lines, mentions
+from harness.observe.observations import QueuedMessage
+
+
+class Exim(MtaDriver):
+    name = "exim"
+    config_target = "/etc/exim4/"
+    settings_file = "settings.conf"
+    settings_style = "macros"
+
+    def flush(self, run: CommandRunner) -> None:
+        # exim4 -qff: retry hints and frozen state notwithstanding; returns when the run ends.
+        run(["mta-queue", "flush"])
+
+    def queued(self, run: CommandRunner) -> list[QueuedMessage]:
+        found = []
+        for entry in json_lines(run(["mta-queue", "list"])):
+            reasons = [str(r["delay_reason"]) for r in entry.get("recipients", []) if r.get("delay_reason")]
+            if entry.get("last_error"):
+                reasons.append(str(entry["last_error"]))
+            state = "frozen" if entry.get("frozen") else str(entry["queue_name"])
+            queue_id = str(entry["queue_id"])
+            content = run(["exim4", "-Mvh", queue_id]) + run(["exim4", "-Mvb", queue_id])
+            sender = str(entry.get("sender") or "")
+            found.append(QueuedMessage(queue_id, state, entry.get("message_id"), tuple(reasons),
+                                       "" if sender == "<>" else sender,
+                                       tuple(str(r.get("address", "")) for r in entry.get("recipients", [])),
+                                       mentions(content)))
+        return found

@@ -1,0 +1,35 @@
+"""OpenSMTPD 6.8: no settings (a configuration directory replaces smtpd.conf); queue through smtpctl."""
+
+from __future__ import annotations
+
+from harness.mta.base import CommandRunner, MtaDriver, mentions, own_message_id
+from harness.observe.observations import QueuedMessage
+
+
+class OpenSmtpd(MtaDriver):
+    """``smtpctl show queue`` lines: envelope id|family|type|flags|sender|orig rcpt|dest|created|expires|
+    last try|attempts|state|next|last error. An envelope still pending after a try is deferred."""
+
+    name = "opensmtpd"
+    config_target = "/etc/smtpd/"
+
+    def flush(self, run: CommandRunner) -> None:
+        run(["smtpctl", "schedule", "all"])
+
+    def queued(self, run: CommandRunner) -> list[QueuedMessage]:
+        found = []
+        for line in run(["smtpctl", "show", "queue"]).splitlines():
+            fields = line.split("|")
+            if len(fields) < 14:
+                continue
+            envelope, attempts, state, error = fields[0], fields[10], fields[11], "|".join(fields[13:])
+            sender, recipient = fields[4], fields[6] or fields[5]
+            if state == "inflight":
+                named = "active"
+            else:
+                named = "deferred" if attempts.isdigit() and int(attempts) > 0 else "incoming"
+            shown = run(["smtpctl", "show", "message", envelope])
+            found.append(QueuedMessage(envelope, named, own_message_id(shown), (error,) if error.strip() else (),
+                                       "" if sender in ("", "<>", "MAILER-DAEMON") else sender, (recipient,),
+                                       mentions(shown)))
+        return found

@@ -1,0 +1,29 @@
+"""Postfix 3.7: main.cf settings appended (a later definition wins); queue through postqueue/postcat."""
+
+from __future__ import annotations
+
+from harness.mta.base import CommandRunner, MtaDriver, json_lines, mentions, own_message_id
+from harness.observe.observations import QueuedMessage
+
+
+class Postfix(MtaDriver):
+    name = "postfix"
+    config_target = "/etc/postfix/"
+    settings_file = "main.cf"
+    settings_style = "append"
+
+    def flush(self, run: CommandRunner) -> None:
+        run(["postqueue", "-f"])
+
+    def queued(self, run: CommandRunner) -> list[QueuedMessage]:
+        found = []
+        for entry in json_lines(run(["postqueue", "-j"])):
+            queue_id = str(entry["queue_id"])
+            recipients = entry.get("recipients", [])
+            reasons = tuple(str(r["delay_reason"]) for r in recipients if r.get("delay_reason"))
+            # Headers and body: a queued DSN names the message it is about in its returned headers.
+            content = run(["postcat", "-bh", "-q", queue_id])
+            found.append(QueuedMessage(queue_id, str(entry["queue_name"]), own_message_id(content), reasons,
+                                       str(entry.get("sender", "")),
+                                       tuple(str(r.get("address", "")) for r in recipients), mentions(content)))
+        return found
