@@ -83,6 +83,8 @@ def run_scenario(ctx: RunContext, scenario: Scenario, mta: str | None = None) ->
         mtas = [h for h in topology.hosts.values() if h.mta is not None]
         captures = start_captures(mtas, capture_image, run_labels(run_id, keep=keep_label))
         names = {h.address: h.role for h in topology.hosts.values()}
+        if topology.unreachable is not None:
+            names[topology.unreachable] = "unreachable"
         hops = CapturedHops(captures, names, client_address=topology.gateway, start_wall=started_wall)
         StepRunner(topology, scenario, result, started, mta=mta, hops=hops,
                    domain_addresses=plan.domain_addresses).run_all()

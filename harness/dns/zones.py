@@ -23,7 +23,7 @@ import dns.rrset
 import dns.zone
 
 from harness.errors import ScenarioError
-from harness.scenario.model import DnsRecord, Mark
+from harness.scenario.model import UNREACHABLE_ROLE, DnsRecord, Mark
 
 # Host names without the trailing dot, because MTA configuration (myhostname, EHLO) wants them that way.
 ROLE_HOSTNAMES: Mapping[str, str] = MappingProxyType(
@@ -122,6 +122,9 @@ def standard_records(addresses: Mapping[str, str]) -> list[DnsRecord]:
 def resolve_records(records: Iterable[DnsRecord], addresses: Mapping[str, str]) -> list[ResolvedRecord]:
     """Replace ``address_of`` by the role's address and validate every record with dnspython.
 
+    ``addresses`` maps role -> address; under UNREACHABLE_ROLE (``unreachable``) it holds the run's
+    address that no container answers on, which ``address_of: unreachable`` resolves to.
+
     Raises ScenarioError at the offending record's mark.
     """
     return [_resolve(record, addresses) for record in records]
@@ -195,10 +198,16 @@ def _resolve(record: DnsRecord, addresses: Mapping[str, str]) -> ResolvedRecord:
         if rdtype not in (dns.rdatatype.A, dns.rdatatype.AAAA):
             raise _error_at(mark, f"{name} {rtype}: address_of only makes sense for A and AAAA records")
         if record.address_of not in addresses:
+            if record.address_of == UNREACHABLE_ROLE:
+                raise _error_at(mark, f"{name} {rtype}: address_of: {UNREACHABLE_ROLE} needs the run's network, "
+                                      "and none was given")
             known = ", ".join(sorted(addresses))
             raise _error_at(mark, f"{name} {rtype}: unknown role {record.address_of!r} (known: {known})")
         text = addresses[record.address_of]
-        what = f"address {text!r} of role {record.address_of!r}"
+        if record.address_of == UNREACHABLE_ROLE:
+            what = f"the unreachable address {text!r}"
+        else:
+            what = f"address {text!r} of role {record.address_of!r}"
     elif record.value is not None:
         text = record.value
         what = f"value {text!r}"

@@ -8,6 +8,11 @@ aiosmtplib's convenience methods (``ehlo()``, ``mail()``, ``rcpt()``, ``data()``
 they raise on codes they dislike, ``mail()``/``rcpt()`` may send an unrecorded EHLO of their own,
 and ``data()`` hides the 354. Every command goes through ``SMTP.execute_command`` instead, which
 returns any reply as an ``SMTPResponse`` and closes the connection on timeout, disconnect and 421.
+
+ESMTP parameters (``SIZE=12000000``, ``SMTPUTF8``, ``NOTIFY=FAILURE``) go on MAIL and RCPT exactly as the
+scenario wrote them, whatever the EHLO reply advertised: a server refusing one is an answer to record.
+``SIZE=auto`` becomes the message's size. Command arguments are sent as UTF-8, so a non-ASCII address
+(with ``SMTPUTF8``, or without it to see the refusal) reaches the server as written.
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ from aiosmtplib import (
 
 from harness.errors import ScenarioError
 from harness.scenario.model import SmtpSessionStep
-from harness.smtp.message import data_payload
+from harness.smtp.message import data_payload, declared_size
 from harness.smtp.transcript import Exchange, Transcript
 
-__all__ = ["parse_enhanced", "reply_lines", "run_session"]
+__all__ = ["mail_parameters", "parse_enhanced", "reply_lines", "run_session"]
 
 # RFC 3463: class "." subject "." detail, at the start of the reply text.
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?=\s|$)")
@@ -39,6 +44,8 @@ _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?=\s|$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _CLOSING = 421
+# ``SIZE=auto`` in a scenario's mail_options: the client fills in the size (keyword and value in any case).
+_SIZE_AUTO = re.compile(r"(?i)SIZE=auto")
 
 
 class _SessionOver(Exception):
@@ -66,6 +73,17 @@ def reply_lines(response: SMTPResponse) -> tuple[str, ...]:
         sep = " " if i == last else "-"
         lines.append(f"{response.code}{sep}{text}" if text or sep == "-" else str(response.code))
     return tuple(lines)
+
+
+def mail_parameters(options: tuple[str, ...], message_bytes: bytes) -> tuple[str, ...]:
+    """The MAIL parameters as they go on the wire: ``SIZE=auto`` replaced by ``SIZE=<size>`` (RFC 1870:
+    the message's octets, without dot-stuffing and the end-of-data indicator), the rest as written."""
+    return tuple(f"SIZE={declared_size(message_bytes)}" if _SIZE_AUTO.fullmatch(option) else option
+                 for option in options)
+
+
+def _with_parameters(line: str, parameters: tuple[str, ...]) -> str:
+    return " ".join((line, *parameters))
 
 
 def _format_seconds(seconds: float) -> str:
@@ -191,13 +209,17 @@ class _Session:
         elif ehlo.code // 100 != 2:
             return
 
-        mail = await self.command("MAIL", f"MAIL FROM:<{step.mail_from}>")
+        mail_line = _with_parameters(f"MAIL FROM:<{step.mail_from}>",
+                                     mail_parameters(step.mail_options, message_bytes))
+        mail = await self.command("MAIL", mail_line)
         if mail.code // 100 != 2:
+            # A refused MAIL (552 5.3.4 for an over-limit SIZE, 555 for an unknown parameter) ends the
+            # transaction: no RCPT or DATA, QUIT follows.
             return
 
         accepted = 0
         for rcpt in step.rcpt_to:
-            reply = await self.command("RCPT", f"RCPT TO:<{rcpt}>")
+            reply = await self.command("RCPT", _with_parameters(f"RCPT TO:<{rcpt}>", step.rcpt_options))
             if reply.code // 100 == 2:
                 accepted += 1
         if not accepted:
@@ -222,6 +244,14 @@ def _check_step(step: SmtpSessionStep) -> None:
         if _CONTROL.search(value):
             raise ScenarioError(step.mark.file, step.mark.line, step.mark.col,
                                 f"{key} contains a control character: {value!r}")
+    options = {f"mail_options[{i}]": o for i, o in enumerate(step.mail_options)}
+    options.update({f"rcpt_options[{i}]": o for i, o in enumerate(step.rcpt_options)})
+    for key, value in options.items():
+        # Each one is a single parameter: a blank would put two spaces (or a trailing one) on the line.
+        if _CONTROL.search(value) or not value.strip() or value != value.strip():
+            raise ScenarioError(step.mark.file, step.mark.line, step.mark.col,
+                                f"{key} must be one ESMTP parameter such as SIZE=1000 or NOTIFY=FAILURE: "
+                                f"{value!r}")
     if not step.ehlo.strip() or any(c.isspace() for c in step.ehlo):
         raise ScenarioError(step.mark.file, step.mark.line, step.mark.col,
                             f"ehlo must be one non-empty word: {step.ehlo!r}")

@@ -68,6 +68,13 @@ def render_message(
     return (head + "\r\n" + body).encode("utf-8"), message_id
 
 
+def declared_size(data: bytes) -> int:
+    """The message size for ``SIZE=`` (RFC 1870 section 3): its octets with their CRLFs, as handed to the
+    transaction, not counting the dots added by dot-stuffing or the end-of-data indicator. For a
+    message that does not end in CRLF, the CRLF ``data_payload`` adds belongs to the indicator."""
+    return len(data)
+
+
 def dot_stuff(data: bytes) -> bytes:
     """RFC 5321 4.5.2: double the "." at the start of every line so no line reads as end-of-data."""
     return _LINE_START_DOT.sub(b"..", data)

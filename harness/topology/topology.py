@@ -22,6 +22,7 @@ from testcontainers.core.network import Network
 
 from harness.errors import InfrastructureError
 from harness.report.progress import Progress
+from harness.scenario.model import UNREACHABLE_ROLE
 from harness.topology.images import ImageStore
 from harness.topology.labels import ROLE_LABEL, remove_run, run_labels
 from harness.topology.mta import IMPLEMENTATIONS, MtaImplementation
@@ -135,6 +136,8 @@ class Topology:
     subnet: ipaddress.IPv4Network
     hosts: dict[str, Host] = field(default_factory=dict)
     kept: bool = False
+    # The address ``address_of: unreachable`` resolves to: in the subnet, reserved, answered by nobody.
+    unreachable: str | None = None
 
     @property
     def gateway(self) -> str:
@@ -161,6 +164,56 @@ def plan_addresses(plan: TopologyPlan, subnet: ipaddress.IPv4Network) -> dict[st
     return addresses
 
 
+def unreachable_address(subnet: str, used: set[str]) -> str:
+    """A host address in ``subnet`` that is none of ``used`` (the gateway, the containers'): the highest
+    usable one that is free. Nothing answers there, not even ARP, so a connection to it fails the way
+    one to a dead host on the same LAN does: after about 3 s of unanswered ARP requests the kernel
+    reports "No route to host" (EHOSTUNREACH), and no TCP segment is ever sent (a capture shows none).
+    Postfix, Exim and OpenSMTPD all log that and go on to the next MX. ValueError when every host
+    address is taken."""
+    network = ipaddress.ip_network(subnet, strict=False)
+    taken = {ipaddress.ip_address(a) for a in used}
+    first, last = int(network.network_address), int(network.broadcast_address)
+    if network.version == 4 and network.prefixlen < 31:
+        first, last = first + 1, last - 1  # neither the network nor the broadcast address
+    elif network.version == 6:
+        first += 1  # the subnet-router anycast address
+    for value in range(last, first - 1, -1):
+        candidate = ipaddress.IPv4Address(value) if network.version == 4 else ipaddress.IPv6Address(value)
+        if candidate not in taken:
+            return str(candidate)
+    raise ValueError(f"no free host address left in {network}")
+
+
+def _ipam_view(client: docker.DockerClient, name: str, subnet: ipaddress.IPv4Network
+               ) -> tuple[str, str, str | None]:
+    """Subnet, gateway and reserved unreachable address as the engine reports them for the created
+    network (``docker network inspect``: IPAM.Config), falling back to what was asked for."""
+    gateway = str(subnet.network_address + 1)
+    try:
+        configs = client.networks.get(name).attrs.get("IPAM", {}).get("Config") or []
+    except DockerException as exc:
+        raise InfrastructureError(f"could not inspect network {name}: {exc}") from exc
+    for config in configs:
+        if config.get("Subnet") and ipaddress.ip_network(config["Subnet"], strict=False).version == 4:
+            aux = config.get("AuxiliaryAddresses") or {}
+            return config["Subnet"], config.get("Gateway") or gateway, aux.get(UNREACHABLE_ROLE)
+    return str(subnet), gateway, None
+
+
+def _choose_unreachable(client: docker.DockerClient, network_name: str, subnet: ipaddress.IPv4Network,
+                        addresses: Mapping[str, str]) -> str:
+    ipam_subnet, gateway, reserved = _ipam_view(client, network_name, subnet)
+    used = {gateway, *addresses.values()}
+    if reserved is not None and reserved not in used:
+        return reserved
+    try:
+        return unreachable_address(ipam_subnet, used)
+    except ValueError as exc:
+        raise InfrastructureError(f"network {network_name}: no address left for address_of: unreachable: {exc}"
+                                  ) from exc
+
+
 def build_images(images: ImageStore, plan: TopologyPlan) -> dict[str, str]:
     """The image each role runs; built (or found by content hash) before anything starts."""
     result = {DNS_ROLE: images.image("dns")}
@@ -174,17 +227,25 @@ def build_images(images: ImageStore, plan: TopologyPlan) -> dict[str, str]:
     return result
 
 
-def _create_network(client: docker.DockerClient, run_id: str, labels: dict[str, str]
+def _create_network(client: docker.DockerClient, run_id: str, labels: dict[str, str], plan: TopologyPlan
                     ) -> tuple[Network, ipaddress.IPv4Network]:
     subnets: list[ipaddress.IPv4Network] = [
         s for s in SUBNET_POOL.subnets(new_prefix=24) if isinstance(s, ipaddress.IPv4Network)]
     for _ in range(20):
         subnet = random.choice(subnets)
+        gateway = str(subnet.network_address + 1)
+        # Reserved in the engine's IPAM as an auxiliary address, so no container (nor one attached
+        # later with a dynamic address) is ever given the unreachable address.
+        try:
+            unreachable = unreachable_address(str(subnet), {gateway, *plan_addresses(plan, subnet).values()})
+        except ValueError as exc:
+            raise InfrastructureError(f"no address left for address_of: unreachable in {subnet}: {exc}") from exc
         network = Network(docker_network_kw={
             "driver": "bridge",
             "internal": True,  # nothing inside can reach anything outside the run
             "labels": labels,
-            "ipam": IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet), gateway=str(subnet.network_address + 1))]),
+            "ipam": IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet), gateway=gateway,
+                                                      aux_addresses={UNREACHABLE_ROLE: unreachable})]),
         })
         network.name = f"mailflow-{run_id}"
         try:
@@ -212,14 +273,18 @@ def start_topology(
     greetings. On any failure everything created so far is removed before the error propagates."""
     labels = run_labels(run_id, keep=keep)
     try:
-        network, subnet = _create_network(client, run_id, labels)
+        network, subnet = _create_network(client, run_id, labels, plan)
     except DockerException as exc:
         raise InfrastructureError(f"could not create the run's network: {exc}") from exc
     topology = Topology(client, run_id, network.name, subnet, kept=keep)
     addresses = plan_addresses(plan, subnet)
     try:
+        if UNREACHABLE_ROLE in addresses:
+            raise InfrastructureError(f"{UNREACHABLE_ROLE!r} is reserved for address_of and cannot name a role")
+        topology.unreachable = _choose_unreachable(client, network.name, subnet, addresses)
         dns_plan = next(h for h in plan.hosts if h.role == DNS_ROLE)
-        setup = zones(addresses)
+        # Only the zones see the unreachable address: no container is started on it.
+        setup = zones({**addresses, UNREACHABLE_ROLE: topology.unreachable})
         dns_host = _container(network, dns_plan, images[DNS_ROLE], addresses[DNS_ROLE], labels, dns=None)
         for name, text in setup.files.items():
             dns_host.container.with_copy_into_container(text.encode(), f"/etc/nsd/harness/{name}")

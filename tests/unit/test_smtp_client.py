@@ -16,8 +16,8 @@ from aiosmtpd.smtp import Envelope, Session
 
 from harness.errors import ScenarioError
 from harness.scenario.model import Mark, Message, SmtpSessionStep
-from harness.smtp.client import parse_enhanced, run_session
-from harness.smtp.message import render_message
+from harness.smtp.client import mail_parameters, parse_enhanced, run_session
+from harness.smtp.message import data_payload, render_message
 from harness.smtp.transcript import Transcript
 
 HOST = "127.0.0.1"
@@ -26,17 +26,20 @@ BAD = "nobody@nullmx.test"
 BODY = "first line\n.starts with a dot\n.\n..two dots\nlast line\n"
 
 
-def _step(rcpt_to: tuple[str, ...] = (GOOD,), timeout_s: float = 2.0) -> SmtpSessionStep:
+def _step(rcpt_to: tuple[str, ...] = (GOOD,), timeout_s: float = 2.0, *, mail_from: str = "alice@sender.test",
+          mail_options: tuple[str, ...] = (), rcpt_options: tuple[str, ...] = ()) -> SmtpSessionStep:
     return SmtpSessionStep(
         host="client",
         ehlo="client.test",
-        mail_from="alice@sender.test",
+        mail_from=mail_from,
         rcpt_to=rcpt_to,
         message=Message(headers=(("Subject", "unit test"),), body=BODY),
         expect={},
         expect_rcpt={},
         mark=Mark("scenario.yaml", 3, 5),
         timeout_s=timeout_s,
+        mail_options=mail_options,
+        rcpt_options=rcpt_options,
     )
 
 
@@ -80,6 +83,7 @@ class Handler:
         if self.reject_mail:
             return self.reject_mail
         envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(self, server: SMTPServer, session: Session, envelope: Envelope, address: str,
@@ -94,10 +98,40 @@ class Handler:
         return "250 2.0.0 Ok: queued as 4Vx1"
 
 
+class RecordingServer(SMTPServer):
+    """aiosmtpd's own protocol handling, keeping each MAIL and RCPT line as the server read it (the
+    argument is the received bytes, decoded as UTF-8 with surrogateescape, blanks around it stripped)."""
+
+    lines: list[bytes]
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.lines.append(b"MAIL " + (arg or "").encode("utf-8", "surrogateescape"))
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.lines.append(b"RCPT " + (arg or "").encode("utf-8", "surrogateescape"))
+        await super().smtp_RCPT(arg)
+
+
+class RecordingController(Controller):
+    def __init__(self, handler: Handler, lines: list[bytes], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.lines = lines
+
+    def factory(self) -> SMTPServer:
+        server = RecordingServer(self.handler, **self.SMTP_kwargs)
+        server.lines = self.lines
+        return server
+
+
 @contextmanager
-def aiosmtpd_server(handler: Handler) -> Iterator[int]:
+def aiosmtpd_server(handler: Handler, lines: list[bytes] | None = None, **smtp_kwargs: Any) -> Iterator[int]:
+    """aiosmtpd on a free port; ``lines`` (when given) collects the MAIL and RCPT lines it read;
+    ``smtp_kwargs`` go to aiosmtpd's SMTP (data_size_limit, enable_SMTPUTF8)."""
     port = _free_port()
-    controller = Controller(handler, hostname=HOST, port=port, server_hostname="mx.example.test")
+    kwargs: dict[str, Any] = {"hostname": HOST, "port": port, "server_hostname": "mx.example.test", **smtp_kwargs}
+    controller = (Controller(handler, **kwargs) if lines is None
+                  else RecordingController(handler, lines, **kwargs))
     controller.start()
     try:
         yield port
@@ -127,14 +161,17 @@ def _run_scripted(script: Script, step: SmtpSessionStep) -> Transcript:
     return asyncio.run(main())
 
 
-def _replies(greeting: bytes, replies: dict[str, bytes | None]) -> Script:
+def _replies(greeting: bytes, replies: dict[str, bytes | None], received: list[bytes] | None = None) -> Script:
     """A server answering each verb from ``replies``; None closes the connection instead of replying,
-    a verb not listed gets no reply at all (the client times out)."""
+    a verb not listed gets no reply at all (the client times out). ``received`` collects every command
+    line as read, CRLF included."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(greeting)
         await writer.drain()
         while line := await reader.readline():
+            if received is not None:
+                received.append(line)
             verb = line.split(b" ", 1)[0].strip().decode().upper()
             if verb not in replies:
                 await reader.read()  # say nothing until the client gives up and closes
@@ -345,6 +382,144 @@ def test_unparseable_greeting_is_a_failed_connect() -> None:
 def test_control_characters_are_a_scenario_error_before_connecting() -> None:
     with pytest.raises(ScenarioError, match=r"scenario.yaml:3:5: rcpt_to\[0\] contains a control"):
         _run(_free_port(), _step(rcpt_to=("a@b.test>\r\nDATA",)))
+
+
+# --- ESMTP parameters on MAIL and RCPT --------------------------------------------------------
+
+
+def _message_size(step: SmtpSessionStep) -> int:
+    """The rendered message's length; the same for every rendering (fixed-width Date and Message-ID)."""
+    data, _ = render_message(step.message, mail_from=step.mail_from, rcpt_to=step.rcpt_to, domain="sender.test")
+    return len(data)
+
+
+def test_mail_parameters_replace_size_auto_only() -> None:
+    assert mail_parameters(("size=AUTO", "SMTPUTF8", "SIZE=autox", "SIZE=10"), b"12345\r\n") == (
+        "SIZE=7", "SMTPUTF8", "SIZE=autox", "SIZE=10")
+    assert mail_parameters((), b"x") == ()
+
+
+def test_mail_parameters_reach_aiosmtpd_as_written_with_size_auto_filled_in() -> None:
+    handler = Handler()
+    lines: list[bytes] = []
+    step = _step(rcpt_to=(GOOD, "carol@example.test"), mail_options=("SIZE=auto", "BODY=8BITMIME", "SMTPUTF8"))
+    with aiosmtpd_server(handler, lines) as port:
+        t = _run(port, step)
+
+    assert [c for c, _, _ in _shape(t)] == ["CONNECT", "EHLO", "MAIL", "RCPT", "RCPT", "DATA", "END-OF-DATA", "QUIT"]
+    assert t.message_bytes is not None
+    size = len(t.message_bytes)
+    mail_line = f"MAIL FROM:<alice@sender.test> SIZE={size} BODY=8BITMIME SMTPUTF8"
+    assert t.exchanges[2].sent == mail_line
+    assert [r.sent for r in t.all("RCPT")] == [f"RCPT TO:<{GOOD}>", "RCPT TO:<carol@example.test>"]
+    assert lines == [mail_line.encode(), f"RCPT TO:<{GOOD}>".encode(), b"RCPT TO:<carol@example.test>"]
+
+    [envelope] = handler.received
+    assert envelope.mail_options == [f"SIZE={size}", "BODY=8BITMIME", "SMTPUTF8"]
+    # RFC 1870: SIZE counts the message as handed over, which is what the server stored; the DATA
+    # payload adds the dots of dot-stuffing (BODY has three lines starting with one) and ".\r\n".
+    assert envelope.original_content is not None and len(envelope.original_content) == size
+    assert len(data_payload(t.message_bytes)) == size + 3 + len(b".\r\n")
+
+
+@pytest.mark.parametrize(("slack", "mail_code"), [(0, 250), (-1, 552)], ids=["at-limit", "one-over"])
+def test_size_auto_is_exact_against_aiosmtpd_size_limit(slack: int, mail_code: int) -> None:
+    step = _step(mail_options=("SIZE=auto",))
+    size = _message_size(step)
+    with aiosmtpd_server(Handler(), data_size_limit=size + slack) as port:
+        t = _run(port, step)
+    assert t.exchanges[2].sent == f"MAIL FROM:<alice@sender.test> SIZE={size}"
+    assert t.exchanges[2].code == mail_code
+    if mail_code == 552:
+        assert t.exchanges[2].text == "Error: message size exceeds fixed maximum message size"
+        assert [c for c, _, _ in _shape(t)] == ["CONNECT", "EHLO", "MAIL", "QUIT"]
+
+
+def test_size_refused_at_mail_is_recorded_and_ends_the_transaction() -> None:
+    lines: list[bytes] = []
+    handler = Handler(reject_mail="552 5.3.4 Message size exceeds fixed limit")
+    with aiosmtpd_server(handler, lines) as port:
+        t = _run(port, _step(mail_options=("SIZE=12000000",), rcpt_options=("NOTIFY=FAILURE",)))
+    assert _shape(t) == [
+        ("CONNECT", 220, None),
+        ("EHLO", 250, None),
+        ("MAIL", 552, "5.3.4"),
+        ("QUIT", 221, None),
+    ]
+    mail = t.exchanges[2]
+    assert mail.sent == "MAIL FROM:<alice@sender.test> SIZE=12000000"
+    assert mail.reply_str() == "552 5.3.4 Message size exceeds fixed limit"
+    assert lines == [b"MAIL FROM:<alice@sender.test> SIZE=12000000"]  # no RCPT, no DATA
+    assert handler.received == []
+
+
+def test_unadvertised_parameters_are_sent_and_the_refusal_recorded() -> None:
+    # aiosmtpd offers no DSN: it refuses RET and ENVID, and the client sends them anyway.
+    lines: list[bytes] = []
+    with aiosmtpd_server(Handler(), lines) as port:
+        t = _run(port, _step(mail_options=("RET=HDRS", "ENVID=x")))
+    assert "DSN" not in t.exchanges[1].text
+    assert [(c, code) for c, code, _ in _shape(t)] == [("CONNECT", 220), ("EHLO", 250), ("MAIL", 555), ("QUIT", 221)]
+    assert t.exchanges[2].text == "MAIL FROM parameters not recognized or not implemented"
+    assert lines == [b"MAIL FROM:<alice@sender.test> RET=HDRS ENVID=x"]
+
+
+def test_dsn_parameters_exact_bytes_on_the_wire() -> None:
+    received: list[bytes] = []
+    script = _replies(b"220 mx ESMTP\r\n", {
+        "EHLO": b"250-mx.example.test\r\n250 DSN\r\n",
+        "MAIL": b"250 2.1.0 Ok\r\n",
+        "RCPT": b"250 2.1.5 Ok\r\n",
+        "DATA": b"354 go ahead\r\n",
+        "QUIT": b"221 2.0.0 Bye\r\n",
+    }, received)
+    step = _step(rcpt_to=(GOOD, "carol@example.test"), mail_options=("RET=HDRS", "ENVID=x"),
+                 rcpt_options=("NOTIFY=FAILURE",))
+    t = _run_scripted(script, step)
+    assert [c for c, _, _ in _shape(t)] == ["CONNECT", "EHLO", "MAIL", "RCPT", "RCPT", "DATA", "END-OF-DATA", "QUIT"]
+    commands = [line for line in received if line.split(b" ")[0].rstrip(b"\r\n") in {b"MAIL", b"RCPT", b"DATA"}]
+    assert commands == [
+        b"MAIL FROM:<alice@sender.test> RET=HDRS ENVID=x\r\n",
+        b"RCPT TO:<bob@example.test> NOTIFY=FAILURE\r\n",
+        b"RCPT TO:<carol@example.test> NOTIFY=FAILURE\r\n",
+        b"DATA\r\n",
+    ]
+    assert [e.sent for e in t.exchanges[2:5]] == [line.decode().removesuffix("\r\n") for line in commands[:3]]
+
+
+def test_non_ascii_addresses_go_as_utf8_with_smtputf8() -> None:
+    handler = Handler()
+    lines: list[bytes] = []
+    sender, rcpt = "jörg@sender.test", "zoë@example.test"
+    with aiosmtpd_server(handler, lines, enable_SMTPUTF8=True) as port:
+        t = _run(port, _step(rcpt_to=(rcpt,), mail_from=sender, mail_options=("SMTPUTF8",)))
+    assert "250-SMTPUTF8" in t.exchanges[1].lines
+    assert [(c, code) for c, code, _ in _shape(t)][2:] == [("MAIL", 250), ("RCPT", 250), ("DATA", 354),
+                                                         ("END-OF-DATA", 250), ("QUIT", 221)]
+    assert lines == ["MAIL FROM:<jörg@sender.test> SMTPUTF8".encode(), "RCPT TO:<zoë@example.test>".encode()]
+    assert lines[0] == b"MAIL FROM:<j\xc3\xb6rg@sender.test> SMTPUTF8"
+    assert t.exchanges[2].sent == "MAIL FROM:<jörg@sender.test> SMTPUTF8"
+    [envelope] = handler.received
+    assert (envelope.mail_from, envelope.rcpt_tos, envelope.smtp_utf8) == (sender, [rcpt], True)
+
+
+def test_non_ascii_address_without_smtputf8_is_sent_and_the_refusal_recorded() -> None:
+    # A server in strict ASCII mode: the scenario may be testing exactly this refusal.
+    with aiosmtpd_server(Handler(), enable_SMTPUTF8=False) as port:
+        t = _run(port, _step(mail_from="jörg@sender.test"))
+    mail = t.exchanges[2]
+    assert (mail.command, mail.sent, mail.code) == ("MAIL", "MAIL FROM:<jörg@sender.test>", 500)
+    assert mail.text == "Error: strict ASCII mode"
+
+
+@pytest.mark.parametrize(("options", "key"), [
+    ({"mail_options": ("SIZE=1\r\nRSET",)}, r"mail_options\[0\]"),
+    ({"mail_options": ("SMTPUTF8", "")}, r"mail_options\[1\]"),
+    ({"rcpt_options": (" NOTIFY=FAILURE",)}, r"rcpt_options\[0\]"),
+])
+def test_bad_parameters_are_a_scenario_error_before_connecting(options: dict[str, Any], key: str) -> None:
+    with pytest.raises(ScenarioError, match=rf"scenario.yaml:3:5: {key} must be one ESMTP parameter"):
+        _run(_free_port(), _step(**options))
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
+from pathlib import Path
 
 import dns.exception
 import dns.name
@@ -20,7 +22,9 @@ from harness.dns.zones import (
     zone_origin,
 )
 from harness.errors import ScenarioError
-from harness.scenario.model import DnsRecord, Mark
+from harness.plan import plan_scenario
+from harness.scenario.model import UNREACHABLE_ROLE, DnsRecord, Mark, Scenario
+from harness.topology.topology import plan_addresses, unreachable_address
 
 ADDRESSES = {"dns": "10.77.0.2", "mx": "10.77.0.10", "relay": "10.77.0.11", "nomail": "10.77.0.12"}
 
@@ -241,3 +245,74 @@ def test_nsd_zones_conf() -> None:
         'zone:\n    name: "example.test."\n    zonefile: "/etc/nsd/harness/example.test.zone"',
         'zone:\n    name: "harness.test."\n    zonefile: "/etc/nsd/harness/harness.test.zone"\n',
     ]
+
+
+# --- address_of: unreachable ---------------------------------------------------------------------
+
+RUN_ADDRESSES = {**ADDRESSES, UNREACHABLE_ROLE: "10.77.0.254"}
+# MX fallback past a dead host: the preferred MX has an address nobody answers on.
+FALLBACK = (
+    rec("fallback.test", "MX", "10 dead.hosts.test."),
+    rec("fallback.test", "MX", "20 mx.example.test."),
+    rec("dead.hosts.test", "A", address_of="unreachable"),
+)
+
+
+def test_address_of_unreachable_resolves_to_the_runs_unreachable_address() -> None:
+    resolved = resolve_records([*standard_records(ADDRESSES), *FALLBACK], RUN_ADDRESSES)
+    assert resolved[-1] == ResolvedRecord("dead.hosts.test.", "A", "10.77.0.254", 300, Mark("scenario.yaml", 7, 5))
+    files = render_zones(resolved, ns_address=ADDRESSES["dns"])
+    zones = {f.origin: dns.zone.from_text(f.text, origin=f.origin, relativize=False) for f in files}
+    assert rdatas(zones["fallback.test."], "fallback.test.", "MX") == {"10 dead.hosts.test.", "20 mx.example.test."}
+    assert rdatas(zones["hosts.test."], "dead.hosts.test.", "A") == {"10.77.0.254"}
+    # No role's name resolves to it: it is only where a scenario points.
+    owners = [name.to_text() for z in zones.values() for name, _, rd in z.iterate_rdatas("A")
+              if rd.to_text() == "10.77.0.254"]
+    assert owners == ["dead.hosts.test."]
+
+
+def test_address_of_unreachable_without_a_run_network_is_a_located_error() -> None:
+    with pytest.raises(ScenarioError, match=r"^scenario.yaml:7:5: dead.hosts.test. A: address_of: unreachable "
+                                            r"needs the run's network"):
+        resolve_records([FALLBACK[2]], ADDRESSES)
+
+
+def test_address_of_unreachable_on_aaaa_names_the_address() -> None:
+    with pytest.raises(ScenarioError, match=r"the unreachable address '10.77.0.254' is not valid AAAA rdata"):
+        resolve_records([rec("dead.hosts.test", "AAAA", address_of="unreachable")], RUN_ADDRESSES)
+
+
+@pytest.mark.parametrize(
+    ("subnet", "used", "expected"),
+    [
+        ("172.28.5.0/24", {"172.28.5.1", "172.28.5.2", "172.28.5.10"}, "172.28.5.254"),
+        ("172.28.5.0/24", {"172.28.5.1", "172.28.5.254", "172.28.5.253"}, "172.28.5.252"),
+        ("10.0.0.0/16", {"10.0.0.1"}, "10.0.255.254"),
+        ("192.168.7.8/30", {"192.168.7.10"}, "192.168.7.9"),  # usable: .9 and .10
+        ("fd00::/126", {"fd00::1"}, "fd00::3"),
+    ],
+)
+def test_unreachable_address_is_the_highest_free_host_address(subnet: str, used: set[str], expected: str) -> None:
+    assert unreachable_address(subnet, used) == expected
+
+
+def test_unreachable_address_needs_a_free_host_address() -> None:
+    with pytest.raises(ValueError, match="no free host address"):
+        unreachable_address("192.168.7.8/30", {"192.168.7.9", "192.168.7.10"})
+
+
+def test_zone_setup_points_address_of_unreachable_at_no_container() -> None:
+    scenario = Scenario(Path("fallback.yaml"), "fallback", "", FALLBACK, {}, (), Mark("fallback.yaml", 1, 1))
+    plan = plan_scenario(scenario, Path("compose"))
+    subnet = ipaddress.IPv4Network("172.28.9.0/24")
+    addresses = plan_addresses(plan.topology, subnet)
+    gateway = "172.28.9.1"
+    unreachable = unreachable_address(str(subnet), {gateway, *addresses.values()})
+    assert unreachable == "172.28.9.254"
+    assert unreachable not in addresses.values()
+
+    setup = plan.zone_setup({**addresses, UNREACHABLE_ROLE: unreachable})
+    zone = dns.zone.from_text(setup.files["hosts.test.zone"], origin="hosts.test.", relativize=False)
+    assert rdatas(zone, "dead.hosts.test.", "A") == {"172.28.9.254"}
+    assert 'name: "hosts.test."' in setup.files["zones.conf"]
+    assert plan.domain_addresses("fallback.test") == {unreachable, addresses["mx"]}
