@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, UsageError
@@ -15,6 +16,7 @@ from harness.report.console import print_result, summary_table
 from harness.report.files import write_json, write_junit
 from harness.report.progress import Progress
 from harness.scenario.loader import load_scenarios, schema_path
+from harness.scenario.model import Scenario
 
 
 def _compose_dir(args: argparse.Namespace) -> Path:
@@ -63,8 +65,9 @@ def cmd_run(args: argparse.Namespace, progress: Progress) -> int:
     scenarios = load_scenarios(args.paths)
     if not scenarios:
         raise UsageError("no scenario files found in " + ", ".join(str(p) for p in args.paths))
+    mtas = _selected_mtas(args, _compose_dir(args))
+    check_selection(scenarios, mtas, _how_selected(args))
     ctx = _context(args, progress, keep=args.keep)
-    mtas = _selected_mtas(args, ctx.compose_dir)
     progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}")
     results = run_all(ctx, scenarios, on_result=lambda r: print_result(r, sys.stdout), mtas=mtas)
     print()
@@ -97,8 +100,9 @@ def cmd_matrix(args: argparse.Namespace, progress: Progress) -> int:
         from harness.runner import run_all
 
         scenarios = load_scenarios(args.paths)
+        mtas = _selected_mtas(args, _compose_dir(args))
+        check_selection(scenarios, mtas, _how_selected(args))
         ctx = _context(args, progress)
-        mtas = _selected_mtas(args, ctx.compose_dir)
         progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}")
         results = run_all(ctx, scenarios, on_result=lambda r: progress.line(
             f"{r.status.upper():6} {r.name} [{r.mta}] ({r.duration_s:.1f}s)"), mtas=mtas)
@@ -124,8 +128,10 @@ def _exit_code(results: list[ScenarioResult]) -> int:
 def _selected_mtas(args: argparse.Namespace, compose: Path) -> list[str]:
     from harness.topology.mta import IMPLEMENTATIONS, available
 
-    if args.mta:
+    if args.mta is not None:
         names = [m.strip() for m in args.mta.split(",") if m.strip()]
+        if not names:
+            raise UsageError(f"--mta {args.mta!r} names no MTA implementation (known: {', '.join(IMPLEMENTATIONS)})")
         unknown = [m for m in names if m not in IMPLEMENTATIONS]
         if unknown:
             raise UsageError(f"unknown MTA implementation(s) {', '.join(unknown)} "
@@ -135,6 +141,32 @@ def _selected_mtas(args: argparse.Namespace, compose: Path) -> list[str]:
             raise UsageError(f"no image directory for {', '.join(missing)} in {compose}")
         return names
     return available(compose) if args.matrix else ["postfix"]
+
+
+def _how_selected(args: argparse.Namespace) -> str:
+    if args.mta is not None:
+        return f"--mta {args.mta}"
+    if getattr(args, "matrix", False) or args.command == "matrix":
+        return "every implementation with an image directory"
+    return "the default implementation, without --mta"
+
+
+def check_selection(scenarios: Sequence[Scenario], mtas: Sequence[str], how: str) -> None:
+    """A run that runs nothing is an error, not a green run: say what was selected and why nothing is left."""
+    from harness.runner import implementations_for
+
+    if any(implementations_for(s, mtas) for s in scenarios):
+        return
+    shown = 10
+    lines = [f"  {s.path}: mta: [{', '.join(s.mtas)}]" for s in scenarios[:shown]]
+    if len(scenarios) > shown:
+        lines.append(f"  ... and {len(scenarios) - shown} more")
+    wanted = list(dict.fromkeys(m for s in scenarios for m in s.mtas))
+    selected = ", ".join(mtas) if mtas else "no implementation"
+    raise UsageError(
+        f"nothing to run: {selected} selected ({how}), but none of the {len(scenarios)} scenario(s) runs on "
+        f"{'it' if len(mtas) == 1 else 'them'}:\n" + "\n".join(lines)
+        + f"\nselect what they run on with --mta {','.join(wanted)}, or widen their mta: lists")
 
 
 def cmd_images(args: argparse.Namespace, progress: Progress) -> int:

@@ -8,6 +8,7 @@ import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import docker
 from docker.errors import APIError, NotFound
@@ -17,6 +18,8 @@ PID_LABEL = "mailflow-harness.pid"
 MACHINE_LABEL = "mailflow-harness.machine"
 KEEP_LABEL = "mailflow-harness.keep"
 ROLE_LABEL = "mailflow-harness.role"
+# How long removing a run's network waits for endpoints another process is still removing.
+NETWORK_REMOVE_WAIT_S = 10.0
 
 
 def new_run_id() -> str:
@@ -55,18 +58,24 @@ class RunLeftovers:
 
 
 def list_runs(client: docker.DockerClient) -> list[RunLeftovers]:
+    """Every run with a labelled container or network on the engine.
+
+    One list call per kind, on the low-level API: the SDK's ``containers.list`` inspects each container
+    afterwards and raises NotFound when another run removes one in between (two runs at once do).
+    """
     by_run: dict[str, dict[str, object]] = defaultdict(dict)
     containers: dict[str, list[str]] = defaultdict(list)
     networks: dict[str, list[str]] = defaultdict(list)
-    for c in client.containers.list(all=True, filters={"label": RUN_LABEL}):
-        run = c.labels[RUN_LABEL]
-        by_run[run].update(c.labels)
-        containers[run].append(c.id)
-    for n in client.networks.list(filters={"label": RUN_LABEL}):
-        labels = n.attrs.get("Labels") or {}
+    for c in _containers(client, RUN_LABEL):
+        labels = c.get("Labels") or {}
         run = labels[RUN_LABEL]
         by_run[run].update(labels)
-        networks[run].append(n.id)
+        containers[run].append(str(c["Id"]))
+    for n in _networks(client, RUN_LABEL):
+        labels = n.get("Labels") or {}
+        run = labels[RUN_LABEL]
+        by_run[run].update(labels)
+        networks[run].append(str(n["Id"]))
     runs = []
     for run, labels in sorted(by_run.items()):
         pid_text = str(labels.get(PID_LABEL, ""))
@@ -82,24 +91,51 @@ def list_runs(client: docker.DockerClient) -> list[RunLeftovers]:
 
 
 def remove_run(client: docker.DockerClient, run_id: str) -> int:
-    """Remove every container, then every network, labelled with ``run_id``; return how many."""
+    """Remove every container, then every network, labelled with ``run_id``; return how many this call
+    removed. What vanishes meanwhile (another process removing the same run) counts as gone, not as an
+    error."""
+    label = f"{RUN_LABEL}={run_id}"
     removed = 0
-    for c in client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}):
+    for c in _containers(client, label):
         try:
-            c.remove(force=True, v=True)
+            client.api.remove_container(c["Id"], force=True, v=True)
             removed += 1
         except NotFound:
             pass
         except APIError as exc:
             if exc.status_code != 409:  # 409: removal already in progress
                 raise
-    for n in client.networks.list(filters={"label": f"{RUN_LABEL}={run_id}"}):
-        try:
-            n.remove()
+    for n in _networks(client, label):
+        if _remove_network(client, str(n["Id"])):
             removed += 1
-        except NotFound:
-            pass
     return removed
+
+
+def _remove_network(client: docker.DockerClient, network_id: str) -> bool:
+    """Remove the network; False when it was gone already. A container another process is still
+    removing keeps its endpoint for a moment: wait for it (NETWORK_REMOVE_WAIT_S) rather than fail."""
+    deadline = time.monotonic() + NETWORK_REMOVE_WAIT_S
+    while True:
+        try:
+            client.api.remove_network(network_id)
+            return True
+        except NotFound:
+            return False
+        except APIError as exc:
+            busy = exc.status_code in (403, 409) and "active endpoint" in str(exc).lower()
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _containers(client: docker.DockerClient, label: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = client.api.containers(all=True, filters={"label": label})
+    return found
+
+
+def _networks(client: docker.DockerClient, label: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = client.api.networks(filters={"label": label})
+    return found
 
 
 def reap_abandoned(client: docker.DockerClient) -> list[str]:

@@ -27,13 +27,17 @@ from harness.scenario.loader import (
     schema_path,
 )
 from harness.scenario.model import (
+    NO_REPLY_OUTCOMES,
     QUEUE_STATES,
+    QUEUE_SUBJECTS,
+    UNREACHABLE_ROLE,
     BounceStep,
     DeliveryStep,
     DsnCheck,
     HeaderCheck,
     HopStep,
     Mark,
+    NoBounceStep,
     NoConnectionStep,
     NoDeliveryStep,
     QueueFlushStep,
@@ -89,7 +93,6 @@ def test_full_scenario_builds_models() -> None:
     assert s.dns[1].mark == Mark(f, 6, 5)
 
     assert list(s.roles) == ["relay"]
-    # A plain path configures Postfix.
     assert s.roles["relay"].config_dirs == {"postfix": (FIXTURES / "relay-config").resolve()}
     assert (s.roles["relay"].settings, s.roles["relay"].like, s.roles["relay"].mta) == ({}, None, None)
     assert s.roles["relay"].mark == Mark(f, 9, 3)
@@ -173,7 +176,7 @@ def test_flows_scenario_builds_models() -> None:
 
     assert isinstance(second, SmtpSessionStep) and second.id == "second"
     assert isinstance(hop, HopStep)
-    assert (hop.hop, hop.session, hop.within_s, hop.mark) == ("relay->nomail", 1, 15.0, Mark(f, 38, 5))
+    assert (hop.hop, hop.session, hop.within_s, hop.mark) == ("relay->nomail", None, 15.0, Mark(f, 38, 5))
     assert hop.expect == {Stage.CONNECT: ReplyExpectation(521, "5.3.2")}
     assert hop.expect[Stage.CONNECT].mark == Mark(f, 40, 25)
     # No rcpt_to to check against: any recipient.
@@ -302,11 +305,11 @@ BAD: dict[str, tuple[str, int, int, str]] = {
     "unknown step kind": (
         HEAD + "  - smtpp:\n      host: mx\n", 4, 5,
         "unknown step kind 'smtpp' (expected one of: smtp, delivery, no_delivery, hop, no_connection, "
-        "bounce, queue_flush, queue_state)"),
+        "bounce, no_bounce, queue_flush, queue_state)"),
     "step with two keys": (
         HEAD + "  - smtp: {host: mx, mail_from: a, rcpt_to: b}\n    delivery: {host: mx}\n", 4, 5,
         "exactly one key, the step kind (smtp, delivery, no_delivery, hop, no_connection, bounce, "
-        "queue_flush or queue_state), got a mapping with keys smtp, delivery"),
+        "no_bounce, queue_flush or queue_state), got a mapping with keys smtp, delivery"),
     "empty smtp step": (
         HEAD + "  - smtp:\n", 4, 10, "expected an smtp step mapping"),
     "unknown key in smtp step": (
@@ -320,7 +323,8 @@ BAD: dict[str, tuple[str, int, int, str]] = {
         "expected a non-empty list of recipient addresses, got an empty list"),
     "bad code type": (
         HEAD + smtp("      expect: {connect: abc}\n"), 8, 25,
-        "expected an integer reply code between 200 and 599, got 'abc'"),
+        "expected a reply code (200 to 599) or, for a stage that ends without a reply, one of: refused, "
+        "no-answer, reset, closed, got 'abc'"),
     "quoted code": (
         HEAD + smtp("      expect: {connect: '220'}\n"), 8, 25, "write it without quotes"),
     "code out of range": (
@@ -346,17 +350,17 @@ BAD: dict[str, tuple[str, int, int, str]] = {
         HEAD + smtp("      expect: {mail: {code: 250, text: 'a(b'}}\n"), 8, 40,
         "invalid regular expression 'a(b': missing ), unterminated subpattern"),
     "bad header regex": (
-        HEAD + SMTP + "  - delivery: {host: mx, mailbox: b, headers: {Subject: '['}}\n", 8, 57,
+        HEAD + SMTP + "  - delivery: {host: mx, mailbox: b@x.test, headers: {Subject: '['}}\n", 8, 64,
         "invalid regular expression '['"),
     "rcpt key not a recipient": (
         HEAD + smtp("      expect: {rcpt: {bob@example.test: 250, c@example.test: 550}}\n"), 8, 46,
         "recipient 'c@example.test' in expect.rcpt is not in rcpt_to (bob@example.test)"),
     "delivery before smtp": (
-        HEAD + "  - delivery: {host: mx, mailbox: b}\n" + SMTP, 4, 5, "delivery step before any smtp step"),
+        HEAD + "  - delivery: {host: mx, mailbox: b@x.test}\n" + SMTP, 4, 5, "delivery step before any smtp step"),
     "no_delivery before smtp": (
         HEAD + "  - no_delivery: {host: mx}\n", 4, 5, "no_delivery step before any smtp"),
     "unknown message_of": (
-        HEAD + smtp("      id: first\n") + "  - delivery: {host: mx, mailbox: b, message_of: x}\n", 9, 50,
+        HEAD + smtp("      id: first\n") + "  - delivery: {host: mx, mailbox: b@x.test, message_of: x}\n", 9, 57,
         "unknown step id 'x' in message_of (known ids: first)"),
     "message_of a later step": (
         HEAD + "  - no_delivery: {host: mx, message_of: later}\n" + smtp("      id: later\n"), 4, 41,
@@ -365,7 +369,7 @@ BAD: dict[str, tuple[str, int, int, str]] = {
         HEAD + "  - smtp: {host: mxx, mail_from: a, rcpt_to: b}\n", 4, 18,
         "unknown role 'mxx' in host (expected one of: mx, relay, nomail)"),
     "unknown delivery host": (
-        HEAD + SMTP + "  - delivery: {host: dns, mailbox: b}\n", 8, 22, "unknown role 'dns' in host"),
+        HEAD + SMTP + "  - delivery: {host: dns, mailbox: b@x.test}\n", 8, 22, "unknown role 'dns' in host"),
     "duplicate key": (
         "name: t\ndescription: d\nname: u\nsteps:\n" + SMTP, 3, 1,
         "duplicate key 'name' (first defined at line 1)"),
@@ -386,7 +390,7 @@ BAD: dict[str, tuple[str, int, int, str]] = {
         "missing required key 'value' (or 'address_of') in DNS record"),
     "dns address_of on MX": (
         DNS_HEAD + "  - {name: a.test, type: MX, address_of: mx}\nsteps:\n" + SMTP, 4, 30,
-        "'address_of' is only for A and AAAA records"),
+        "'address_of' is only for A records (the run's network is IPv4), not MX records"),
     "dns lowercase type": (
         DNS_HEAD + "  - {name: a.test, type: mx, value: x}\nsteps:\n" + SMTP, 4, 26,
         "expected a record type: one of A, AAAA"),
@@ -513,7 +517,7 @@ BAD_NEW: dict[str, tuple[str, int, int, str]] = {
         "expected a session number (an integer, 1 or more), got 0"),
     "hop within 0": (
         AFTER + "  - hop: {hop: relay->mx, within: 0, expect: {quit: 221}}\n", 8, 35,
-        "expected a number of seconds greater than 0, got 0"),
+        "expected a number of seconds greater than 0 and at most 600, got 0"),
     # no_connection
     "no_connection domain and to": (
         HEAD + "  - no_connection: {from: relay, domain: nullmx.test, to: mx}\n", 4, 55,
@@ -538,17 +542,17 @@ BAD_NEW: dict[str, tuple[str, int, int, str]] = {
     "bounce without mailbox": (
         AFTER + "  - bounce: {host: relay}\n", 8, 13, "missing required key 'mailbox' in bounce step"),
     "bounce unknown field": (
-        AFTER + "  - bounce: {host: relay, mailbox: a, expect: {reporting_mta: x}}\n", 8, 48,
+        AFTER + "  - bounce: {host: relay, mailbox: a@x.test, expect: {reporting_mta: x}}\n", 8, 55,
         "unknown key 'reporting_mta' in bounce expect (expected one of: action, status, diagnostic_code, "
         "remote_mta, final_recipient)"),
     "bounce bad regex": (
-        AFTER + "  - bounce: {host: relay, mailbox: a, expect: {status: '^5\\.('}}\n", 8, 56,
+        AFTER + "  - bounce: {host: relay, mailbox: a@x.test, expect: {status: '^5\\.('}}\n", 8, 63,
         "invalid regular expression '^5\\\\.(': missing ), unterminated subpattern"),
     "bounce number pattern": (
-        AFTER + "  - bounce: {host: relay, mailbox: a, expect: {diagnostic_code: 521}}\n", 8, 65,
+        AFTER + "  - bounce: {host: relay, mailbox: a@x.test, expect: {diagnostic_code: 521}}\n", 8, 72,
         "expected a regular expression (a string), got 521 (a number): write it in quotes"),
     "bounce unknown message_of": (
-        AFTER + "  - bounce: {host: relay, mailbox: a, message_of: x}\n", 8, 51,
+        AFTER + "  - bounce: {host: relay, mailbox: a@x.test, message_of: x}\n", 8, 58,
         "unknown step id 'x' in message_of (no earlier smtp step has an id)"),
     # queue_flush
     "queue_flush without host": (
@@ -622,28 +626,227 @@ BAD_NEW: dict[str, tuple[str, int, int, str]] = {
         "      per_mta:\n        exim: {reason: r, to: mx}\n", 8, 27,
         "a no_connection step takes either 'domain' or 'to', not both"),
     "override message_of a later step": (
-        HEAD + SMTP + "  - delivery:\n      host: mx\n      mailbox: b\n      per_mta:\n"
+        HEAD + SMTP + "  - delivery:\n      host: mx\n      mailbox: b@x.test\n      per_mta:\n"
         "        exim: {reason: r, message_of: later}\n" + smtp("      id: later\n"), 12, 39,
         "message_of 'later' refers to a later step (step 3)"),
     "queue_state override reason is the why": (
         AFTER + "  - queue_state:\n      host: relay\n      state: deferred\n      per_mta:\n"
         "        exim: {reason: r, queue_reason: '('}\n", 12, 41, "invalid regular expression '('"),
     "message of a skipped step": (
-        override("        opensmtpd: {reason: r, skip: true}\n") + "  - delivery: {host: mx, mailbox: b}\n",
+        override("        opensmtpd: {reason: r, skip: true}\n") + "  - delivery: {host: mx, mailbox: b@x.test}\n",
         10, 5, "step 2 (delivery) checks the message of step 1, which is skipped on opensmtpd (per_mta): "
         "skip this step on opensmtpd too, or name another message with message_of"),
     "message_of a skipped step": (
         HEAD + smtp("      id: one\n      per_mta:\n        exim: {reason: r, skip: true}\n") + SMTP
-        + "  - bounce: {host: mx, mailbox: b, message_of: one}\n", 15, 48,
+        + "  - bounce: {host: mx, mailbox: b@x.test, message_of: one}\n", 15, 55,
         "step 3 (bounce) checks the message of step 1, which is skipped on exim"),
     "message_of a skipped step named in an override": (
         HEAD + smtp("      id: one\n      per_mta:\n        exim: {reason: r, skip: true}\n") + SMTP
-        + "  - delivery:\n      host: mx\n      mailbox: b\n      per_mta:\n"
+        + "  - delivery:\n      host: mx\n      mailbox: b@x.test\n      per_mta:\n"
         "        exim: {reason: r, message_of: one}\n", 19, 39,
         "step 3 (delivery) checks the message of step 1, which is skipped on exim"),
 }
 
 BAD.update(BAD_NEW)
+
+ESMTP_EXPECTED = ("expected an ESMTP parameter KEYWORD or KEYWORD=VALUE (keyword: letters, digits and '-', "
+                  "starting with a letter or digit; value: printable ASCII without blanks or '=')")
+NO_REPLY_EXPECTED = ("expected a reply code (200 to 599) or, for a stage that ends without a reply, one of: "
+                     "refused, no-answer, reset, closed")
+
+# The keys the lead's model added (ESMTP options, no-reply outcomes, hop message_of, no_bounce, queue_state
+# of, delivery copies, address_of: unreachable), and the checks that moved from run time to load time.
+BAD_CONTENT: dict[str, tuple[str, int, int, str]] = {
+    # ESMTP parameters
+    "mail_options with a blank": (
+        HEAD + smtp('      mail_options: ["SIZE=1 BODY=8BITMIME"]\n'), 8, 22,
+        f"{ESMTP_EXPECTED}, got 'SIZE=1 BODY=8BITMIME'"),
+    "mail_options empty value": (
+        HEAD + smtp("      mail_options: [SIZE=]\n"), 8, 22, f"{ESMTP_EXPECTED}, got 'SIZE='"),
+    "mail_options '=' in the value": (
+        HEAD + smtp("      mail_options: [ENVID=a=b]\n"), 8, 22, f"{ESMTP_EXPECTED}, got 'ENVID=a=b'"),
+    "mail_options keyword starting with '-'": (
+        HEAD + smtp("      mail_options: [-X]\n"), 8, 22, f"{ESMTP_EXPECTED}, got '-X'"),
+    "mail_options keyword with '_'": (
+        HEAD + smtp("      mail_options: [X_Y=1]\n"), 8, 22, f"{ESMTP_EXPECTED}, got 'X_Y=1'"),
+    "mail_options control character": (
+        HEAD + smtp('      mail_options: ["SIZE=1\\t"]\n'), 8, 22, ESMTP_EXPECTED),
+    "mail_options non-ASCII value": (
+        HEAD + smtp("      mail_options: [ENVID=é]\n"), 8, 22, f"{ESMTP_EXPECTED}, got 'ENVID=é'"),
+    "mail_options not a list": (
+        HEAD + smtp("      mail_options: SIZE=1\n"), 8, 21,
+        "expected a list of ESMTP parameters such as [SIZE=12000000, BODY=8BITMIME], got 'SIZE=1'"),
+    "rcpt_options empty value": (
+        HEAD + smtp("      rcpt_options: [NOTIFY=]\n"), 8, 22, f"{ESMTP_EXPECTED}, got 'NOTIFY='"),
+    # no-reply outcomes
+    "no-reply typo": (
+        HEAD + smtp("      expect: {connect: refuse}\n"), 8, 25, f"{NO_REPLY_EXPECTED}, got 'refuse'"),
+    "no-reply typo per recipient": (
+        HEAD + smtp("      expect: {rcpt: {bob@example.test: refuse}}\n"), 8, 41,
+        f"{NO_REPLY_EXPECTED}, got 'refuse'"),
+    "no-reply in the mapping form": (
+        HEAD + smtp("      expect: {connect: {code: refused}}\n"), 8, 32,
+        "expected an integer reply code between 200 and 599, got 'refused'"),
+    "no-reply typo on a hop": (
+        AFTER + "  - hop: {hop: relay->mx, expect: {connect: noanswer}}\n", 8, 45,
+        f"{NO_REPLY_EXPECTED}, got 'noanswer'"),
+    # hop message_of
+    "hop before smtp": (
+        HEAD + "  - hop: {hop: relay->mx, expect: {quit: 221}}\n" + SMTP, 4, 5,
+        "hop step before any smtp step: there is no message to look for"),
+    "hop unknown message_of": (
+        AFTER + "  - hop: {hop: relay->mx, message_of: x, expect: {quit: 221}}\n", 8, 39,
+        "unknown step id 'x' in message_of (no earlier smtp step has an id)"),
+    "hop message_of a later step": (
+        AFTER + "  - hop: {hop: relay->mx, message_of: later, expect: {quit: 221}}\n"
+        + smtp("      id: later\n"), 8, 39, "message_of 'later' refers to a later step (step 3)"),
+    "hop message_of a skipped step": (
+        HEAD + smtp("      id: one\n      per_mta:\n        exim: {reason: r, skip: true}\n") + SMTP
+        + "  - hop: {hop: relay->mx, message_of: one, expect: {quit: 221}}\n", 15, 39,
+        "step 3 (hop) checks the message of step 1, which is skipped on exim"),
+    # no_bounce
+    "no_bounce before smtp": (
+        HEAD + "  - no_bounce: {host: relay, mailbox: a@origin.test}\n", 4, 5,
+        "no_bounce step before any smtp step: there is no message to look for"),
+    "no_bounce without mailbox": (
+        AFTER + "  - no_bounce: {host: relay}\n", 8, 16, "missing required key 'mailbox' in no_bounce step"),
+    "no_bounce mailbox not an address": (
+        AFTER + "  - no_bounce: {host: relay, mailbox: alice}\n", 8, 39,
+        "mailbox 'alice' is not an address local@domain (the harness reads mailboxes as "
+        "/var/mail/<domain>/<local>/)"),
+    "no_bounce within too long": (
+        AFTER + "  - no_bounce: {host: relay, mailbox: a@x.test, within: 700}\n", 8, 57,
+        "expected a number of seconds greater than 0 and at most 600, got 700"),
+    "no_bounce unknown host": (
+        AFTER + "  - no_bounce: {host: dns, mailbox: a@x.test}\n", 8, 23,
+        "unknown role 'dns' in host (expected one of: mx, relay, nomail)"),
+    "no_bounce unknown key": (
+        AFTER + "  - no_bounce: {host: relay, mailbox: a@x.test, expect: {}}\n", 8, 49,
+        "unknown key 'expect' in no_bounce step (expected one of: host, mailbox, within, message_of, per_mta)"),
+    "no_bounce about a skipped step": (
+        HEAD + smtp("      id: one\n      per_mta:\n        exim: {reason: r, skip: true}\n") + SMTP
+        + "  - no_bounce: {host: mx, mailbox: b@x.test, message_of: one}\n", 15, 58,
+        "step 3 (no_bounce) checks the message of step 1, which is skipped on exim"),
+    # queue_state of
+    "queue_state of something else": (
+        AFTER + "  - queue_state: {host: relay, state: queued, of: bounces}\n", 8, 51,
+        "expected what is looked for in the queue: message or bounce, got 'bounces'"),
+    # delivery copies
+    "delivery copies 0": (
+        AFTER + "  - delivery: {host: mx, mailbox: b@x.test, copies: 0}\n", 8, 53,
+        "expected a number of copies (an integer, 1 or more; for no copy at all, write a no_delivery step), "
+        "got 0"),
+    "delivery copies not an integer": (
+        AFTER + "  - delivery: {host: mx, mailbox: b@x.test, copies: 1.5}\n", 8, 53,
+        "expected a number of copies (an integer, 1 or more; for no copy at all, write a no_delivery step), "
+        "got 1.5 (a number)"),
+    "delivery copies quoted": (
+        AFTER + "  - delivery: {host: mx, mailbox: b@x.test, copies: '2'}\n", 8, 53, "write it without quotes"),
+    # DNS
+    "dns address_of unreachable on AAAA": (
+        DNS_HEAD + "  - {name: a.test, type: AAAA, address_of: unreachable}\nsteps:\n" + SMTP, 4, 32,
+        "'address_of' is only for A records (the run's network is IPv4), not AAAA records"),
+    "dns address_of a role on AAAA": (
+        DNS_HEAD + "  - {name: a.test, type: AAAA, address_of: mx}\nsteps:\n" + SMTP, 4, 32,
+        "'address_of' is only for A records"),
+    "dns unknown address_of": (
+        DNS_HEAD + "  - {name: a.test, type: A, address_of: nowhere}\nsteps:\n" + SMTP, 4, 41,
+        "unknown role 'nowhere' in address_of (expected one of: mx, relay, nomail, or unreachable for an "
+        "address nothing answers on)"),
+    "role named unreachable": (
+        ROLES_HEAD + "  unreachable: {like: nomail}\nsteps:\n" + SMTP, 4, 3,
+        "'unreachable' names the address in the run's network that nothing answers on"),
+    "dns bad MX rdata": (
+        DNS_HEAD + "  - {name: a.test, type: MX, value: not an mx}\nsteps:\n" + SMTP, 4, 37,
+        "'not an mx' is not valid MX rdata (expecting an integer), e.g. '10 mx.example.test.'"),
+    "dns MX without a target": (
+        DNS_HEAD + "  - {name: a.test, type: MX, value: '10'}\nsteps:\n" + SMTP, 4, 37,
+        "'10' is not valid MX rdata"),
+    "dns bad A rdata": (
+        DNS_HEAD + "  - {name: a.test, type: A, value: 300.1.1.1}\nsteps:\n" + SMTP, 4, 36,
+        "'300.1.1.1' is not valid A rdata"),
+    "dns unterminated TXT": (
+        DNS_HEAD + "  - {name: a.test, type: TXT, value: '\"abc'}\nsteps:\n" + SMTP, 4, 38,
+        "'\"abc' is not valid TXT rdata"),
+    "dns CNAME beside a standard record": (
+        DNS_HEAD + "  - {name: mx.example.test, type: CNAME, value: other.test.}\nsteps:\n" + SMTP, 4, 5,
+        "mx.example.test. CNAME: a CNAME cannot coexist with A records"),
+    "dns CNAME beside an added role's record": (
+        "name: t\ndescription: d\nroles:\n  backup: {like: nomail}\ndns:\n"
+        "  - {name: backup.hosts.test, type: CNAME, value: other.test.}\nsteps:\n" + SMTP, 6, 5,
+        "backup.hosts.test. CNAME: a CNAME cannot coexist with A records"),
+    "dns NS at a zone apex": (
+        DNS_HEAD + "  - {name: example.test, type: NS, value: ns.other.test.}\nsteps:\n" + SMTP, 4, 5,
+        "NS at the zone apex example.test. is generated by the harness"),
+    "dns two CNAMEs": (
+        DNS_HEAD + "  - {name: a.example.test, type: CNAME, value: b.test.}\n"
+        "  - {name: a.example.test, type: CNAME, value: c.test.}\nsteps:\n" + SMTP, 4, 5,
+        "a.example.test. CNAME: a name can have only one CNAME record"),
+    # EHLO
+    "ehlo with a blank": (
+        HEAD + smtp("      ehlo: a b\n"), 8, 13,
+        "ehlo 'a b' contains a blank: EHLO takes one word, a domain or an address literal"),
+    "ehlo not ASCII": (
+        HEAD + smtp("      ehlo: bücher.test\n"), 8, 13, "ehlo 'bücher.test' is not ASCII"),
+    "ehlo control character": (
+        HEAD + smtp('      ehlo: "a\\x01b"\n'), 8, 13, "ehlo 'a\\x01b' contains a control character (U+0001)"),
+    # envelope addresses
+    "mail_from in angle brackets": (
+        HEAD + '  - smtp: {host: mx, mail_from: "<a@b.test>", rcpt_to: c@d.test}\n', 4, 33,
+        "mail_from '<a@b.test>': write the address without '<' and '>', the client adds them"),
+    "mail_from with a blank": (
+        HEAD + '  - smtp: {host: mx, mail_from: "a b@c.test", rcpt_to: c@d.test}\n', 4, 33,
+        "mail_from 'a b@c.test' contains a blank"),
+    "rcpt_to item with a blank": (
+        HEAD + '  - smtp: {host: mx, mail_from: a@b.test, rcpt_to: [ok@b.test, "x y@b.test"]}\n', 4, 64,
+        "rcpt_to 'x y@b.test' contains a blank"),
+    "rcpt_to with a control character": (
+        HEAD + '  - smtp: {host: mx, mail_from: a@b.test, rcpt_to: "x\\x7f@b.test"}\n', 4, 52,
+        "rcpt_to 'x\\x7f@b.test' contains a control character (U+007F)"),
+    # headers
+    "header value with a control character": (
+        HEAD + smtp('      message: {headers: {X-A: "a\\x01b"}}\n'), 8, 32,
+        "header 'X-A': the value contains a control character (U+0001)"),
+    # bounds
+    "timeout above 600": (
+        HEAD + smtp("      timeout: 601\n"), 8, 16,
+        "expected a number of seconds greater than 0 and at most 600, got 601"),
+    "within above 600": (
+        AFTER + "  - no_delivery: {host: mx, within: 601}\n", 8, 37,
+        "expected a number of seconds greater than 0 and at most 600, got 601"),
+    # mailboxes
+    "delivery mailbox not an address": (
+        AFTER + "  - delivery: {host: mx, mailbox: bob}\n", 8, 35, "mailbox 'bob' is not an address local@domain"),
+    "delivery mailbox in angle brackets": (
+        AFTER + '  - delivery: {host: mx, mailbox: "<bob@example.test>"}\n', 8, 35,
+        "mailbox '<bob@example.test>': write the address without '<' and '>'"),
+    "no_delivery mailbox not an address": (
+        AFTER + "  - no_delivery: {host: mx, mailbox: 'a@b@'}\n", 8, 38, "mailbox 'a@b@' is not an address"),
+    # per_mta: every new key and check applies to the step as overridden
+    "override bad mail_options": (
+        override("        exim: {reason: r, mail_options: [SIZE=]}\n"), 9, 42, f"{ESMTP_EXPECTED}, got 'SIZE='"),
+    "override no-reply typo": (
+        override("        exim: {reason: r, expect: {connect: refuse}}\n"), 9, 45,
+        f"{NO_REPLY_EXPECTED}, got 'refuse'"),
+    "override ehlo with a blank": (
+        override("        exim: {reason: r, ehlo: 'a b'}\n"), 9, 33, "ehlo 'a b' contains a blank"),
+    "override copies 0": (
+        AFTER + "  - delivery:\n      host: mx\n      mailbox: b@x.test\n      per_mta:\n"
+        "        exim: {reason: r, copies: 0}\n", 12, 35, "expected a number of copies"),
+    "override mailbox not an address": (
+        AFTER + "  - no_bounce:\n      host: mx\n      mailbox: b@x.test\n      per_mta:\n"
+        "        exim: {reason: r, mailbox: nobody}\n", 12, 36, "mailbox 'nobody' is not an address"),
+    "override queue_state of": (
+        AFTER + "  - queue_state:\n      host: relay\n      state: queued\n      per_mta:\n"
+        "        exim: {reason: r, of: dsn}\n", 12, 31, "expected what is looked for in the queue"),
+    "override hop message_of": (
+        AFTER + "  - hop:\n      hop: relay->mx\n      expect: {quit: 221}\n      per_mta:\n"
+        "        exim: {reason: r, message_of: nope}\n", 12, 39,
+        "unknown step id 'nope' in message_of (no earlier smtp step has an id) (on exim: the step with its "
+        "per_mta override at line 12)"),
+}
+
+BAD.update(BAD_CONTENT)
 
 
 @pytest.mark.parametrize(("text", "line", "col", "phrase"), list(BAD.values()), ids=list(BAD))
@@ -665,7 +868,7 @@ def test_missing_role_config_dir(tmp_path: Path) -> None:
 def test_role_config_dir_is_relative_to_the_scenario(tmp_path: Path) -> None:
     (tmp_path / "compose" / "relay").mkdir(parents=True)
     (tmp_path / "scenarios").mkdir()
-    text = ROLES_HEAD + "  relay: {config: ../compose/relay}\nsteps:\n" + SMTP
+    text = ROLES_HEAD + "  relay: {config: {postfix: ../compose/relay}}\nsteps:\n" + SMTP
     path = write(tmp_path, text, "scenarios/s.yaml")
     assert load_scenario(path).roles["relay"].config_dirs == {"postfix": (tmp_path / "compose" / "relay").resolve()}
 
@@ -702,7 +905,7 @@ def test_step_defaults(tmp_path: Path) -> None:
             "  - bounce: {host: relay, mailbox: a@origin.test}\n"
             "  - queue_state: {host: relay, state: queued}\n")
     _, hop, no_connection, bounce, queue = load_scenario(write(tmp_path, text)).steps
-    assert isinstance(hop, HopStep) and (hop.session, hop.within_s) == (1, 15.0)
+    assert isinstance(hop, HopStep) and (hop.session, hop.within_s, hop.message_of) == (None, 15.0, None)
     assert isinstance(no_connection, NoConnectionStep) and no_connection.within_s == 5.0
     assert isinstance(bounce, BounceStep) and (bounce.within_s, bounce.checks) == (20.0, ())
     assert isinstance(queue, QueueStateStep) and (queue.within_s, queue.reason) == (15.0, None)
@@ -710,7 +913,7 @@ def test_step_defaults(tmp_path: Path) -> None:
 
 def test_a_skipped_step_may_be_checked_where_the_checker_is_skipped_too(tmp_path: Path) -> None:
     skip = "      per_mta:\n        exim: {reason: r, skip: true}\n"
-    text = HEAD + smtp(skip) + "  - delivery:\n      host: mx\n      mailbox: b\n" + skip
+    text = HEAD + smtp(skip) + "  - delivery:\n      host: mx\n      mailbox: b@x.test\n" + skip
     s = load_scenario(write(tmp_path, text))
     assert [o.skip for _, _, o in s.steps_for("exim") if o] == [True, True]
 
@@ -754,14 +957,17 @@ def test_file_order_decides_which_error_is_reported(tmp_path: Path) -> None:
     assert str(load_error(path)).startswith(f"{path}:4:22: unknown key 'mail_frm' in smtp step")
 
 
-@pytest.mark.parametrize("fixture", [FULL, FLOWS], ids=["full", "flows"])
-def test_no_traceback_for_any_damaged_copy_of_a_valid_file(tmp_path: Path, fixture: Path) -> None:
+@pytest.mark.parametrize("fixture", ["full", "flows", "new keys"])
+def test_no_traceback_for_any_damaged_copy_of_a_valid_file(tmp_path: Path, fixture: str) -> None:
     # Truncations and single-line deletions of a valid file reach every corner of the pipeline;
     # each must load or raise ScenarioError, never anything else.
-    lines = fixture.read_text().splitlines(keepends=True)
+    text = {"full": FULL.read_text(), "flows": FLOWS.read_text(), "new keys": NEW_KEYS}[fixture]
+    lines = text.splitlines(keepends=True)
     (tmp_path / "relay-config").mkdir()
+    (tmp_path / "relay-config" / "main.cf").write_bytes((FIXTURES / "relay-config" / "main.cf").read_bytes())
     (tmp_path / "messages").mkdir()
     (tmp_path / "messages" / "hello.eml").write_bytes((FIXTURES / "messages" / "hello.eml").read_bytes())
+    load_scenario(write(tmp_path, text))  # the undamaged copy loads
     variants = ["".join(lines[:n]) for n in range(len(lines))]
     variants += ["".join(lines[:n] + lines[n + 1:]) for n in range(len(lines))]
     for text in variants:
@@ -900,3 +1106,285 @@ def test_settings_for_opensmtpd_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as err:
         load_scenario(path)
     assert str(err.value).startswith(f"{path}:6:7: opensmtpd roles take no settings")
+
+
+# --- the model's new keys ---------------------------------------------------------------------------
+
+NEW_KEYS = """\
+name: new keys
+description: d
+mta: [postfix, exim]
+dns:
+  - {name: dead.example.test, type: A, address_of: unreachable}
+steps:
+  - smtp:
+      id: first
+      host: relay
+      ehlo: "[192.0.2.1]"
+      mail_from: '"john doe"@origin.test'
+      rcpt_to: [bob@example.test, carol@example.test]
+      mail_options: [SIZE=auto, BODY=8BITMIME, RET=HDRS, ENVID=x-1+2]
+      rcpt_options: ["NOTIFY=FAILURE,DELAY", SMTPUTF8]
+      message: {headers: {Subject: "tab\\there"}}
+      expect:
+        connect: 220
+        rcpt: {bob@example.test: 250, carol@example.test: reset}
+        data: closed
+      per_mta:
+        exim:
+          reason: r
+          mail_options: [SIZE=12000000]
+          expect: {connect: no-answer}
+  - smtp:
+      host: nomail
+      ehlo: "[IPv6:2001:db8::1]"
+      mail_from: ""
+      rcpt_to: bob@example.test
+      expect: {connect: refused}
+  - hop:
+      hop: relay->mx
+      message_of: first
+      expect: {connect: no-answer, rcpt: closed}
+      per_mta:
+        exim: {reason: r, session: 2, message_of: first}
+  - delivery: {host: mx, mailbox: bob@example.test, copies: 2, message_of: first}
+  - no_bounce:
+      host: relay
+      mailbox: alice@origin.test
+      per_mta:
+        exim: {reason: r, within: 10, message_of: first}
+  - no_bounce: {host: relay, mailbox: alice@origin.test, within: 5, message_of: first}
+  - queue_state:
+      host: relay
+      state: queued
+      of: bounce
+      per_mta:
+        exim: {reason: r, of: message}
+  - delivery:
+      host: mx
+      mailbox: bob@example.test
+      per_mta:
+        exim: {reason: r, copies: 1}
+"""
+
+
+def test_new_keys_build_models(tmp_path: Path) -> None:
+    path = write(tmp_path, NEW_KEYS)
+    s = load_scenario(path)
+    f = str(path)
+    assert [(r.name, r.rtype, r.value, r.address_of) for r in s.dns] == [
+        ("dead.example.test", "A", None, UNREACHABLE_ROLE)]
+
+    first, second, hop, delivery, no_bounce, no_bounce_of, queue, delivery_copies = s.steps
+    assert isinstance(first, SmtpSessionStep)
+    assert (first.ehlo, first.mail_from) == ("[192.0.2.1]", '"john doe"@origin.test')
+    assert first.mail_options == ("SIZE=auto", "BODY=8BITMIME", "RET=HDRS", "ENVID=x-1+2")
+    assert first.rcpt_options == ("NOTIFY=FAILURE,DELAY", "SMTPUTF8")
+    assert first.message.headers == (("Subject", "tab\there"),)
+    assert first.expect == {Stage.CONNECT: ReplyExpectation(220),
+                            Stage.DATA: ReplyExpectation(None, no_reply="closed")}
+    assert first.expect[Stage.DATA].mark == Mark(f, 19, 15)
+    assert first.expect_rcpt == {"bob@example.test": ReplyExpectation(250),
+                                 "carol@example.test": ReplyExpectation(None, no_reply="reset")}
+    assert str(first.expect_rcpt["carol@example.test"]) == "no reply (reset)"
+    exim = s.overrides[0]["exim"].step
+    assert isinstance(exim, SmtpSessionStep)
+    assert (exim.mail_options, exim.rcpt_options) == (("SIZE=12000000",), first.rcpt_options)
+    assert exim.expect == {Stage.CONNECT: ReplyExpectation(None, no_reply="no-answer")}
+    assert exim.expect[Stage.CONNECT].mark == Mark(f, 24, 29)
+
+    assert isinstance(second, SmtpSessionStep)
+    assert (second.ehlo, second.mail_from, second.mail_options, second.rcpt_options) == (
+        "[IPv6:2001:db8::1]", "", (), ())
+    assert second.expect == {Stage.CONNECT: ReplyExpectation(None, no_reply="refused")}
+
+    assert isinstance(hop, HopStep)
+    assert (hop.session, hop.message_of, hop.within_s) == (None, "first", 15.0)
+    # A bare outcome for rcpt is the expectation for every recipient, as a code is.
+    assert hop.expect == {Stage.CONNECT: ReplyExpectation(None, no_reply="no-answer"),
+                          Stage.RCPT: ReplyExpectation(None, no_reply="closed")}
+    assert hop.expect_rcpt == {}
+    hop_exim = s.overrides[2]["exim"].step
+    assert isinstance(hop_exim, HopStep)
+    assert (hop_exim.session, hop_exim.message_of) == (2, "first")
+
+    assert isinstance(delivery, DeliveryStep) and (delivery.copies, delivery.message_of) == (2, "first")
+    assert isinstance(no_bounce, NoBounceStep)
+    assert (no_bounce.host, no_bounce.mailbox, no_bounce.within_s, no_bounce.message_of) == (
+        "relay", "alice@origin.test", 3.0, None)
+    assert no_bounce.mark == Mark(f, 38, 5)
+    nb_exim = s.overrides[4]["exim"].step
+    assert isinstance(nb_exim, NoBounceStep) and (nb_exim.within_s, nb_exim.message_of) == (10.0, "first")
+    assert isinstance(no_bounce_of, NoBounceStep)
+    assert (no_bounce_of.within_s, no_bounce_of.message_of) == (5.0, "first")
+
+    assert isinstance(queue, QueueStateStep) and (queue.state, queue.of) == ("queued", "bounce")
+    queue_exim = s.overrides[6]["exim"].step
+    assert isinstance(queue_exim, QueueStateStep) and queue_exim.of == "message"
+
+    assert isinstance(delivery_copies, DeliveryStep) and delivery_copies.copies is None
+    copies_exim = s.overrides[7]["exim"].step
+    assert isinstance(copies_exim, DeliveryStep) and copies_exim.copies == 1
+
+
+def test_rcpt_stage_takes_a_bare_outcome(tmp_path: Path) -> None:
+    text = AFTER + "  - hop: {hop: relay->mx, expect: {rcpt: closed, end_of_data: reset}}\n"
+    hop = load_scenario(write(tmp_path, text)).steps[1]
+    assert isinstance(hop, HopStep)
+    assert hop.expect == {Stage.RCPT: ReplyExpectation(None, no_reply="closed"),
+                          Stage.END_OF_DATA: ReplyExpectation(None, no_reply="reset")}
+
+
+def test_new_key_defaults(tmp_path: Path) -> None:
+    text = (AFTER + "  - no_bounce: {host: relay, mailbox: a@origin.test}\n"
+            "  - queue_state: {host: relay, state: queued}\n  - delivery: {host: mx, mailbox: b@example.test}\n")
+    session, no_bounce, queue, delivery = load_scenario(write(tmp_path, text)).steps
+    assert isinstance(session, SmtpSessionStep) and (session.mail_options, session.rcpt_options) == ((), ())
+    assert isinstance(no_bounce, NoBounceStep)
+    assert (no_bounce.within_s, no_bounce.message_of) == (3.0, None)
+    assert isinstance(queue, QueueStateStep) and queue.of == "message"
+    assert isinstance(delivery, DeliveryStep) and delivery.copies is None
+
+
+@pytest.mark.parametrize("ehlo", ["localhost", "client_1.origin.test", "mx.example.test.", "[192.0.2.1]",
+                                  "[IPv6:2001:db8::1]", "[x-tag:anything]"])
+def test_valid_ehlo_names(tmp_path: Path, ehlo: str) -> None:
+    step = load_scenario(write(tmp_path, HEAD + smtp(f"      ehlo: '{ehlo}'\n"))).steps[0]
+    assert isinstance(step, SmtpSessionStep) and step.ehlo == ehlo
+
+
+def test_schema_no_reply_outcomes_and_queue_subjects_match_the_model() -> None:
+    defs = load_schema()["$defs"]
+    assert defs["noReply"]["enum"] == list(NO_REPLY_OUTCOMES)
+    assert defs["queueStateStep"]["properties"]["of"]["enum"] == list(QUEUE_SUBJECTS)
+
+
+def test_a_dns_error_is_a_load_error_of_harness_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    from harness.cli import main
+
+    path = write(tmp_path, DNS_HEAD + "  - {name: a.test, type: MX, value: not an mx}\nsteps:\n" + SMTP)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:4:37: 'not an mx' is not valid MX rdata" in err
+
+
+# --- role configurations: a plain directory is for one implementation ---------------------------------
+
+
+def test_plain_config_dir_for_every_implementation_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "relay").mkdir()
+    path = write(tmp_path, ROLES_HEAD + "  relay: {config: relay}\nsteps:\n" + SMTP)
+    error = load_error(path)
+    assert (error.line, error.col) == (4, 19)
+    assert error.detail == (
+        "a plain config directory is for one MTA implementation, but relay runs on postfix, exim or opensmtpd "
+        "(the scenario has no mta: list, so every one): write config: {postfix: relay} (a directory per "
+        "implementation), or restrict the scenario to one implementation with mta: [postfix]")
+
+
+def test_plain_config_dir_for_two_implementations_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "relay").mkdir()
+    path = write(tmp_path, "name: t\ndescription: d\nmta: [exim, postfix]\nroles:\n  relay: {config: relay}\n"
+                           "steps:\n" + SMTP)
+    error = load_error(path)
+    assert (error.line, error.col) == (5, 19)
+    assert "but relay runs on exim or postfix only (the scenario's mta: at line 3): write config: " \
+           "{exim: relay}" in error.detail
+
+
+def test_plain_config_dir_for_the_one_implementation(tmp_path: Path) -> None:
+    (tmp_path / "relay").mkdir()
+    text = "name: t\ndescription: d\nmta: exim\nroles:\n  relay: {config: relay}\nsteps:\n" + SMTP
+    assert load_scenario(write(tmp_path, text)).roles["relay"].config_dirs == {"exim": (tmp_path / "relay").resolve()}
+    text = "name: t\ndescription: d\nmta: [opensmtpd]\nroles:\n  relay: {config: relay}\nsteps:\n" + SMTP
+    assert load_scenario(write(tmp_path, text)).roles["relay"].config_dirs == {
+        "opensmtpd": (tmp_path / "relay").resolve()}
+
+
+def test_plain_config_dir_for_a_role_with_a_fixed_implementation(tmp_path: Path) -> None:
+    (tmp_path / "mx").mkdir()
+    text = ROLES_HEAD + "  mx: {config: mx, mta: exim}\nsteps:\n" + SMTP
+    assert load_scenario(write(tmp_path, text)).roles["mx"].config_dirs == {"exim": (tmp_path / "mx").resolve()}
+
+
+def test_config_for_an_implementation_that_never_runs_the_role(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    path = write(tmp_path, "name: t\ndescription: d\nmta: postfix\nroles:\n  relay:\n"
+                           "    config: {postfix: d, exim: d}\nsteps:\n" + SMTP)
+    error = load_error(path)
+    assert (error.line, error.col) == (6, 26)
+    assert error.detail == ("the exim configuration is never used: relay runs on postfix only (the scenario's "
+                            "mta: at line 3)")
+    path = write(tmp_path, ROLES_HEAD + "  mx:\n    mta: exim\n    config: {postfix: d}\nsteps:\n" + SMTP)
+    error = load_error(path)
+    assert (error.line, error.col) == (6, 14)
+    assert error.detail == "the postfix configuration is never used: mx always runs exim (mta: exim at line 5)"
+
+
+def test_settings_for_an_implementation_that_never_runs_the_role(tmp_path: Path) -> None:
+    path = write(tmp_path, ROLES_HEAD + "  mx:\n    mta: postfix\n    settings: {exim: {A: b}}\nsteps:\n" + SMTP)
+    error = load_error(path)
+    assert (error.line, error.col) == (6, 16)
+    assert error.detail == "the exim settings are never used: mx always runs postfix (mta: postfix at line 5)"
+
+
+def test_postfix_settings_need_a_main_cf_in_the_role_config(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    text = (ROLES_HEAD + "  relay:\n    config: {postfix: p, exim: p}\n"
+            "    settings: {postfix: {a: b}, exim: {A: b}}\nsteps:\n" + SMTP)
+    path = write(tmp_path, text)
+    error = load_error(path)
+    assert (error.line, error.col) == (5, 23)
+    assert error.detail.startswith("role config directory 'p' has no main.cf, which the role's postfix "
+                                   "settings are added to")
+    # Exim's settings are a file of their own: nothing is needed in the directory.
+    (tmp_path / "p" / "main.cf").write_text("")
+    assert load_scenario(path).roles["relay"].settings == {"postfix": {"a": "b"}, "exim": {"A": "b"}}
+
+
+def test_bundled_scenarios_load() -> None:
+    scenarios = load_scenarios([Path(__file__).parents[2] / "scenarios"])
+    assert len(scenarios) >= 12
+
+
+# --- message files, parsed by the email package -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "phrase"), [
+    (" folded\nSubject: x\n\nb\n", "line 1: expected a header field 'Name: value' or the blank line before the "
+                                   "body, got ' folded'"),
+    ("From alice@origin.test Mon Jan  1 00:00:00 2024\nSubject: x\n\nb\n", "line 1: an mbox 'From ' line"),
+    ("Subject: x\n:no name\n\nb\n", "line 2: expected a header field 'Name: value' or the blank line before the "
+                                    "body, got ':no name'"),
+    ("Subject: x\r\nBad Name: y\r\n\r\nb\r\n", "line 2: expected a header field 'Name: value' or the blank line "
+                                               "before the body, got 'Bad Name: y'"),
+    ("Subject: x\nX-A: a\x01b\n\nb\n", ": header 'X-A': the value contains a control character (U+0001)"),
+])
+def test_bad_message_files(tmp_path: Path, content: str, phrase: str) -> None:
+    (tmp_path / "m.eml").write_bytes(content.encode())
+    path = write(tmp_path, HEAD + smtp("      message: {file: m.eml}\n"))
+    error = load_error(path)
+    assert (error.line, error.col) == (8, 23), str(error)
+    assert error.detail.startswith("message file 'm.eml'"), str(error)
+    assert phrase in error.detail, str(error)
+
+
+def test_message_file_keeps_a_multipart_body_as_written(tmp_path: Path) -> None:
+    body = "--b\nContent-Type: text/plain\n\npart\n--b--\n"
+    (tmp_path / "m.eml").write_text('Subject: s\nContent-Type: multipart/mixed; boundary="b"\n'
+                                    "X-Tabbed:\tvalue  \n\n" + body)
+    step = load_scenario(write(tmp_path, HEAD + smtp("      message: {file: m.eml}\n"))).steps[0]
+    assert isinstance(step, SmtpSessionStep)
+    assert step.message.headers == (("Subject", "s"), ("Content-Type", 'multipart/mixed; boundary="b"'),
+                                    ("X-Tabbed", "value"))
+    assert step.message.body == body
+
+
+def test_a_malformed_but_sendable_ehlo_is_allowed(tmp_path: Path) -> None:
+    """A scenario may test a server's HELO checks with a bad name on purpose; only what cannot be
+    put on the line at all is refused."""
+    path = tmp_path / "helo.yaml"
+    path.write_text(HEAD + smtp("      ehlo: '-bad-.test'\n"), encoding="utf-8")
+    step = load_scenario(path).steps[0]
+    assert isinstance(step, SmtpSessionStep) and step.ehlo == "-bad-.test"

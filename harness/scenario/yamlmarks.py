@@ -1,0 +1,175 @@
+"""YAML with source marks: the composed node tree turned into plain JSON-like data, with the mark of
+every value and key recorded by JSON path in a SourceMap. Duplicate keys, recursive aliases, tags and
+values outside JSON's types are ScenarioErrors at their node; nothing from PyYAML escapes."""
+
+from __future__ import annotations
+
+import datetime
+import math
+from pathlib import Path
+
+import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from harness.errors import ScenarioError, UsageError
+from harness.scenario.model import Mark
+from harness.scenario.validate import JsonPath, SourceMap
+
+__all__ = ["read_yaml"]
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def read_yaml(path: Path) -> tuple[object, SourceMap]:
+    """The document in ``path`` as plain data, and the marks of its nodes. Marks name the file as
+    ``path`` was given."""
+    display = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"no such scenario file: {display}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{display} is a directory, not a scenario file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read scenario file {display}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ScenarioError(display, line, col, "the file is not UTF-8 text") from None
+
+    source = SourceMap(display)
+    loader: yaml.SafeLoader | None = None
+    try:
+        # The constructor already scans the text for characters YAML forbids.
+        loader = yaml.SafeLoader(text)
+        root = loader.get_single_node()
+        if root is None:
+            raise ScenarioError(display, 1, 1, "empty scenario file: expected a mapping with name, "
+                                "description and steps")
+        walker = _Walker(loader, source)
+        walker.check_duplicates(root, set())
+        return walker.convert(root, (), set()), source
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = "unsupported YAML" if isinstance(exc, ConstructorError) else "invalid YAML"
+        raise ScenarioError(display, line, col, f"{what}: {_yaml_problem(exc)}") from None
+    except yaml.reader.ReaderError as exc:
+        position = int(exc.position)
+        line = text.count("\n", 0, position) + 1
+        col = position - (text.rfind("\n", 0, position) + 1) + 1
+        character = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        raise ScenarioError(display, line, col, f"invalid YAML: {exc.reason} ({character})") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(display, 1, 1, f"invalid YAML: {exc}") from None
+    except RecursionError:
+        # PyYAML's composer and the walk recurse per nesting level; no real scenario nests this deep.
+        raise ScenarioError(display, 1, 1, "the YAML is nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    problem, context = exc.problem, exc.context
+    if not problem or not context:
+        return problem or context or "syntax error"
+    if problem.startswith("but "):
+        # PyYAML splits some sentences in two: "expected a single document", "but found another document".
+        return f"{context}, {problem}"
+    if exc.context_mark is None:
+        return f"{problem} ({context})"
+    return f"{problem} ({context} at line {exc.context_mark.line + 1})"
+
+
+class _Walker:
+    """Turns the composed node tree into plain JSON-like data, recording marks by JSON path.
+
+    Working on nodes rather than on constructed objects is what makes marks for every value, key
+    and list item available, and what lets duplicate keys be caught (PyYAML keeps the last one).
+    """
+
+    def __init__(self, loader: yaml.SafeLoader, source: SourceMap) -> None:
+        self.loader = loader
+        self.source = source
+
+    def mark(self, node: Node) -> Mark:
+        return Mark(self.source.file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def error(self, node: Node, message: str) -> ScenarioError:
+        return self.source.error(self.mark(node), message)
+
+    def key_text(self, node: Node) -> str:
+        # Keys in this format are always names, so take the text as written: `yes:` or `200:` would
+        # otherwise become True or 200.
+        if not isinstance(node, ScalarNode):
+            raise self.error(node, "a mapping key must be a plain string, not a list or mapping")
+        return str(node.value)
+
+    def check_duplicates(self, node: Node, seen: set[int]) -> None:
+        # Done on the whole tree before merge keys are flattened: flattening rewrites nodes in place and
+        # would make a legitimate override of a merged key look like a duplicate.
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, MappingNode):
+            first: dict[str, Node] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag != _MERGE_TAG:
+                    key = self.key_text(key_node)
+                    if key in first:
+                        line = first[key].start_mark.line + 1
+                        raise self.error(key_node, f"duplicate key {key!r} (first defined at line {line})")
+                    first[key] = key_node
+                self.check_duplicates(value_node, seen)
+        elif isinstance(node, SequenceNode):
+            for item in node.value:
+                self.check_duplicates(item, seen)
+
+    def convert(self, node: Node, path: JsonPath, active: set[int]) -> object:
+        self.source.values[path] = self.mark(node)
+        if isinstance(node, ScalarNode):
+            return self.scalar(node, path)
+        if id(node) in active:
+            raise self.error(node, "recursive YAML alias: a node cannot contain itself")
+        active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                if node.tag != _SEQ_TAG:
+                    raise self.error(node, f"unsupported YAML tag {node.tag!r}")
+                return [self.convert(item, (*path, i), active) for i, item in enumerate(node.value)]
+            if isinstance(node, MappingNode):
+                if node.tag != _MAP_TAG:
+                    raise self.error(node, f"unsupported YAML tag {node.tag!r}")
+                # Flatten a copy so the shared (anchored) node keeps its own entries for other aliases.
+                flat = MappingNode(node.tag, list(node.value), node.start_mark, node.end_mark,
+                                   node.flow_style)
+                self.loader.flatten_mapping(flat)
+                result: dict[str, object] = {}
+                # Merged entries come first, so the mapping's own keys override them, as YAML specifies.
+                for key_node, value_node in flat.value:
+                    key = self.key_text(key_node)
+                    self.source.keys[(*path, key)] = self.mark(key_node)
+                    result[key] = self.convert(value_node, (*path, key), active)
+                return result
+            raise self.error(node, "unsupported YAML node")
+        finally:
+            active.discard(id(node))
+
+    def scalar(self, node: ScalarNode, path: JsonPath) -> object:
+        if node.style is None:
+            self.source.raw[path] = node.value
+        value = self.loader.construct_object(node)
+        if isinstance(value, datetime.date):
+            # Nothing in the format is a date; `Date: 2024-01-01` means the text.
+            return node.value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(node, f"expected a finite number, got {node.value}")
+        if value is None or isinstance(value, str | int | float | bool):
+            return value
+        raise self.error(node, f"unsupported YAML value of type {type(value).__name__}")
