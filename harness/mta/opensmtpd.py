@@ -23,6 +23,7 @@ class OpenSmtpd(MtaDriver):
             if len(fields) < 14:
                 continue
             envelope, attempts, state, error = fields[0], fields[10], fields[11], "|".join(fields[13:])
+            # A bounce's null reverse-path is listed as "@".
             sender, recipient = fields[4], fields[6] or fields[5]
             if state == "inflight":
                 named = "active"
@@ -30,6 +31,6 @@ class OpenSmtpd(MtaDriver):
                 named = "deferred" if attempts.isdigit() and int(attempts) > 0 else "incoming"
             shown = run(["smtpctl", "show", "message", envelope])
             found.append(QueuedMessage(envelope, named, own_message_id(shown), (error,) if error.strip() else (),
-                                       "" if sender in ("", "<>", "MAILER-DAEMON") else sender, (recipient,),
+                                       "" if sender in ("", "@", "<>", "MAILER-DAEMON") else sender, (recipient,),
                                        mentions(shown)))
         return found

@@ -23,7 +23,9 @@ class Postfix(MtaDriver):
             reasons = tuple(str(r["delay_reason"]) for r in recipients if r.get("delay_reason"))
             # Headers and body: a queued DSN names the message it is about in its returned headers.
             content = run(["postcat", "-bh", "-q", queue_id])
+            # postqueue -j names the null reverse-path of a bounce "MAILER-DAEMON".
+            sender = str(entry.get("sender", ""))
             found.append(QueuedMessage(queue_id, str(entry["queue_name"]), own_message_id(content), reasons,
-                                       str(entry.get("sender", "")),
+                                       "" if sender == "MAILER-DAEMON" else sender,
                                        tuple(str(r.get("address", "")) for r in recipients), mentions(content)))
         return found

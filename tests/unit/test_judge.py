@@ -245,3 +245,12 @@ def test_every_mutant_of_a_passing_step_fails() -> None:
     bounce = BounceStep("relay", "alice@origin.test", 5, (), MARK)
     found = BounceObservation("relay", "alice@origin.test", OURS, (_dsn_found(),), 0.1)
     assert all(judge(1, m, found) for _, m in mutants(bounce))
+
+
+def test_copies_are_not_settled_while_the_message_is_still_queued() -> None:
+    message = _sent(rcpt="bob@example.test")
+    step = DeliveryStep("mx", "bob@example.test", 10, (), True, MARK, copies=1)
+    pending = MailboxObservation("mx", "bob@example.test", message, (_copy(message.content),), 10.0,
+                                 ("mx 4F1 deferred",))
+    (failure,) = judge(5, step, pending)
+    assert failure.observed.endswith("still queued: mx 4F1 deferred")
