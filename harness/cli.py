@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from harness.errors import EXIT_INFRA, EXIT_USAGE, HarnessError
+from harness.mta import NAMES
 
 DESCRIPTION = """\
 Run mail-flow scenarios against real MTAs and a real DNS server in containers.
@@ -71,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
     run.add_argument("--junit", type=Path, metavar="FILE", help="write results as JUnit XML")
     run.add_argument("--mta", default=None, metavar="LIST",
-                     help="comma-separated MTA implementations to run each scenario on (postfix, exim, "
-                          "opensmtpd; default: postfix). A scenario's own `mta:` list narrows it further")
+                     help=f"comma-separated MTA implementations to run each scenario on ({', '.join(NAMES)}; "
+                          "default: postfix). A scenario's own `mta:` list narrows it further")
     run.add_argument("--matrix", action="store_true",
                      help="run on every implementation (unless --mta) and print the who-replied-what matrix")
     run.add_argument("--keep", choices=["never", "on-failure", "always"], default="never",
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Start dns, mx, relay and nomail and print each host's role, address "
                                     "and container id, so you can talk to them (e.g. with swaks).")
     up.add_argument("--json", action="store_true", help="print the hosts as JSON")
-    up.add_argument("--mta", default="postfix", choices=["postfix", "exim", "opensmtpd"],
+    up.add_argument("--mta", default="postfix", choices=list(NAMES),
                     help="the MTA implementation playing mx, relay and nomail (default: postfix)")
 
     down = sub.add_parser("down", help="remove topologies kept by `harness up` or --keep")

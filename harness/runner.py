@@ -21,7 +21,7 @@ from harness.report.progress import Progress
 from harness.scenario.model import Scenario
 from harness.topology.images import ImageStore
 from harness.topology.labels import new_run_id, reap_abandoned, run_labels
-from harness.topology.topology import Topology, build_images, start_topology
+from harness.topology.topology import Topology, build_images, create_network, start_hosts
 from harness.verify import StepRunner
 
 KEEP_NEVER = "never"
@@ -51,11 +51,15 @@ class RunContext:
 
 def bring_up(ctx: RunContext, plan: ScenarioPlan, *, run_id: str, keep_label: bool) -> Topology:
     images = build_images(ctx.images, plan.topology)
-    topology = start_topology(
-        ctx.client, plan.topology, images, plan.zone_setup,
-        lambda server, zone: wait_until_answering(server, zone, timeout_s=DNS_READY_TIMEOUT_S),
-        run_id=run_id, progress=ctx.progress, keep=keep_label,
-    )
+    topology, addresses = create_network(ctx.client, plan.topology, run_id=run_id, keep=keep_label)
+    try:
+        zones = plan.zone_setup(addresses)
+    except BaseException:
+        topology.destroy()
+        raise
+    start_hosts(topology, plan.topology, images, zones,
+                lambda server, zone: wait_until_answering(server, zone, timeout_s=DNS_READY_TIMEOUT_S),
+                progress=ctx.progress)
     try:
         # Every declared record must resolve as declared before any mail is sent.
         check_records(topology.address("dns"), plan.records)

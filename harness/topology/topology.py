@@ -138,6 +138,7 @@ class Topology:
     kept: bool = False
     # The address ``address_of: unreachable`` resolves to: in the subnet, reserved, answered by nobody.
     unreachable: str | None = None
+    network: Network | None = None
 
     @property
     def gateway(self) -> str:
@@ -258,39 +259,53 @@ def _create_network(client: docker.DockerClient, run_id: str, labels: dict[str, 
     raise InfrastructureError("could not find a free /24 for the run's network in 172.28.0.0/14 (20 tries)")
 
 
-def start_topology(
-    client: docker.DockerClient,
-    plan: TopologyPlan,
-    images: Mapping[str, str],
-    zones: Callable[[Mapping[str, str]], ZoneSetup],
-    wait_dns: Callable[[str, str], None],
-    *,
-    run_id: str,
-    progress: Progress,
-    keep: bool = False,
-) -> Topology:
-    """Create the network, start dns, wait for it, then start the MTAs in parallel and wait for their
-    greetings. On any failure everything created so far is removed before the error propagates."""
+def create_network(client: docker.DockerClient, plan: TopologyPlan, *, run_id: str, keep: bool = False
+                   ) -> tuple[Topology, dict[str, str]]:
+    """Phase one: the run's network, and the address each role will have in it (the unreachable one
+    under UNREACHABLE_ROLE, reserved and given to no container). What DNS serves is rendered from these
+    addresses by the caller before phase two starts anything."""
     labels = run_labels(run_id, keep=keep)
     try:
         network, subnet = _create_network(client, run_id, labels, plan)
     except DockerException as exc:
         raise InfrastructureError(f"could not create the run's network: {exc}") from exc
     topology = Topology(client, run_id, network.name, subnet, kept=keep)
+    topology.network = network
     addresses = plan_addresses(plan, subnet)
     try:
         if UNREACHABLE_ROLE in addresses:
             raise InfrastructureError(f"{UNREACHABLE_ROLE!r} is reserved for address_of and cannot name a role")
         topology.unreachable = _choose_unreachable(client, network.name, subnet, addresses)
+    except BaseException:
+        with contextlib.suppress(InfrastructureError):
+            topology.destroy()
+        raise
+    return topology, {**addresses, UNREACHABLE_ROLE: topology.unreachable}
+
+
+def start_hosts(
+    topology: Topology,
+    plan: TopologyPlan,
+    images: Mapping[str, str],
+    zones: ZoneSetup,
+    wait_dns: Callable[[str, str], None],
+    *,
+    progress: Progress,
+) -> Topology:
+    """Phase two: start dns with ``zones``, wait for it, then start the MTAs in parallel and wait for
+    their greetings. On any failure everything created so far is removed before the error propagates."""
+    labels = run_labels(topology.run_id, keep=topology.kept)
+    network = topology.network
+    assert network is not None, "create_network() first"
+    addresses = plan_addresses(plan, topology.subnet)
+    try:
         dns_plan = next(h for h in plan.hosts if h.role == DNS_ROLE)
-        # Only the zones see the unreachable address: no container is started on it.
-        setup = zones({**addresses, UNREACHABLE_ROLE: topology.unreachable})
         dns_host = _container(network, dns_plan, images[DNS_ROLE], addresses[DNS_ROLE], labels, dns=None)
-        for name, text in setup.files.items():
+        for name, text in zones.files.items():
             dns_host.container.with_copy_into_container(text.encode(), f"/etc/nsd/harness/{name}")
         dns_host.container.start()
         topology.hosts[DNS_ROLE] = dns_host
-        wait_dns(addresses[DNS_ROLE], setup.probe_zone)
+        wait_dns(addresses[DNS_ROLE], zones.probe_zone)
 
         mtas = [h for h in plan.hosts if h.role != DNS_ROLE]
         started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=addresses[DNS_ROLE])
@@ -309,7 +324,7 @@ def start_topology(
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
             list(pool.map(start_one, started))
-        progress.line(f"run {run_id}: {len(started)} MTAs greeting after {time.monotonic() - t0:.1f}s")
+        progress.line(f"run {topology.run_id}: {len(started)} MTAs greeting after {time.monotonic() - t0:.1f}s")
         return topology
     except BaseException:
         with contextlib.suppress(InfrastructureError):

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from harness.expect.judge import judge
 from harness.expect.results import PASSED, ScenarioResult
+from harness.observe.observations import BounceObservation, HopObservation, QueueObservation
 from harness.report.matrix import matrix_markdown
 from harness.runner import RunContext, run_all
 from harness.scenario.loader import load_scenarios
 from harness.topology.mta import available
+from tests.mutants import mutants
 
 from .conftest import COMPOSE, ROOT, SCENARIOS
 
@@ -67,6 +70,39 @@ def test_bundled_scenario_passes(matrix: dict[tuple[str, str], ScenarioResult], 
         assert {e.hop for e in exchanges} == {"client->relay"}
     elif stem.startswith("10"):
         assert _codes(result, "relay->nomail")[0] == ("CONNECT", 521)
+    elif stem.startswith("13"):
+        hops = [s.observation for s in result.steps if isinstance(s.observation, HopObservation)]
+        refused, accepted = hops
+        assert [e.code for e in refused.exchanges if e.command == "RCPT"] == [550]
+        assert not any(e.command == "DATA" for e in refused.exchanges)
+        assert accepted.matched_by is not None and accepted.matched_by.startswith("Message-ID")
+        if mta == "opensmtpd":
+            # The point of the scenario: both messages crossed one connection.
+            assert refused.session == accepted.session
+        bounces = [s.observation for s in result.steps if isinstance(s.observation, BounceObservation)]
+        assert len(bounces[0].dsns) == 1 and bounces[1].dsns == ()
+    elif stem.startswith("15"):
+        queued = [s.observation for s in result.steps if isinstance(s.observation, QueueObservation)]
+        assert queued[0].of == "bounce" and len(queued[0].entries) == 1 and queued[0].entries[0].sender == ""
+
+
+def test_no_expectation_is_vacuous(matrix: dict[tuple[str, str], ScenarioResult]) -> None:
+    """Every expectation leaf of every bundled scenario, changed, fails against this run's observations."""
+    scenarios = {p.stem: p for p in BUNDLED}
+    loaded = {s.path.stem: s for s in load_scenarios(list(scenarios.values()))}
+    survivors, count = [], 0
+    for (stem, mta), result in matrix.items():
+        applied = {i: step for i, step, o in loaded[stem].steps_for(mta) if not (o and o.skip)}
+        for outcome in result.steps:
+            if outcome.observation is None:
+                continue
+            step = applied[outcome.step]
+            for what, mutant in mutants(step):
+                count += 1
+                if not judge(outcome.step, mutant, outcome.observation):
+                    survivors.append(f"{stem} [{mta}] step {outcome.step}: {what}")
+    assert count > 0
+    assert survivors == [], f"{len(survivors)} of {count} mutants survived"
 
 
 def test_compatibility_doc_is_current(matrix: dict[tuple[str, str], ScenarioResult]) -> None:
