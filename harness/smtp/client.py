@@ -138,6 +138,8 @@ class _Session:
                 text=response.message,
                 lines=reply_lines(response),
                 at_s=self.clock(),
+                # The reply after the final dot is about the message sent: say which, as hops do.
+                message_id=self.transcript.message_id if command == "END-OF-DATA" else None,
             )
         )
         return response

@@ -74,7 +74,8 @@ def test_bundled_scenario_passes(matrix: dict[tuple[str, str], ScenarioResult], 
         hops = [s.observation for s in result.steps if isinstance(s.observation, HopObservation)]
         refused, accepted = hops
         assert [e.code for e in refused.exchanges if e.command == "RCPT"] == [550]
-        assert not any(e.command == "DATA" for e in refused.exchanges)
+        # Pipelining clients (Postfix, Exim) send DATA after the refused RCPT; it never gets a 354.
+        assert not any(e.command == "DATA" and e.code == 354 for e in refused.exchanges)
         assert accepted.matched_by is not None and accepted.matched_by.startswith("Message-ID")
         if mta == "opensmtpd":
             # The point of the scenario: both messages crossed one connection.

@@ -238,3 +238,66 @@ def test_keep_on_failure_keeps_the_topology_until_down(engine: docker.DockerClie
         down = harness("down", "--run", run_id)
     assert down.returncode == 0, down.stderr
     assert not engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+
+
+REUSED_CONNECTION_WRONG = """\
+name: the refused message's hop judged with the other message's DATA
+description: >
+  Issue 7, verdict 1, on the wire: OpenSMTPD carries both messages over one relay->mx connection.
+  The first message is refused at RCPT; expecting DATA 354 and END-OF-DATA 250 for it must fail
+  (those replies belong to the second message's transaction), not pass as it did on a session basis.
+steps:
+  - smtp: {id: refused, host: relay, mail_from: alice@origin.test, rcpt_to: no/such@example.test}
+  - smtp: {id: accepted, host: relay, mail_from: alice@origin.test, rcpt_to: bob@example.test}
+  - hop:
+      hop: relay->mx
+      message_of: refused
+      expect: {rcpt: 550, data: 354, end_of_data: 250}
+  - hop:
+      hop: relay->mx
+      message_of: accepted
+      expect: {data: 354, end_of_data: 250}
+"""
+
+NO_BOUNCE_WRONG = """\
+name: no bounce expected where Postfix bounces at once
+description: Issue 7, verdict 2, on the wire; a null MX recipient accepted by the relay is bounced at once.
+roles:
+  relay:
+    settings:
+      postfix: {smtpd_recipient_restrictions: ""}
+steps:
+  - smtp: {host: relay, mail_from: alice@origin.test, rcpt_to: someone@nullmx.test}
+  - no_bounce: {host: relay, mailbox: alice@origin.test, within: 10}
+"""
+
+
+def test_hop_of_a_refused_message_is_not_judged_on_the_other_messages_transaction(
+        engine: docker.DockerClient, tmp_path: Path) -> None:
+    scenario = tmp_path / "reused.yaml"
+    scenario.write_text(REUSED_CONNECTION_WRONG)
+    out = tmp_path / "r.json"
+    done = harness("run", str(scenario), "--mta", "opensmtpd", "--json", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    (result,) = json.loads(out.read_text())["scenarios"]
+    failures = {(f["step"], f["stage"]): f["observed"] for f in result["failures"]}
+    assert set(failures) == {(3, "DATA"), (3, "END-OF-DATA")}, result["failures"]
+    assert all(o.startswith("not reached") for o in failures.values())
+    hops = [s["observation"] for s in result["steps"] if s["kind"] == "hop"]
+    # Same connection, two transactions: the second message's DATA was there, and was not ours.
+    assert hops[0]["session"] == hops[1]["session"] and hops[0]["transaction"] != hops[1]["transaction"]
+    assert hops[1]["matched_by"].startswith("Message-ID")
+
+
+def test_no_bounce_fails_when_a_dsn_about_the_message_arrives(engine: docker.DockerClient, tmp_path: Path) -> None:
+    scenario = tmp_path / "bounced.yaml"
+    scenario.write_text(NO_BOUNCE_WRONG)
+    out = tmp_path / "r.json"
+    done = harness("run", str(scenario), "--mta", "postfix", "--json", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    (result,) = json.loads(out.read_text())["scenarios"]
+    (failure,) = result["failures"]
+    assert failure["kind"] == "no_bounce" and "Status: 5.1.0" in failure["observed"], failure
+    (observation,) = [s["observation"] for s in result["steps"] if s["kind"] == "no_bounce"]
+    assert observation["dsns"][0]["about"].startswith("Message-ID")
+    assert observation["waited_s"] < 10, "the step ends as soon as the DSN is there"
