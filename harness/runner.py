@@ -1,33 +1,55 @@
 """A scenario's lifecycle: create (images, network, containers), converge (DNS checked), verify (the
-steps), destroy (always, unless asked to keep the topology for debugging)."""
+steps), destroy (always, unless asked to keep the topology for debugging).
+
+Scenarios that need the same topology (implementation, role changes; ``topology_key``) share one: it
+is created once, and between two scenarios ``SharedTopology.prepare`` resets what one could leak into
+the next (queues, Maildirs, retry and dead-destination state: each driver's ``reset``) and serves the
+next scenario's DNS records. Every observation is about the scenario's own message and its own time
+window, which is what makes the sharing safe; tests/integration/test_isolation.py proves the results
+equal those of a fresh topology per scenario (``fresh=True``). Groups run side by side (``jobs``).
+"""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 
 from harness.dns.preflight import check_records, wait_until_answering
-from harness.errors import HarnessError
+from harness.errors import DnsPreflightError, HarnessError
 from harness.expect.results import ERROR, FAILED, PASSED, ScenarioResult
+from harness.mta import DRIVERS
 from harness.observe.capture import CAPTURE_IMAGE, start_captures
 from harness.observe.hops import CapturedHops
+from harness.observe.polling import CANCELLED, poll_until
+from harness.observe.queue import HostCommands
 from harness.plan import ScenarioPlan, plan_scenario
 from harness.report.progress import Progress
 from harness.scenario.model import Scenario
+from harness.shard import topology_key
 from harness.topology.images import ImageStore
 from harness.topology.labels import new_run_id, reap_abandoned, run_labels
-from harness.topology.topology import Topology, build_images, create_network, start_hosts
+from harness.topology.topology import Topology, ZoneSetup, build_images, create_network, start_hosts
 from harness.verify import StepRunner
 
 KEEP_NEVER = "never"
 KEEP_ON_FAILURE = "on-failure"
 KEEP_ALWAYS = "always"
 DNS_READY_TIMEOUT_S = 20.0
+DNS_RELOAD_TIMEOUT_S = 10.0
+
+
+def default_jobs() -> int:
+    """Topologies side by side: they mostly wait (on MTAs, on the network), so one more than the cores,
+    capped where seven containers each start to compete for two cores."""
+    return max(1, min(4, (os.cpu_count() or 2) + 1))
 
 
 @dataclass
@@ -41,6 +63,8 @@ class RunContext:
     keep: str = KEEP_NEVER
     mta: str = "postfix"
     reaped: list[str] = field(default_factory=list)
+    fresh: bool = False  # one topology per scenario, as before sharing existed
+    jobs: int = 1
 
     def reap(self) -> None:
         self.reaped.extend(reap_abandoned(self.client))
@@ -69,45 +93,146 @@ def bring_up(ctx: RunContext, plan: ScenarioPlan, *, run_id: str, keep_label: bo
     return topology
 
 
-def run_scenario(ctx: RunContext, scenario: Scenario, mta: str | None = None) -> ScenarioResult:
-    mta = mta or ctx.mta
+class SharedTopology:
+    """One running topology with its capture companions, for the scenarios of one topology key."""
+
+    def __init__(self, ctx: RunContext, plan: ScenarioPlan) -> None:
+        self.ctx = ctx
+        self.run_id = new_run_id()
+        self.keep_label = ctx.keep != KEEP_NEVER
+        self.topology = bring_up(ctx, plan, run_id=self.run_id, keep_label=self.keep_label)
+        self.zones_conf = self._zones(plan).files.get("zones.conf")
+        self.used = False
+        try:
+            mtas = [h for h in self.topology.hosts.values() if h.mta is not None]
+            captures = start_captures(mtas, ctx.images.image(CAPTURE_IMAGE),
+                                      run_labels(self.run_id, keep=self.keep_label))
+        except BaseException:
+            self.topology.destroy()
+            raise
+        names = {h.address: h.role for h in self.topology.hosts.values()}
+        if self.topology.unreachable is not None:
+            names[self.topology.unreachable] = "unreachable"
+        self.hops = CapturedHops(captures, names, client_address=self.topology.gateway, start_wall=time.time())
+
+    def _zones(self, plan: ScenarioPlan) -> ZoneSetup:
+        addresses = {role: host.address for role, host in self.topology.hosts.items()}
+        if self.topology.unreachable is not None:
+            addresses["unreachable"] = self.topology.unreachable
+        return plan.zone_setup(addresses)
+
+    def prepare(self, plan: ScenarioPlan) -> None:
+        """Make the topology as a fresh one would be for ``plan``'s scenario: MTAs reset, its zones served."""
+        if not self.used:
+            self.used = True  # bring_up served this scenario's zones and nothing has run yet
+            return
+        hosts = [h for h in self.topology.hosts.values() if h.mta is not None]
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            list(pool.map(lambda h: DRIVERS[str(h.mta)].reset(HostCommands(h)), hosts))
+        zones = self._zones(plan)
+        dns = self.topology.hosts["dns"]
+        dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in zones.files.items()})
+        if zones.files.get("zones.conf") != self.zones_conf:
+            # NSD takes new zones only at start: restart the dns container (same address).
+            self.zones_conf = zones.files.get("zones.conf")
+            dns.container.get_wrapped_container().restart(timeout=2)
+            wait_until_answering(dns.address, zones.probe_zone, timeout_s=DNS_READY_TIMEOUT_S)
+        else:
+            HostCommands(dns)(["dns-reload"])
+        self._records_served(plan)
+
+    def _records_served(self, plan: ScenarioPlan) -> None:
+        """NSD reloads in the background: wait until every declared record answers as declared."""
+        server = self.topology.address("dns")
+
+        def served() -> bool:
+            try:
+                check_records(server, plan.records, timeout_s=1.0)
+            except DnsPreflightError:
+                return False
+            return True
+
+        if not poll_until(DNS_RELOAD_TIMEOUT_S, served, interval=0.05):
+            check_records(server, plan.records)  # raises, naming the record that is not served
+
+    def close(self, *, keep: bool) -> None:
+        if keep:
+            self.ctx.progress.line(f"kept run {self.run_id} for debugging: `harness status`, then "
+                                   f"`harness down --run {self.run_id}`")
+            return
+        self.topology.destroy()
+
+
+def _verify(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mta: str) -> ScenarioResult:
+    """One scenario on a prepared topology, its hops read from its own window."""
+    result = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, run_id=shared.run_id)
     started = time.monotonic()
     # Capture timestamps are wall-clock; the client's clock is monotonic from the same instant.
-    started_wall = time.time()
-    result = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta)
-    run_id = new_run_id()
-    result.run_id = run_id
-    topology: Topology | None = None
-    hops: CapturedHops | None = None
+    hops = shared.hops.since(time.time())
     try:
-        plan = plan_scenario(scenario, ctx.compose_dir, mta=mta)
-        capture_image = ctx.images.image(CAPTURE_IMAGE)
-        keep_label = ctx.keep != KEEP_NEVER
-        topology = bring_up(ctx, plan, run_id=run_id, keep_label=keep_label)
-        mtas = [h for h in topology.hosts.values() if h.mta is not None]
-        captures = start_captures(mtas, capture_image, run_labels(run_id, keep=keep_label))
-        names = {h.address: h.role for h in topology.hosts.values()}
-        if topology.unreachable is not None:
-            names[topology.unreachable] = "unreachable"
-        hops = CapturedHops(captures, names, client_address=topology.gateway, start_wall=started_wall)
-        StepRunner(topology, scenario, result, started, mta=mta, hops=hops,
+        StepRunner(shared.topology, scenario, result, started, mta=mta, hops=hops,
                    domain_addresses=plan.domain_addresses).run_all()
         result.status = FAILED if result.failures else PASSED
     except HarnessError as exc:
-        result.status = ERROR
-        result.error = str(exc)
+        result.status, result.error = ERROR, str(exc)
     except Exception as exc:  # a harness bug must not end the other scenarios' runs, nor leak containers
         result.status = ERROR
         result.error = f"internal error (a bug in the harness: please report it): {exc!r}\n" + traceback.format_exc()
     finally:
-        if hops is not None:
-            _add_hop_exchanges(result, hops)
+        _add_hop_exchanges(result, hops)
         result.duration_s = time.monotonic() - started
-        if topology is not None and not _keep(ctx.keep, result.status):
-            topology.destroy()
-        elif topology is not None:
-            ctx.progress.line(f"kept run {run_id} for debugging: `harness status`, then `harness down --run {run_id}`")
     return result
+
+
+def run_group(ctx: RunContext, items: Sequence[tuple[Scenario, str]],
+              on_result: Callable[[ScenarioResult], None] | None = None) -> list[ScenarioResult]:
+    """Scenarios of one topology key, one after another on one topology. A topology that cannot start
+    is reported once, in full, on the first scenario; the others refer to it."""
+    results: list[ScenarioResult] = []
+    shared: SharedTopology | None = None
+    started = time.monotonic()
+
+    def emit(result: ScenarioResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    try:
+        for scenario, mta in items:
+            if CANCELLED.is_set():
+                break
+            began = time.monotonic()
+            try:
+                plan = plan_scenario(scenario, ctx.compose_dir, mta=mta)
+                if shared is None:
+                    shared = SharedTopology(ctx, plan)
+                shared.prepare(plan)
+            except HarnessError as exc:
+                failed = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, status=ERROR,
+                                        error=str(exc), duration_s=time.monotonic() - began)
+                emit(failed)
+                if shared is None:
+                    # The topology never started: the same cause for every scenario that needs it.
+                    for other, other_mta in items[len(results):]:
+                        emit(ScenarioResult(file=str(other.path), name=other.name, mta=other_mta, status=ERROR,
+                                            error=f"the topology did not start (reported with {scenario.path} "
+                                                  f"[{mta}])"))
+                    break
+                continue
+            result = _verify(shared, plan, scenario, mta)
+            if len(results) == 0:
+                # The first scenario also waited for the topology to start.
+                result.duration_s = time.monotonic() - started
+            emit(result)
+    finally:
+        if shared is not None:
+            shared.close(keep=any(_keep(ctx.keep, r.status) for r in results))
+    return results
+
+
+def run_scenario(ctx: RunContext, scenario: Scenario, mta: str | None = None) -> ScenarioResult:
+    """One scenario on a topology of its own."""
+    return run_group(ctx, [(scenario, mta or ctx.mta)])[0]
 
 
 def _add_hop_exchanges(result: ScenarioResult, hops: CapturedHops) -> None:
@@ -126,19 +251,54 @@ def _keep(keep: str, status: str) -> bool:
     return keep == KEEP_ALWAYS or (keep == KEEP_ON_FAILURE and status != PASSED)
 
 
+def groups_of(pairs: Sequence[tuple[Scenario, str]], *, fresh: bool) -> list[list[tuple[Scenario, str]]]:
+    """Pairs sharing a topology key, in the order their first pair appears; each pair alone when fresh."""
+    if fresh:
+        return [[p] for p in pairs]
+    groups: dict[tuple[object, ...], list[tuple[Scenario, str]]] = {}
+    for scenario, mta in pairs:
+        groups.setdefault(topology_key(scenario, mta), []).append((scenario, mta))
+    return list(groups.values())
+
+
 def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
             on_result: Callable[[ScenarioResult], None] | None = None,
-            mtas: Sequence[str] | None = None) -> list[ScenarioResult]:
-    """Every scenario on every implementation it runs on (``mtas``: the command line's selection)."""
+            mtas: Sequence[str] | None = None,
+            pairs: Sequence[tuple[Scenario, str]] | None = None) -> list[ScenarioResult]:
+    """Every scenario on every implementation it runs on (``mtas``: the command line's selection), or
+    exactly ``pairs``; results in that order whatever order they finished in."""
     ctx.reap()
-    results = []
-    for scenario in scenarios:
-        for mta in implementations_for(scenario, mtas or [ctx.mta]):
-            result = run_scenario(ctx, scenario, mta)
-            results.append(result)
-            if on_result is not None:
+    if pairs is None:
+        pairs = [(s, m) for s in scenarios for m in implementations_for(s, mtas or [ctx.mta])]
+    groups = groups_of(pairs, fresh=ctx.fresh)
+    # Images first, in this thread: groups started side by side must not build the same image twice.
+    for group in groups:
+        scenario, mta = group[0]
+        build_images(ctx.images, plan_scenario(scenario, ctx.compose_dir, mta=mta).topology)
+    if groups:
+        ctx.images.image(CAPTURE_IMAGE)
+    lock = threading.Lock()
+
+    def report(result: ScenarioResult) -> None:
+        if on_result is not None:
+            with lock:
                 on_result(result)
-    return results
+
+    results: list[ScenarioResult] = []
+    jobs = max(1, min(ctx.jobs, len(groups)))
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="topology")
+    try:
+        futures = [pool.submit(run_group, ctx, group, report) for group in groups]
+        for future in futures:
+            results.extend(future.result())
+    except BaseException:
+        # Ctrl-C / SIGTERM: stop every group's waits at once, so their topologies are removed now.
+        CANCELLED.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    order = {(str(s.path), m): i for i, (s, m) in enumerate(pairs)}
+    return sorted(results, key=lambda r: order.get((r.file, r.mta), len(order)))
 
 
 def implementations_for(scenario: Scenario, selected: Sequence[str]) -> list[str]:

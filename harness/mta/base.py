@@ -87,3 +87,13 @@ class MtaDriver:
     def queued(self, run: CommandRunner) -> list[QueuedMessage]:
         """Every queue entry, with its sender, recipients and the Message-IDs its content names."""
         raise NotImplementedError
+
+    def reset(self, run: CommandRunner) -> None:
+        """Between two scenarios on a shared topology: forget everything one scenario could leak into the
+        next (queued mail, delivered mail, retry and dead-destination state). What the reset covers is
+        listed per implementation; the isolation test (tests/integration/test_isolation.py) proves it."""
+        raise NotImplementedError
+
+
+# Delivered mail, in every implementation's Maildirs (the directories stay: MTAs create them once).
+EMPTY_MAILDIRS = "find /var/mail -type f -delete"

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from harness.mta.base import CommandRunner, MtaDriver, json_lines, mentions
+from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, json_lines, mentions
 from harness.observe.observations import QueuedMessage
 
 
@@ -32,3 +32,10 @@ class Exim(MtaDriver):
                                        tuple(str(r.get("address", "")) for r in entry.get("recipients", [])),
                                        mentions(content)))
         return found
+
+    def reset(self, run: CommandRunner) -> None:
+        # Each queued message removed by Exim itself (-Mrm: safe while a queue runner works); the hints
+        # databases (retry records for a host that answered 521, wait-* connection reuse) deleted.
+        run(["sh", "-c", "ids=$(exim4 -bp | awk '/^ *[0-9]+[mhd]? /{print $3}'); "
+             "[ -z \"$ids\" ] || exim4 -Mrm $ids >/dev/null 2>&1; "
+             f"rm -f /var/spool/exim4/db/*; {EMPTY_MAILDIRS}"])

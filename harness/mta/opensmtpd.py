@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.mta.base import CommandRunner, MtaDriver, mentions, own_message_id
+from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, mentions, own_message_id
 from harness.observe.observations import QueuedMessage
 
 
@@ -34,3 +34,11 @@ class OpenSmtpd(MtaDriver):
                                        "" if sender in ("", "@", "<>", "MAILER-DAEMON") else sender, (recipient,),
                                        mentions(shown)))
         return found
+
+    def reset(self, run: CommandRunner) -> None:
+        # Every envelope removed; every route the scheduler disabled after a failure (a 521 host's route
+        # is disabled for 15 s) resumed, so the next scenario's first attempt really connects.
+        run(["sh", "-c", "smtpctl remove all >/dev/null 2>&1; "
+             "for r in $(smtpctl show routes 2>/dev/null | awk '{print $1}' | tr -d '.'); do "
+             "smtpctl resume route \"$r\" >/dev/null 2>&1; done; "
+             f"{EMPTY_MAILDIRS}"])

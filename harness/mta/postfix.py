@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.mta.base import CommandRunner, MtaDriver, json_lines, mentions, own_message_id
+from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, json_lines, mentions, own_message_id
 from harness.observe.observations import QueuedMessage
 
 
@@ -29,3 +29,8 @@ class Postfix(MtaDriver):
                                        "" if sender == "MAILER-DAEMON" else sender,
                                        tuple(str(r.get("address", "")) for r in recipients), mentions(content)))
         return found
+
+    def reset(self, run: CommandRunner) -> None:
+        # Every queue (incoming, active, deferred, hold) purged; `postfix reload` restarts qmgr (its
+        # in-memory dead-destination and backoff state) and the connection cache (scache).
+        run(["sh", "-c", f"postsuper -d ALL >/dev/null 2>&1; {EMPTY_MAILDIRS}; postfix reload >/dev/null 2>&1"])

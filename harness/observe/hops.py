@@ -1,5 +1,8 @@
 """Hops between hosts, as the capture companions saw them: decoded on demand, so every call is
-current while the scenario runs."""
+current while the scenario runs.
+
+On a shared topology the companions capture from the topology's start to its end, across scenarios;
+a scenario sees only the connections opened since it began (``start_wall``), numbered from 1."""
 
 from __future__ import annotations
 
@@ -20,18 +23,27 @@ class CapturedHops:
         self._client = client_address
         self._start_wall = start_wall
 
+    def since(self, start_wall: float) -> CapturedHops:
+        """The same captures, seen from ``start_wall`` on (the next scenario's window)."""
+        return CapturedHops(self._captures, self._names, client_address=self._client, start_wall=start_wall)
+
     def _connections(self) -> list[Connection]:
         return merge_captures([c.read_pcap() for c in self._captures.values()])
 
     def sessions(self) -> list[Transcript]:
+        # Connections active in the window: an MTA may carry this scenario's message over a connection it
+        # opened during an earlier one (OpenSMTPD keeps relay->mx sessions open); the message, not the
+        # connection, is what a hop step matches, so an old connection's earlier transactions never do.
+        active = [c for c in self._connections() if c.last_ts >= self._start_wall]
         # The harness's own client sessions are recorded by the client itself, reply for reply.
-        return decode_connections(self._connections(), names=self._names, start_wall=self._start_wall,
+        return decode_connections(active, names=self._names, start_wall=self._start_wall,
                                   exclude_sources=[self._client])
 
     def attempts(self) -> list[ConnectionAttempt]:
         out = []
         for conn in self._connections():
-            if conn.src == self._client:
+            # A connection attempt is an event of the window it started in.
+            if conn.src == self._client or conn.first_ts < self._start_wall:
                 continue
             out.append(ConnectionAttempt(
                 source=self._names.get(conn.src, conn.src),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
 POLL_INTERVAL_S = 0.2
+# Set when the run is interrupted: every wait of every topology ends at once (KeyboardInterrupt), so
+# the threads running topologies side by side stop and their containers are removed now.
+CANCELLED = threading.Event()
 
 
 def poll_until(within_s: float, probe: Callable[[], bool], *, interval: float = POLL_INTERVAL_S) -> bool:
@@ -18,4 +22,5 @@ def poll_until(within_s: float, probe: Callable[[], bool], *, interval: float = 
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        time.sleep(min(interval, remaining))
+        if CANCELLED.wait(min(interval, remaining)):
+            raise KeyboardInterrupt("the run was interrupted")

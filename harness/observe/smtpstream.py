@@ -201,8 +201,12 @@ class _Session:
             text = "capture is missing packets of this connection"
         elif conn.end == "rst":
             text = "connection reset"
-        elif conn.end == "fin":
+        elif conn.server.fin_ts is not None:
             text = "connection closed"
+        elif conn.end == "fin":
+            # Only the client closed its side: the server may still answer (Exim holds pipelined replies
+            # until the client's FIN), so nothing is known yet.
+            text = "no reply yet: the client had closed its side, the server not yet, when the capture was read"
         else:
             text = "no reply yet: the connection was still open when the capture was read"
         if detail:
@@ -317,5 +321,8 @@ class _Session:
 
 def decode_session(conn: Connection, *, hop: str, session: int, start_wall: float) -> Transcript:
     """One connection's SMTP exchanges."""
+    # Over for the server too: reset, refused, never answered, or the server closed its side. A client's
+    # FIN alone does not end what the server still has to say.
+    closed = conn.end == "rst" or conn.syn_only or conn.refused or conn.server.fin_ts is not None
     return Transcript(hop=hop, session=session, exchanges=_Session(conn, hop, session, start_wall).run(),
-                      closed=conn.end != "open" or conn.syn_only)
+                      closed=closed)

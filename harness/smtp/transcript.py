@@ -86,9 +86,9 @@ class Transcript:
         out: list[Transaction] = []
         current: list[Exchange] | None = None
 
-        def close() -> None:
+        def close(ended: bool = True) -> None:
             if current:
-                out.append(Transaction(self.hop, self.session, len(out) + 1, tuple(current)))
+                out.append(Transaction(self.hop, self.session, len(out) + 1, tuple(current), ended))
 
         for e in self.exchanges:
             if e.command == "MAIL":
@@ -104,7 +104,7 @@ class Transcript:
                 if e.command == "END-OF-DATA" or (e.command == "BDAT" and "LAST" in (e.sent or "").upper()):
                     close()
                     current = None
-        close()
+        close(ended=False)
         return out
 
     def connection_stages(self) -> list[Exchange]:
@@ -128,6 +128,9 @@ class Transaction:
     session: int
     number: int
     exchanges: tuple[Exchange, ...]
+    # Its outcome is known: a reply after the message, or a command that abandoned it (RSET, QUIT, a new
+    # MAIL) was seen. A transaction still waiting for a reply is not ended (a capture read mid-way).
+    ended: bool = False
 
     @property
     def mail_from(self) -> str:
@@ -143,11 +146,7 @@ class Transaction:
 
     @property
     def complete(self) -> bool:
-        """Its outcome is known: a reply after the message, an RSET, or a refusal that ends it."""
-        last = self.exchanges[-1]
-        if last.command in ("END-OF-DATA", "RSET") or last.code is None:
-            return True
-        return last.command == "BDAT" and "LAST" in (last.sent or "").upper()
+        return self.ended
 
     def first(self, command: str) -> Exchange | None:
         return next((e for e in self.exchanges if e.command == command), None)
