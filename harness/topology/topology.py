@@ -125,6 +125,22 @@ class Host:
                         files[member.name] = extracted.read()
         return files
 
+    def put_files(self, directory: str, files: Mapping[str, bytes]) -> None:
+        """Write ``files`` (name -> content) into ``directory`` of the running container, with the
+        current mtime (NSD skips a zone file whose mtime did not change)."""
+        buffer = io.BytesIO()
+        now = time.time()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, content in files.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(content), now, 0o644
+                tar.addfile(info, io.BytesIO(content))
+        try:
+            self.container.get_wrapped_container().put_archive(directory, buffer.getvalue())
+        except DockerException as exc:
+            raise InfrastructureError(f"could not write {', '.join(files)} into {self.role}:{directory}: {exc}"
+                                      ) from exc
+
 
 @dataclass
 class Topology:
@@ -317,9 +333,12 @@ def start_hosts(
             host.container.start()
             plan_host = next(h for h in mtas if h.role == host.role)
             assert plan_host.mta is not None
+            # The container's state is watched too: one that exits while starting (a configuration the
+            # MTA refuses) is reported at once with its exit code and last log lines, not after the bound.
             return wait_for_greeting(host.address, plan_host.mta.ready_code(plan_host.base_role),
                                      what=f"{host.role} ({host.hostname})", timeout_s=READY_TIMEOUT_S,
-                                     logs=host.logs)
+                                     logs=lambda: host.logs(tail=20),
+                                     container=host.container.get_wrapped_container())
 
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
