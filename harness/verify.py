@@ -118,23 +118,47 @@ class StepRunner:
 
     def _watch(self, index: int, step: Step, within_s: float, look: Callable[[float], _O], *,
                until_pass: bool, settled: Callable[[_O], bool] | None = None,
-               interval: float | None = None) -> _O:
-        """Look until the step's verdict is known (``until_pass``: its judge passes; otherwise: it fails)
-        and ``settled`` holds, or ``within_s`` has passed; the last observation."""
+               gone: Callable[[], bool] | None = None, interval: float | None = None) -> _O:
+        """Look until the step's verdict is known, or ``within_s`` has passed; the last observation.
+
+        A positive step (``until_pass``) is known once its judge passes (and ``settled`` holds for it);
+        a negative one ("no ...") once its judge fails, or once ``gone`` says the outcome can no longer
+        change (the message is in no queue of the topology any more). ``gone`` is asked before each look,
+        so a copy delivered in between is still seen by that look."""
         began = time.monotonic()
         last: list[_O] = []
 
         def probe() -> bool:
+            finished = gone is not None and gone()
             obs = look(time.monotonic() - began)
             last[:] = [obs]
-            decided = not judge(index, step, obs) if until_pass else bool(judge(index, step, obs))
-            return decided and (settled is None or settled(obs))
+            failures = judge(index, step, obs)
+            if until_pass:
+                return not failures and (settled is None or settled(obs))
+            return bool(failures) or finished
 
         if interval is None:
             poll_until(within_s, probe)
         else:
             poll_until(within_s, probe, interval=interval)
         return last[0]
+
+    def _bound(self, within_s: float, message: SentMessage) -> float:
+        """A message the MTA refused (or never got) cannot be delivered, bounced, queued or relayed:
+        steps about it are decided by one look, not by waiting out their bound."""
+        return 0.0 if message.refused else within_s
+
+    def _nowhere(self, message: SentMessage, *, bounces: bool = False) -> Callable[[], bool]:
+        """True once neither the message (nor, with ``bounces``, a DSN about it) is queued anywhere."""
+        def gone() -> bool:
+            for host in self._mta_hosts():
+                if find_queued(host, message.message_id):
+                    return False
+                if bounces and queue_entries(host, message, "bounce"):
+                    return False
+            return True
+
+        return gone
 
     # -- the client's own sessions -----------------------------------------------------------------
     def smtp(self, index: int, step: Step) -> Observation:
@@ -181,9 +205,12 @@ class StepRunner:
         def no_copy_pending(obs: MailboxObservation) -> bool:
             return not obs.still_queued
 
-        settled = no_copy_pending if isinstance(step, DeliveryStep) and step.copies else None
-        return self._watch(index, step, step.within_s, look, until_pass=isinstance(step, DeliveryStep),
-                           settled=settled)
+        if isinstance(step, DeliveryStep):
+            settled = no_copy_pending if step.copies else None
+            return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=True,
+                               settled=settled)
+        return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=False,
+                           gone=self._nowhere(message))
 
     def _queued_anywhere(self, message: SentMessage) -> tuple[str, ...]:
         out = []
@@ -212,7 +239,10 @@ class StepRunner:
                     found.append(FoundDsn(m.path, str(why), dict(status.per_message), tuple(status.recipients)))
             return BounceObservation(step.host, step.mailbox, message.message_id, tuple(found), waited)
 
-        return self._watch(index, step, step.within_s, look, until_pass=isinstance(step, BounceStep))
+        if isinstance(step, BounceStep):
+            return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=True)
+        return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=False,
+                           gone=self._nowhere(message, bounces=True))
 
     # -- queues ----------------------------------------------------------------------------------------
     def queue_flush(self, index: int, step: Step) -> Observation:
@@ -229,7 +259,7 @@ class StepRunner:
         def look(waited: float) -> QueueObservation:
             return QueueObservation(step.host, step.of, tuple(queue_entries(host, message, step.of)), waited)
 
-        return self._watch(index, step, step.within_s, look, until_pass=True, interval=0.5)
+        return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=True, interval=0.5)
 
     # -- hops between hosts ----------------------------------------------------------------------------
     def hop(self, index: int, step: Step) -> Observation:
@@ -252,7 +282,7 @@ class StepRunner:
             last[:] = [obs]
             return settled(obs)
 
-        poll_until(step.within_s, probe, interval=HOP_POLL_S)
+        poll_until(self._bound(step.within_s, message) if message else step.within_s, probe, interval=HOP_POLL_S)
         return last[0]
 
     def no_connection(self, index: int, step: Step) -> Observation:
@@ -271,5 +301,8 @@ class StepRunner:
                               and (not addresses or a.destination_address in addresses))
             return ConnectionObservation(step.source, what, offending, waited)
 
-        return self._watch(index, step, step.within_s, look, until_pass=False, interval=0.25)
+        message = self.sent[-1] if self.sent else None
+        gone = self._nowhere(message) if message is not None else None
+        return self._watch(index, step, self._bound(step.within_s, message) if message else step.within_s, look,
+                           until_pass=False, gone=gone, interval=0.25)
 

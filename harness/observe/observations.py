@@ -61,6 +61,13 @@ class SentMessage:
     sent_at_s: float
 
     @property
+    def refused(self) -> bool:
+        """The MTA certainly does not have it: the session never sent the message, or the reply to the
+        final dot refused it. (No reply at all leaves it unknown: the MTA may have taken it.)"""
+        eod = self.end_of_data
+        return eod is None or (eod.code is not None and eod.code >= 400)
+
+    @property
     def accepted(self) -> bool:
         return self.end_of_data is not None and self.end_of_data.code is not None \
             and 200 <= self.end_of_data.code < 300

@@ -5,16 +5,20 @@ does that before pytest runs."""
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
+from harness.expect.results import ScenarioResult
 from harness.report.progress import Progress
-from harness.runner import RunContext
+from harness.runner import RunContext, default_jobs, implementations_for, run_all
+from harness.scenario.loader import load_scenarios
 from harness.topology.engine import ensure_engine
 from harness.topology.images import ImageStore
+from harness.topology.mta import available
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
@@ -39,6 +43,26 @@ def engine() -> docker.DockerClient:
 def run_context(engine: docker.DockerClient) -> Iterator[RunContext]:
     progress = Progress()
     yield RunContext(engine, ImageStore(engine, progress, COMPOSE), COMPOSE, progress)
+
+
+@pytest.fixture(scope="session")
+def shuffle_seed() -> int:
+    seed = int(os.environ.get("HARNESS_SHUFFLE_SEED", random.randrange(1 << 16)))
+    print(f"\nbundled scenarios in shared mode, shuffled with HARNESS_SHUFFLE_SEED={seed}")
+    return seed
+
+
+@pytest.fixture(scope="session")
+def matrix(run_context: RunContext, shuffle_seed: int) -> dict[tuple[str, str], ScenarioResult]:
+    """Every bundled scenario on every implementation, the way `make scenarios` runs them: shared
+    topologies, side by side; here in a shuffled order (the seed is printed, HARNESS_SHUFFLE_SEED
+    repeats it), so no scenario's verdict depends on which one ran before it on the same topology."""
+    scenarios = load_scenarios([SCENARIOS])
+    pairs = [(s, m) for s in scenarios for m in implementations_for(s, available(COMPOSE))]
+    random.Random(shuffle_seed).shuffle(pairs)
+    run_context.fresh, run_context.jobs = False, default_jobs()
+    results = run_all(run_context, scenarios, pairs=pairs)
+    return {(Path(r.file).stem, r.mta): r for r in results}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

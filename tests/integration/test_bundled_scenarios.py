@@ -11,7 +11,6 @@ from harness.expect.judge import judge
 from harness.expect.results import PASSED, ScenarioResult
 from harness.observe.observations import BounceObservation, HopObservation, QueueObservation
 from harness.report.matrix import matrix_markdown
-from harness.runner import RunContext, run_all
 from harness.scenario.loader import load_scenarios
 from harness.topology.mta import available
 from tests.mutants import mutants
@@ -20,12 +19,6 @@ from .conftest import COMPOSE, ROOT, SCENARIOS
 
 BUNDLED = sorted(SCENARIOS.glob("*.yaml"))
 MTAS = available(COMPOSE)
-
-
-@pytest.fixture(scope="session")
-def matrix(run_context: RunContext) -> dict[tuple[str, str], ScenarioResult]:
-    results = run_all(run_context, load_scenarios([SCENARIOS]), mtas=MTAS)
-    return {(Path(r.file).stem, r.mta): r for r in results}
 
 
 def _codes(result: ScenarioResult, hop: str) -> list[tuple[str, int | None]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,14 @@ def test_copies_are_not_settled_while_the_message_is_still_queued() -> None:
                                  ("mx 4F1 deferred",))
     (failure,) = judge(5, step, pending)
     assert failure.observed.endswith("still queued: mx 4F1 deferred")
+
+
+def test_a_refused_message_is_decided_at_once_and_an_unanswered_one_is_not() -> None:
+    refused = replace(_sent(), end_of_data=Exchange("client->relay", 1, "END-OF-DATA", ".", 552, "5.3.4", "too big"))
+    never_sent = replace(_sent(), end_of_data=None)
+    unanswered = replace(_sent(), end_of_data=Exchange("client->relay", 1, "END-OF-DATA", ".", None, None,
+                                                       "timed out after 30 s"))
+    assert refused.refused and never_sent.refused
+    assert not unanswered.refused and not _sent().refused
+    runner = StepRunner.__new__(StepRunner)
+    assert runner._bound(10, refused) == 0 and runner._bound(10, unanswered) == 10
