@@ -59,6 +59,14 @@ def _common_options(parser: argparse.ArgumentParser, default: object) -> None:
                         help="no progress lines on stderr")
 
 
+def _shard_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="run only shard K of N (1 <= K <= N) of the (scenario, implementation) pairs, "
+                             "those sharing a topology kept together; the same on every machine, for CI "
+                             "matrices (merge the results with `harness report`). An empty shard exits 0 "
+                             "with empty results")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run on every implementation (unless --mta) and print the who-replied-what matrix")
     run.add_argument("--keep", choices=["never", "on-failure", "always"], default="never",
                      help="keep a scenario's containers after it ends, for debugging (remove with `harness down`)")
+    _shard_option(run)
 
     matrix = sub.add_parser(
         "matrix", help="run scenarios on every implementation and print who replied what",
@@ -90,7 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the table as Markdown (the project keeps docs/compatibility.md)")
     matrix.add_argument("--from-json", type=Path, metavar="FILE", help="render this results file; run nothing")
     matrix.add_argument("--json", type=Path, metavar="FILE", help="write the run's results as JSON")
+    _shard_option(matrix)
     matrix.set_defaults(matrix=True, keep="never", junit=None)
+
+    report = sub.add_parser(
+        "report", help="merge results files (e.g. of CI shards) into one report",
+        description="Merge the results files of `harness run --json` (e.g. one per CI shard) into one "
+                    "report, ordered by scenario file, then implementation; print the summary and the "
+                    "matrix. Exit code as for `harness run`: 0 all passed, 1 a failure, 3 an error. The "
+                    "same scenario and implementation in two files is a usage error (exit 2).")
+    report.add_argument("inputs", nargs="+", type=Path, metavar="RESULTS.json",
+                        help="results files written by `harness run --json` / `harness matrix --json`")
+    report.add_argument("--json", type=Path, metavar="FILE", help="write the merged results as JSON")
+    report.add_argument("--junit", type=Path, metavar="FILE", help="write the merged results as JUnit XML")
+    report.add_argument("--markdown", type=Path, metavar="FILE", help="write the matrix as Markdown")
 
     val = sub.add_parser("validate", help="check scenario files without starting anything")
     val.add_argument("paths", nargs="*", type=Path, default=[Path("scenarios")], metavar="PATH")

@@ -17,6 +17,7 @@ from harness.report.files import write_json, write_junit
 from harness.report.progress import Progress
 from harness.scenario.loader import load_scenarios, schema_path
 from harness.scenario.model import Scenario
+from harness.shard import ShardSpec
 
 
 def _compose_dir(args: argparse.Namespace) -> Path:
@@ -42,7 +43,7 @@ def dispatch(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet)
     handler = {
         "run": cmd_run, "validate": cmd_validate, "up": cmd_up, "down": cmd_down, "status": cmd_status,
-        "images": cmd_images, "schema": cmd_schema, "matrix": cmd_matrix,
+        "images": cmd_images, "schema": cmd_schema, "matrix": cmd_matrix, "report": cmd_report,
     }[args.command]
     return handler(args, progress)
 
@@ -62,11 +63,17 @@ def cmd_schema(args: argparse.Namespace, progress: Progress) -> int:
 def cmd_run(args: argparse.Namespace, progress: Progress) -> int:
     from harness.runner import run_all
 
+    spec = _shard_spec(args)
     scenarios = load_scenarios(args.paths)
     if not scenarios:
         raise UsageError("no scenario files found in " + ", ".join(str(p) for p in args.paths))
     mtas = _selected_mtas(args, _compose_dir(args))
     check_selection(scenarios, mtas, _how_selected(args))
+    if spec is not None:
+        scenarios = _apply_shard(scenarios, mtas, spec, progress)
+        if not scenarios:
+            _write_empty(args)
+            return EXIT_OK
     ctx = _context(args, progress, keep=args.keep)
     progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}")
     results = run_all(ctx, scenarios, on_result=lambda r: print_result(r, sys.stdout), mtas=mtas)
@@ -88,6 +95,9 @@ def cmd_matrix(args: argparse.Namespace, progress: Progress) -> int:
     from harness.expect.results import result_from_json
     from harness.report.matrix import matrix_markdown, matrix_text
 
+    if args.from_json and args.shard is not None:
+        raise UsageError("--shard selects what to run; --from-json runs nothing (merge shards' results with "
+                         "`harness report`)")
     if args.from_json:
         try:
             doc = json.loads(args.from_json.read_text(encoding="utf-8"))
@@ -99,9 +109,15 @@ def cmd_matrix(args: argparse.Namespace, progress: Progress) -> int:
     else:
         from harness.runner import run_all
 
+        spec = _shard_spec(args)
         scenarios = load_scenarios(args.paths)
         mtas = _selected_mtas(args, _compose_dir(args))
         check_selection(scenarios, mtas, _how_selected(args))
+        if spec is not None:
+            scenarios = _apply_shard(scenarios, mtas, spec, progress)
+            if not scenarios:
+                _write_empty(args)
+                return EXIT_OK
         ctx = _context(args, progress)
         progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}")
         results = run_all(ctx, scenarios, on_result=lambda r: progress.line(
@@ -115,6 +131,77 @@ def cmd_matrix(args: argparse.Namespace, progress: Progress) -> int:
         args.markdown.write_text(matrix_markdown(results, mtas), encoding="utf-8")
         progress.line(f"wrote {args.markdown}")
     return code
+
+
+def _shard_spec(args: argparse.Namespace) -> ShardSpec | None:
+    from harness.shard import parse_shard
+
+    text: str | None = getattr(args, "shard", None)
+    return None if text is None else parse_shard(text)
+
+
+def _apply_shard(scenarios: Sequence[Scenario], mtas: Sequence[str], spec: ShardSpec,
+                 progress: Progress) -> list[Scenario]:
+    """The scenarios narrowed to this shard's (scenario, implementation) pairs; empty for an empty
+    shard, which says so on stdout (an empty shard is not an error: CI matrices have a fixed N)."""
+    from harness.runner import implementations_for
+    from harness.shard import describe, restrict, shard
+
+    pairs = [(s, m) for s in scenarios for m in implementations_for(s, mtas)]
+    selected = shard(pairs, spec.index, spec.total)
+    line = describe(selected, pairs, spec)
+    if selected:
+        progress.line(line)
+    else:
+        print(line)
+    return restrict(scenarios, selected)
+
+
+def _write_empty(args: argparse.Namespace) -> None:
+    """The result files an empty shard was asked for, with no results in them."""
+    if getattr(args, "json", None):
+        write_json([], args.json)
+    if getattr(args, "junit", None):
+        write_junit([], args.junit)
+    if getattr(args, "markdown", None):
+        from harness.report.matrix import matrix_markdown
+
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(matrix_markdown([], []), encoding="utf-8")
+
+
+def cmd_report(args: argparse.Namespace, progress: Progress) -> int:
+    """Merge results files (one per CI shard) into one report; exit code as for `harness run`."""
+    from harness.report.console import details, scenario_line
+    from harness.report.matrix import matrix_markdown, matrix_text
+    from harness.report.merge import load_results, merge_results, mta_order
+
+    results = merge_results([(path, load_results(path)) for path in args.inputs])
+    if not results:
+        # Every shard empty cannot happen for the shards of one run (a run selecting nothing exits 2).
+        raise UsageError("no results in " + ", ".join(str(p) for p in args.inputs)
+                         + ": pass the results files of every shard")
+    mtas = mta_order([r.mta for r in results])
+    for r in results:
+        text = details(r)
+        if text:
+            print(scenario_line(r))
+            print(text)
+            print()
+    print(summary_table(results))
+    print()
+    print(matrix_text(results, mtas))
+    if args.json:
+        write_json(results, args.json)
+        progress.line(f"wrote {args.json}")
+    if args.junit:
+        write_junit(results, args.junit)
+        progress.line(f"wrote {args.junit}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(matrix_markdown(results, mtas), encoding="utf-8")
+        progress.line(f"wrote {args.markdown}")
+    return _exit_code(results)
 
 
 def _exit_code(results: list[ScenarioResult]) -> int:
