@@ -67,6 +67,25 @@ def _shard_option(parser: argparse.ArgumentParser) -> None:
                              "with empty results")
 
 
+def _pace_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
+                        help="topologies running side by side (default: cores + 1, at most 4): the "
+                             "implementations of a matrix at once, and independent topologies of one")
+    parser.add_argument("--fresh", action="store_true",
+                        help="a fresh topology for every scenario, instead of sharing one between the "
+                             "scenarios that need the same (reset in between; see README, Shared topologies)")
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("-j needs at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep", choices=["never", "on-failure", "always"], default="never",
                      help="keep a scenario's containers after it ends, for debugging (remove with `harness down`)")
     _shard_option(run)
+    _pace_options(run)
 
     matrix = sub.add_parser(
         "matrix", help="run scenarios on every implementation and print who replied what",
@@ -100,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--from-json", type=Path, metavar="FILE", help="render this results file; run nothing")
     matrix.add_argument("--json", type=Path, metavar="FILE", help="write the run's results as JSON")
     _shard_option(matrix)
+    _pace_options(matrix)
     matrix.set_defaults(matrix=True, keep="never", junit=None)
 
     report = sub.add_parser(

@@ -75,7 +75,9 @@ def cmd_run(args: argparse.Namespace, progress: Progress) -> int:
             _write_empty(args)
             return EXIT_OK
     ctx = _context(args, progress, keep=args.keep)
-    progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}")
+    _pace(ctx, args)
+    progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}"
+                  f"{' (fresh topologies)' if ctx.fresh else ''}, {ctx.jobs} at a time")
     results = run_all(ctx, scenarios, on_result=lambda r: print_result(r, sys.stdout), mtas=mtas)
     print()
     print(summary_table(results))
@@ -119,7 +121,9 @@ def cmd_matrix(args: argparse.Namespace, progress: Progress) -> int:
                 _write_empty(args)
                 return EXIT_OK
         ctx = _context(args, progress)
-        progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}")
+        _pace(ctx, args)
+        progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}"
+                      f"{' (fresh topologies)' if ctx.fresh else ''}, {ctx.jobs} at a time")
         results = run_all(ctx, scenarios, on_result=lambda r: progress.line(
             f"{r.status.upper():6} {r.name} [{r.mta}] ({r.duration_s:.1f}s)"), mtas=mtas)
         if args.json:
@@ -202,6 +206,13 @@ def cmd_report(args: argparse.Namespace, progress: Progress) -> int:
         args.markdown.write_text(matrix_markdown(results, mtas), encoding="utf-8")
         progress.line(f"wrote {args.markdown}")
     return _exit_code(results)
+
+
+def _pace(ctx, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    from harness.runner import default_jobs
+
+    ctx.fresh = bool(getattr(args, "fresh", False))
+    ctx.jobs = getattr(args, "jobs", None) or default_jobs()
 
 
 def _exit_code(results: list[ScenarioResult]) -> int:

@@ -20,7 +20,7 @@ from email.policy import compat32
 
 from harness.observe.tcpflows import Connection, Stream, merge_connections, read_connections
 from harness.smtp.client import parse_enhanced
-from harness.smtp.transcript import Exchange, Transcript
+from harness.smtp.transcript import PENDING_TEXT, Exchange, Transcript
 
 __all__ = ["TLS_TEXT", "connections", "decode_connections", "decode_session", "decode_sessions", "merge_captures"]
 
@@ -206,9 +206,9 @@ class _Session:
         elif conn.end == "fin":
             # Only the client closed its side: the server may still answer (Exim holds pipelined replies
             # until the client's FIN), so nothing is known yet.
-            text = "no reply yet: the client had closed its side, the server not yet, when the capture was read"
+            text = f"{PENDING_TEXT}: the client had closed its side, the server not yet, when the capture was read"
         else:
-            text = "no reply yet: the connection was still open when the capture was read"
+            text = f"{PENDING_TEXT}: the connection was still open when the capture was read"
         if detail:
             text = f"{text} ({detail})"
         ts = conn.end_ts if conn.end_ts is not None else conn.last_ts

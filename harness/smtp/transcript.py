@@ -10,6 +10,10 @@ COMMANDS = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-DATA", "R
             "STARTTLS", "AUTH")
 
 
+# How a capture decoder words a reply that may still come (harness.observe.smtpstream).
+PENDING_TEXT = "no reply yet"
+
+
 @dataclass(frozen=True)
 class Exchange:
     """One command (or the connection itself) and the reply it got.
@@ -49,6 +53,11 @@ class Exchange:
         return cls(doc["hop"], doc["session"], doc["command"], doc.get("sent"), doc.get("code"), doc.get("enhanced"),
                    doc.get("text", ""), tuple(doc.get("lines", [])), float(doc.get("at_s", 0.0)),
                    doc.get("message_id"))
+
+    @property
+    def pending(self) -> bool:
+        """No reply yet, but the connection was still up when the capture was read: one may still come."""
+        return self.code is None and self.text.startswith(PENDING_TEXT)
 
     def reply_str(self) -> str:
         if self.code is None:
@@ -102,7 +111,7 @@ class Transcript:
             elif current is not None:
                 current.append(e)
                 if e.command == "END-OF-DATA" or (e.command == "BDAT" and "LAST" in (e.sent or "").upper()):
-                    close()
+                    close(ended=not e.pending)
                     current = None
         close(ended=False)
         return out

@@ -115,14 +115,14 @@ class _ExitWatch:
 def _wait_ready(sock: socket.socket, *, write: bool, deadline: float, tick: Callable[[], None] | None,
                 tick_s: float, what: str) -> None:
     """Block until ``sock`` is writable (connected) or readable, calling ``tick`` every ``tick_s``."""
+    poller = select.poll()  # not select(): no limit on descriptor numbers in a busy process
+    poller.register(sock, select.POLLOUT if write else select.POLLIN)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(what)
-        ready = select.select([], [sock], [], min(tick_s, remaining)) if write else \
-            select.select([sock], [], [], min(tick_s, remaining))
-        if ready[0] or ready[1]:
-            return
+        if poller.poll(max(1, int(min(tick_s, remaining) * 1000))):
+            return  # ready, or an error/hang-up the next call on the socket reports
         if tick is not None:
             tick()
 

@@ -266,3 +266,14 @@ def test_a_refused_message_is_decided_at_once_and_an_unanswered_one_is_not() -> 
     assert not unanswered.refused and not _sent().refused
     runner = StepRunner.__new__(StepRunner)
     assert runner._bound(10, refused) == 0 and runner._bound(10, unanswered) == 10
+
+
+def test_a_transaction_waiting_for_its_end_of_data_reply_is_not_complete() -> None:
+    session = Transcript("relay->mx", 1, [
+        _ex(1, "CONNECT", None, 220, 1.0), _ex(1, "MAIL", "MAIL FROM:<alice@origin.test>", 250, 1.02),
+        _ex(1, "RCPT", "RCPT TO:<bob@example.test>", 250, 1.03), _ex(1, "DATA", "DATA", 354, 1.04),
+        _ex(1, "END-OF-DATA", ".", None, 1.05, THEIRS,
+            text="no reply yet: the client had closed its side, the server not yet, when the capture was read"),
+    ])
+    obs = select_on_hop([session], "relay->mx", _sent(THEIRS, "bob@example.test"))
+    assert obs.matched_by is not None and not obs.complete

@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -245,7 +246,7 @@ def test_cli_runs_exactly_the_shards_pairs(monkeypatch: pytest.MonkeyPatch, caps
         ran.extend((s.path.name, m) for s in scenarios for m in implementations_for(s, mtas or []))
         return []
 
-    monkeypatch.setattr(harness.commands, "_context", lambda *a, **k: None)
+    monkeypatch.setattr(harness.commands, "_context", lambda *a, **k: SimpleNamespace(fresh=False, jobs=1))
     monkeypatch.setattr(harness.runner, "run_all", fake_run_all)
     monkeypatch.setattr(harness.commands, "_selected_mtas", lambda args, compose: list(NAMES))
     per_shard = []
