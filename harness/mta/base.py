@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.errors import UsageError
+from harness.errors import InfrastructureError, UsageError
 from harness.observe.observations import QueuedMessage
 
-__all__ = ["ROLES", "CommandRunner", "MtaDriver", "json_lines", "mentions", "own_message_id"]
+__all__ = ["ROLES", "CommandRunner", "MtaDriver", "gone_or", "json_lines", "mentions", "own_message_id"]
 
 # The standard roles every implementation plays (roles are listed here and nowhere else).
 ROLES = ("mx", "relay", "nomail")
@@ -41,6 +41,15 @@ def mentions(content: str) -> tuple[str, ...]:
 def own_message_id(content: str) -> str | None:
     m = _OWN_ID.search(content)
     return m.group(1) if m else None
+
+
+def gone_or(run: CommandRunner, argv: list[str]) -> str | None:
+    """The output of a command about one queue entry, or None when it failed: the entry was delivered
+    or removed between listing the queue and looking at it (the MTA keeps working meanwhile)."""
+    try:
+        return run(argv)
+    except InfrastructureError:
+        return None
 
 
 def json_lines(output: str) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, json_lines, mentions
+from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, gone_or, json_lines, mentions
 from harness.observe.observations import QueuedMessage
 
 
@@ -25,7 +25,10 @@ class Exim(MtaDriver):
                 reasons.append(str(entry["last_error"]))
             state = "frozen" if entry.get("frozen") else str(entry["queue_name"])
             queue_id = str(entry["queue_id"])
-            content = run(["exim4", "-Mvh", queue_id]) + run(["exim4", "-Mvb", queue_id])
+            head, body = gone_or(run, ["exim4", "-Mvh", queue_id]), gone_or(run, ["exim4", "-Mvb", queue_id])
+            if head is None or body is None:
+                continue
+            content = head + body
             sender = str(entry.get("sender") or "")
             found.append(QueuedMessage(queue_id, state, entry.get("message_id"), tuple(reasons),
                                        "" if sender == "<>" else sender,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, mentions, own_message_id
+from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, gone_or, mentions, own_message_id
 from harness.observe.observations import QueuedMessage
 
 
@@ -29,7 +29,9 @@ class OpenSmtpd(MtaDriver):
                 named = "active"
             else:
                 named = "deferred" if attempts.isdigit() and int(attempts) > 0 else "incoming"
-            shown = run(["smtpctl", "show", "message", envelope])
+            shown = gone_or(run, ["smtpctl", "show", "message", envelope])
+            if shown is None:
+                continue
             found.append(QueuedMessage(envelope, named, own_message_id(shown), (error,) if error.strip() else (),
                                        "" if sender in ("", "@", "<>", "MAILER-DAEMON") else sender, (recipient,),
                                        mentions(shown)))

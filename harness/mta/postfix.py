@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, json_lines, mentions, own_message_id
+from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, gone_or, json_lines, mentions, own_message_id
 from harness.observe.observations import QueuedMessage
 
 
@@ -22,7 +22,9 @@ class Postfix(MtaDriver):
             recipients = entry.get("recipients", [])
             reasons = tuple(str(r["delay_reason"]) for r in recipients if r.get("delay_reason"))
             # Headers and body: a queued DSN names the message it is about in its returned headers.
-            content = run(["postcat", "-bh", "-q", queue_id])
+            content = gone_or(run, ["postcat", "-bh", "-q", queue_id])
+            if content is None:
+                continue
             # postqueue -j names the null reverse-path of a bounce "MAILER-DAEMON".
             sender = str(entry.get("sender", ""))
             found.append(QueuedMessage(queue_id, str(entry["queue_name"]), own_message_id(content), reasons,
