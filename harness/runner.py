@@ -28,6 +28,7 @@ from harness.expect.results import ERROR, FAILED, PASSED, ScenarioResult
 from harness.mta import DRIVERS
 from harness.observe.capture import CAPTURE_IMAGE, start_captures
 from harness.observe.hops import CapturedHops
+from harness.observe.mailwatch import MailWatch
 from harness.observe.polling import CANCELLED, poll_until
 from harness.observe.queue import HostCommands
 from harness.plan import ScenarioPlan, plan_scenario
@@ -110,6 +111,8 @@ class SharedTopology:
         except BaseException:
             self.topology.destroy()
             raise
+        # Deliveries noticed as they are written, not at the next poll.
+        self.mail_events = {h.role: MailWatch(ctx.client, h.container_id, h.role).start().changed for h in mtas}
         names = {h.address: h.role for h in self.topology.hosts.values()}
         if self.topology.unreachable is not None:
             names[self.topology.unreachable] = "unreachable"
@@ -171,7 +174,7 @@ def _verify(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mta:
     hops = shared.hops.since(time.time())
     try:
         StepRunner(shared.topology, scenario, result, started, mta=mta, hops=hops,
-                   domain_addresses=plan.domain_addresses).run_all()
+                   domain_addresses=plan.domain_addresses, mail_events=shared.mail_events).run_all()
         result.status = FAILED if result.failures else PASSED
     except HarnessError as exc:
         result.status, result.error = ERROR, str(exc)

@@ -10,8 +10,9 @@ once the message's transaction has its outcome; the step's bound is the upper li
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
 from harness.expect.judge import judge
@@ -34,7 +35,7 @@ from harness.observe.observations import (
     SentMessage,
     SessionObservation,
 )
-from harness.observe.polling import poll_until
+from harness.observe.polling import POLL_INTERVAL_S, poll_until
 from harness.observe.queue import find_queued, flush, queue_entries
 from harness.scenario.model import (
     BounceStep,
@@ -81,7 +82,8 @@ class NoHops:
 class StepRunner:
     def __init__(self, topology: Topology, scenario: Scenario, result: ScenarioResult, started: float,
                  *, mta: str, hops: HopSource | None = None,
-                 domain_addresses: Callable[[str], set[str]] | None = None) -> None:
+                 domain_addresses: Callable[[str], set[str]] | None = None,
+                 mail_events: Mapping[str, threading.Event] | None = None) -> None:
         self.topology = topology
         self.scenario = scenario
         self.result = result
@@ -90,6 +92,8 @@ class StepRunner:
         self.hops: HopSource = hops or NoHops()
         self.domain_addresses = domain_addresses or (lambda domain: set())
         self.sent: list[SentMessage] = []
+        # Per host: set when a file is written under its mail root (MailWatch), to end waits early.
+        self.mail_events = dict(mail_events or {})
         self.session_counter: dict[str, int] = {}
 
     def clock(self) -> float:
@@ -118,7 +122,8 @@ class StepRunner:
 
     def _watch(self, index: int, step: Step, within_s: float, look: Callable[[float], _O], *,
                until_pass: bool, settled: Callable[[_O], bool] | None = None,
-               gone: Callable[[], bool] | None = None, interval: float | None = None) -> _O:
+               gone: Callable[[], bool] | None = None, interval: float | None = None,
+               wake: threading.Event | None = None) -> _O:
         """Look until the step's verdict is known, or ``within_s`` has passed; the last observation.
 
         A positive step (``until_pass``) is known once its judge passes (and ``settled`` holds for it);
@@ -137,10 +142,7 @@ class StepRunner:
                 return not failures and (settled is None or settled(obs))
             return bool(failures) or finished
 
-        if interval is None:
-            poll_until(within_s, probe)
-        else:
-            poll_until(within_s, probe, interval=interval)
+        poll_until(within_s, probe, interval=POLL_INTERVAL_S if interval is None else interval, wake=wake)
         return last[0]
 
     def _bound(self, within_s: float, message: SentMessage) -> float:
@@ -208,9 +210,9 @@ class StepRunner:
         if isinstance(step, DeliveryStep):
             settled = no_copy_pending if step.copies else None
             return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=True,
-                               settled=settled)
+                               settled=settled, wake=self.mail_events.get(step.host))
         return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=False,
-                           gone=self._nowhere(message))
+                           gone=self._nowhere(message), wake=self.mail_events.get(step.host))
 
     def _queued_anywhere(self, message: SentMessage) -> tuple[str, ...]:
         out = []
@@ -239,10 +241,11 @@ class StepRunner:
                     found.append(FoundDsn(m.path, str(why), dict(status.per_message), tuple(status.recipients)))
             return BounceObservation(step.host, step.mailbox, message.message_id, tuple(found), waited)
 
+        wake = self.mail_events.get(step.host)
         if isinstance(step, BounceStep):
-            return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=True)
+            return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=True, wake=wake)
         return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=False,
-                           gone=self._nowhere(message, bounces=True))
+                           gone=self._nowhere(message, bounces=True), wake=wake)
 
     # -- queues ----------------------------------------------------------------------------------------
     def queue_flush(self, index: int, step: Step) -> Observation:

@@ -1,0 +1,48 @@
+"""Mail arriving in a host's Maildirs, noticed as it is written: ``inotifywait -m -r /var/mail`` runs in
+the MTA's container (inotify-tools is in every MTA image) and every event it prints wakes whoever
+waits. The mailbox is still read by one archive call per look; the watch only ends the sleep between
+looks early, so a missed event (a directory created and written in the same instant) costs one poll
+interval, never a wrong verdict."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import docker
+from docker.errors import DockerException
+
+from harness.observe.maildir import MAIL_ROOT
+
+__all__ = ["MailWatch"]
+
+
+class MailWatch:
+    """Wakes ``changed`` on every file written or moved under the host's mail root."""
+
+    def __init__(self, client: docker.DockerClient, container_id: str, what: str) -> None:
+        self.changed = threading.Event()
+        self._client = client
+        self._container_id = container_id
+        self._what = what
+        self.running = False
+        self._thread = threading.Thread(target=self._follow, name=f"mailwatch-{what}", daemon=True)
+
+    def start(self) -> MailWatch:
+        self._thread.start()
+        return self
+
+    def _follow(self) -> None:
+        api = self._client.api
+        try:
+            exec_id = api.exec_create(self._container_id, ["inotifywait", "-q", "-m", "-r", "-e", "close_write",
+                                                           "-e", "moved_to", "--format", "%w%f", MAIL_ROOT],
+                                      stdout=True, stderr=False)["Id"]
+            stream = api.exec_start(exec_id, stream=True)
+        except DockerException:
+            return  # no watch: waits fall back to their poll interval
+        self.running = True
+        with contextlib.suppress(DockerException, OSError, ValueError):
+            for _chunk in stream:
+                self.changed.set()
+        self.running = False  # the container is gone (the topology was removed)
