@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             topology.destroy()
         except DockerException as exc:  # pragma: no cover - reported, the label still finds them
             print(f"cleanup failed: {exc}; remove with `harness down --run {topology.run_id}`", file=sys.stderr)
-    left = client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={topology.run_id}"})
+    left = client.containers.list(all=True, sparse=True, filters={"label": f"{RUN_LABEL}={topology.run_id}"})
     if left:
         print(f"left behind: {[c.name for c in left]}", file=sys.stderr)
         return 1

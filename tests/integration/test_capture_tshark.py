@@ -49,7 +49,7 @@ def setup(run_context: RunContext, engine: docker.DockerClient) -> Iterator[Setu
         yield Setup(topology, captures, names, time.time())
     finally:
         topology.destroy()
-        left = engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+        left = engine.containers.list(all=True, sparse=True, filters={"label": f"{RUN_LABEL}={run_id}"})
         assert not left, f"left behind: {[c.name for c in left]}"
 
 

@@ -139,7 +139,8 @@ steps:
 
 def _own_objects(client: docker.DockerClient, pid: int) -> int:
     label = f"{PID_LABEL}={pid}"
-    return (len(client.containers.list(all=True, filters={"label": label}))
+    # sparse: no inspect per container, which raises NotFound for one removed in between.
+    return (len(client.containers.list(all=True, sparse=True, filters={"label": label}))
             + len(client.networks.list(filters={"label": label})))
 
 
@@ -203,7 +204,7 @@ def test_up_then_down(engine: docker.DockerClient) -> None:
     finally:
         down = harness("down", "--run", run_id)
     assert down.returncode == 0, down.stderr
-    assert not engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+    assert not engine.containers.list(all=True, sparse=True, filters={"label": f"{RUN_LABEL}={run_id}"})
 
 
 def test_two_runs_at_once_do_not_collide(engine: docker.DockerClient, tmp_path: Path) -> None:
@@ -218,7 +219,7 @@ def test_two_runs_at_once_do_not_collide(engine: docker.DockerClient, tmp_path: 
     run_ids = {json.loads(out.read_text())["scenarios"][0]["run_id"] for out in outs}
     assert len(run_ids) == 2
     for run_id in run_ids:
-        assert not engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+        assert not engine.containers.list(all=True, sparse=True, filters={"label": f"{RUN_LABEL}={run_id}"})
 
 
 def test_keep_on_failure_keeps_the_topology_until_down(engine: docker.DockerClient, tmp_path: Path) -> None:
@@ -237,7 +238,7 @@ def test_keep_on_failure_keeps_the_topology_until_down(engine: docker.DockerClie
     finally:
         down = harness("down", "--run", run_id)
     assert down.returncode == 0, down.stderr
-    assert not engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+    assert not engine.containers.list(all=True, sparse=True, filters={"label": f"{RUN_LABEL}={run_id}"})
 
 
 REUSED_CONNECTION_WRONG = """\
