@@ -33,8 +33,8 @@ test: images ## run the project's tests (unit and real-container integration tes
 unit: $(STAMP) ## run only the unit tests (no Docker)
 	@$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-bench: images ## startup benchmark, as ratios: topology start per MTA, hop capture, decoder (bench/README.md)
-	@$(BIN)/python bench/startup.py $(BENCH_ARGS)
+bench: images ## the warm matrix (shared+parallel, fresh) against its floor, as ratios -> build/bench.json (bench/README.md)
+	@$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff and mypy --strict on harness/
 	@$(BIN)/ruff check harness tests
