@@ -37,7 +37,7 @@ from harness.scenario.model import Scenario
 from harness.shard import topology_key
 from harness.topology.images import ImageStore
 from harness.topology.labels import new_run_id, reap_abandoned, run_labels
-from harness.topology.topology import Topology, ZoneSetup, build_images, create_network, start_hosts
+from harness.topology.topology import Host, Topology, ZoneSetup, build_images, create_network, start_hosts
 from harness.verify import StepRunner
 
 KEEP_NEVER = "never"
@@ -102,7 +102,7 @@ class SharedTopology:
         self.run_id = new_run_id()
         self.keep_label = ctx.keep != KEEP_NEVER
         self.topology = bring_up(ctx, plan, run_id=self.run_id, keep_label=self.keep_label)
-        self.zones_conf = self._zones(plan).files.get("zones.conf")
+        self.served = dict(self._zones(plan).files)  # what the dns container serves now
         self.used = False
         try:
             mtas = [h for h in self.topology.hosts.values() if h.mta is not None]
@@ -125,23 +125,31 @@ class SharedTopology:
         return plan.zone_setup(addresses)
 
     def prepare(self, plan: ScenarioPlan) -> None:
-        """Make the topology as a fresh one would be for ``plan``'s scenario: MTAs reset, its zones served."""
+        """Make the topology as a fresh one would be for ``plan``'s scenario: MTAs reset, its zones served.
+        The MTAs' resets and the DNS update run side by side."""
         if not self.used:
             self.used = True  # bring_up served this scenario's zones and nothing has run yet
             return
         hosts = [h for h in self.topology.hosts.values() if h.mta is not None]
-        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-            list(pool.map(lambda h: DRIVERS[str(h.mta)].reset(HostCommands(h)), hosts))
+        with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
+            futures = [pool.submit(_reset, h) for h in hosts]
+            futures.append(pool.submit(self._serve, plan))
+            for future in futures:
+                future.result()
+
+    def _serve(self, plan: ScenarioPlan) -> None:
         zones = self._zones(plan)
+        if dict(zones.files) == self.served:
+            return  # the same records as the scenario before: nothing to reload
         dns = self.topology.hosts["dns"]
         dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in zones.files.items()})
-        if zones.files.get("zones.conf") != self.zones_conf:
+        if zones.files.get("zones.conf") != self.served.get("zones.conf"):
             # NSD takes new zones only at start: restart the dns container (same address).
-            self.zones_conf = zones.files.get("zones.conf")
             dns.container.get_wrapped_container().restart(timeout=2)
             wait_until_answering(dns.address, zones.probe_zone, timeout_s=DNS_READY_TIMEOUT_S)
         else:
             HostCommands(dns)(["dns-reload"])
+        self.served = dict(zones.files)
         self._records_served(plan)
 
     def _records_served(self, plan: ScenarioPlan) -> None:
@@ -164,6 +172,10 @@ class SharedTopology:
                                    f"`harness down --run {self.run_id}`")
             return
         self.topology.destroy()
+
+
+def _reset(host: Host) -> None:
+    DRIVERS[str(host.mta)].reset(HostCommands(host))
 
 
 def _verify(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mta: str) -> ScenarioResult:
