@@ -273,12 +273,16 @@ def cmd_images(args: argparse.Namespace, progress: Progress) -> int:
     from harness.topology.topology import build_images
 
     ctx = _context(args, progress)
-    for mta in available(ctx.compose_dir):
-        images = build_images(ctx.images, plan_scenario(None, ctx.compose_dir, mta=mta).topology)
+    built: dict[str, dict[str, str]] = {}
+    with ctx.images.parallel():  # independent images side by side; tags usable once the block is left
+        for mta in available(ctx.compose_dir):
+            built[mta] = build_images(ctx.images, plan_scenario(None, ctx.compose_dir, mta=mta).topology)
+        capture = ctx.images.image("capture") if (ctx.compose_dir / "capture" / "Dockerfile").is_file() else None
+    for mta, images in built.items():
         for role, tag in images.items():
             print(f"{mta:10} {role:8} {tag}")
-    if (ctx.compose_dir / "capture" / "Dockerfile").is_file():
-        print(f"{'':10} {'capture':8} {ctx.images.image('capture')}")
+    if capture is not None:
+        print(f"{'':10} {'capture':8} {capture}")
     return EXIT_OK
 
 

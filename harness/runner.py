@@ -287,11 +287,13 @@ def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
         pairs = [(s, m) for s in scenarios for m in implementations_for(s, mtas or [ctx.mta])]
     groups = groups_of(pairs, fresh=ctx.fresh)
     # Images first, in this thread: groups started side by side must not build the same image twice.
-    for group in groups:
-        scenario, mta = group[0]
-        build_images(ctx.images, plan_scenario(scenario, ctx.compose_dir, mta=mta).topology)
-    if groups:
-        ctx.images.image(CAPTURE_IMAGE)
+    # Independent ones build side by side.
+    with ctx.images.parallel():
+        for group in groups:
+            scenario, mta = group[0]
+            build_images(ctx.images, plan_scenario(scenario, ctx.compose_dir, mta=mta).topology)
+        if groups:
+            ctx.images.image(CAPTURE_IMAGE)
     lock = threading.Lock()
 
     def report(result: ScenarioResult) -> None:
