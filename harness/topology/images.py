@@ -47,15 +47,16 @@ _POOL_THREADS = 16
 
 
 def default_build_jobs() -> int:
-    """Measured on 2 cores (compose/README.md): 4 cold builds at once finish all five MTA-level images
-    in about half the time of one after the other; more only make each build slower."""
+    """2 x cores + 1, between 2 and 6: 5 on 2 cores, where all five MTA-level images at once took
+    48-60 s cold against 106-181 s one after the other; with 4 at once the fifth (often capture, the
+    longest) waited for a slot: 51-94 s; 3 at once: 66 s (compose/README.md)."""
     text = os.environ.get(BUILD_JOBS_ENV, "").strip()
     if text:
         try:
             return max(1, int(text))
         except ValueError:
             raise ImageBuildError(f"{BUILD_JOBS_ENV}={text!r} is not a number of builds") from None
-    return max(2, min(4, 2 * (os.cpu_count() or 1)))
+    return max(2, min(6, 2 * (os.cpu_count() or 1) + 1))
 
 
 class _DependencyFailed(ImageBuildError):
