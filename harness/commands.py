@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, UsageError
 from harness.expect.results import ERROR, FAILED, ScenarioResult
@@ -63,21 +64,10 @@ def cmd_schema(args: argparse.Namespace, progress: Progress) -> int:
 def cmd_run(args: argparse.Namespace, progress: Progress) -> int:
     from harness.runner import run_all
 
-    spec = _shard_spec(args)
-    scenarios = load_scenarios(args.paths)
-    if not scenarios:
-        raise UsageError("no scenario files found in " + ", ".join(str(p) for p in args.paths))
-    mtas = _selected_mtas(args, _compose_dir(args))
-    check_selection(scenarios, mtas, _how_selected(args))
-    if spec is not None:
-        scenarios = _apply_shard(scenarios, mtas, spec, progress)
-        if not scenarios:
-            _write_empty(args)
-            return EXIT_OK
-    ctx = _context(args, progress, keep=args.keep)
-    _pace(ctx, args)
-    progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}"
-                  f"{' (fresh topologies)' if ctx.fresh else ''}, {ctx.jobs} at a time")
+    prepared = _prepare_run(args, progress, keep=args.keep)
+    if prepared is None:
+        return EXIT_OK
+    ctx, scenarios, mtas = prepared
     results = run_all(ctx, scenarios, on_result=lambda r: print_result(r, sys.stdout), mtas=mtas)
     print()
     print(summary_table(results))
@@ -111,19 +101,10 @@ def cmd_matrix(args: argparse.Namespace, progress: Progress) -> int:
     else:
         from harness.runner import run_all
 
-        spec = _shard_spec(args)
-        scenarios = load_scenarios(args.paths)
-        mtas = _selected_mtas(args, _compose_dir(args))
-        check_selection(scenarios, mtas, _how_selected(args))
-        if spec is not None:
-            scenarios = _apply_shard(scenarios, mtas, spec, progress)
-            if not scenarios:
-                _write_empty(args)
-                return EXIT_OK
-        ctx = _context(args, progress)
-        _pace(ctx, args)
-        progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}"
-                      f"{' (fresh topologies)' if ctx.fresh else ''}, {ctx.jobs} at a time")
+        prepared = _prepare_run(args, progress)
+        if prepared is None:
+            return EXIT_OK
+        ctx, scenarios, mtas = prepared
         results = run_all(ctx, scenarios, on_result=lambda r: progress.line(
             f"{r.status.upper():6} {r.name} [{r.mta}] ({r.duration_s:.1f}s)"), mtas=mtas)
         if args.json:
@@ -208,11 +189,30 @@ def cmd_report(args: argparse.Namespace, progress: Progress) -> int:
     return _exit_code(results)
 
 
-def _pace(ctx, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+def _prepare_run(args: argparse.Namespace, progress: Progress, keep: str = "never"
+                 ) -> tuple[Any, list[Scenario], list[str]] | None:
+    """What `run` and `matrix` run: the scenarios (loaded and checked before the engine is touched), the
+    implementations, this shard's part of them, and a context paced by -j/--fresh. None: an empty shard,
+    whose (empty) results are already written."""
     from harness.runner import default_jobs
 
+    spec = _shard_spec(args)
+    scenarios = load_scenarios(args.paths)
+    if not scenarios:
+        raise UsageError("no scenario files found in " + ", ".join(str(p) for p in args.paths))
+    mtas = _selected_mtas(args, _compose_dir(args))
+    check_selection(scenarios, mtas, _how_selected(args))
+    if spec is not None:
+        scenarios = _apply_shard(scenarios, mtas, spec, progress)
+        if not scenarios:
+            _write_empty(args)
+            return None
+    ctx = _context(args, progress, keep=keep)
     ctx.fresh = bool(getattr(args, "fresh", False))
     ctx.jobs = getattr(args, "jobs", None) or default_jobs()
+    progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}"
+                  f"{' (fresh topologies)' if ctx.fresh else ''}, {ctx.jobs} at a time")
+    return ctx, scenarios, mtas
 
 
 def _exit_code(results: list[ScenarioResult]) -> int:

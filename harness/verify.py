@@ -36,7 +36,7 @@ from harness.observe.observations import (
     SessionObservation,
 )
 from harness.observe.polling import POLL_INTERVAL_S, poll_until
-from harness.observe.queue import find_queued, flush, queue_entries
+from harness.observe.queue import flush, queue_entries
 from harness.scenario.model import (
     BounceStep,
     DeliveryStep,
@@ -120,9 +120,22 @@ class StepRunner:
         }
         return observers[type(step)](index, step)
 
+    def _look_until(self, within_s: float, look: Callable[[float], _O], done: Callable[[_O], bool], *,
+                    interval: float = POLL_INTERVAL_S, wake: threading.Event | None = None) -> _O:
+        """Look until ``done`` holds for what was seen, or ``within_s`` has passed; the last observation."""
+        began = time.monotonic()
+        last: list[_O] = []
+
+        def probe() -> bool:
+            last[:] = [look(time.monotonic() - began)]
+            return done(last[0])
+
+        poll_until(within_s, probe, interval=interval, wake=wake)
+        return last[0]
+
     def _watch(self, index: int, step: Step, within_s: float, look: Callable[[float], _O], *,
                until_pass: bool, settled: Callable[[_O], bool] | None = None,
-               gone: Callable[[], bool] | None = None, interval: float | None = None,
+               gone: Callable[[], bool] | None = None, interval: float = POLL_INTERVAL_S,
                wake: threading.Event | None = None) -> _O:
         """Look until the step's verdict is known, or ``within_s`` has passed; the last observation.
 
@@ -130,35 +143,30 @@ class StepRunner:
         a negative one ("no ...") once its judge fails, or once ``gone`` says the outcome can no longer
         change (the message is in no queue of the topology any more). ``gone`` is asked before each look,
         so a copy delivered in between is still seen by that look."""
-        began = time.monotonic()
-        last: list[_O] = []
+        finished = [False]
 
-        def probe() -> bool:
-            finished = gone is not None and gone()
-            obs = look(time.monotonic() - began)
-            last[:] = [obs]
+        def look_after_gone(waited: float) -> _O:
+            finished[0] = gone is not None and gone()
+            return look(waited)
+
+        def done(obs: _O) -> bool:
             failures = judge(index, step, obs)
             if until_pass:
                 return not failures and (settled is None or settled(obs))
-            return bool(failures) or finished
+            return bool(failures) or finished[0]
 
-        poll_until(within_s, probe, interval=POLL_INTERVAL_S if interval is None else interval, wake=wake)
-        return last[0]
+        return self._look_until(within_s, look_after_gone, done, interval=interval, wake=wake)
 
-    def _bound(self, within_s: float, message: SentMessage) -> float:
+    def _bound(self, within_s: float, message: SentMessage | None) -> float:
         """A message the MTA refused (or never got) cannot be delivered, bounced, queued or relayed:
         steps about it are decided by one look, not by waiting out their bound."""
-        return 0.0 if message.refused else within_s
+        return 0.0 if message is not None and message.refused else within_s
 
     def _nowhere(self, message: SentMessage, *, bounces: bool = False) -> Callable[[], bool]:
         """True once neither the message (nor, with ``bounces``, a DSN about it) is queued anywhere."""
         def gone() -> bool:
-            for host in self._mta_hosts():
-                if find_queued(host, message.message_id):
-                    return False
-                if bounces and queue_entries(host, message, "bounce"):
-                    return False
-            return True
+            subjects = ("message", "bounce") if bounces else ("message",)
+            return not any(queue_entries(host, message, *subjects) for host in self._mta_hosts())
 
         return gone
 
@@ -217,7 +225,7 @@ class StepRunner:
     def _queued_anywhere(self, message: SentMessage) -> tuple[str, ...]:
         out = []
         for host in self._mta_hosts():
-            out += [f"{host.role} {q.summary()}" for q in find_queued(host, message.message_id)]
+            out += [f"{host.role} {q.summary()}" for q in queue_entries(host, message, "message")]
         return tuple(out)
 
     def _mta_hosts(self) -> list[Host]:
@@ -277,16 +285,7 @@ class StepRunner:
             # reply "not yet" given.
             return obs.matched_by is not None and obs.complete
 
-        began = time.monotonic()
-        last: list[HopObservation] = []
-
-        def probe() -> bool:
-            obs = look(time.monotonic() - began)
-            last[:] = [obs]
-            return settled(obs)
-
-        poll_until(self._bound(step.within_s, message) if message else step.within_s, probe, interval=HOP_POLL_S)
-        return last[0]
+        return self._look_until(self._bound(step.within_s, message), look, settled, interval=HOP_POLL_S)
 
     def no_connection(self, index: int, step: Step) -> Observation:
         assert isinstance(step, NoConnectionStep)
@@ -306,6 +305,6 @@ class StepRunner:
 
         message = self.sent[-1] if self.sent else None
         gone = self._nowhere(message) if message is not None else None
-        return self._watch(index, step, self._bound(step.within_s, message) if message else step.within_s, look,
-                           until_pass=False, gone=gone, interval=0.25)
+        return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=False, gone=gone,
+                           interval=0.25)
 

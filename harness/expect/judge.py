@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.expect.results import Failure
 from harness.expect.smtp import check_session, check_stages, recipients_in
+from harness.observe.dsn import unmatched_fields
 from harness.observe.maildir import header_value, split_message
 from harness.observe.observations import (
     BounceObservation,
@@ -117,32 +118,13 @@ def _bounce(index: int, step: BounceStep, obs: BounceObservation) -> list[Failur
                         f"{step.host} within {step.within_s:g} s", step.mark)]
     best: list[str] | None = None
     for dsn in obs.dsns:
-        missing = _unmatched(dsn.per_message, dsn.recipients, [(c.field, c.pattern) for c in step.checks])
+        missing = unmatched_fields(dsn.per_message, dsn.recipients, [(c.field, c.pattern) for c in step.checks])
         if not missing:
             return []
         if best is None or len(missing) < len(best):
             best = missing
     return [Failure(index, "bounce", None, expected,
                     f"DSN {obs.dsns[0].summary()} (not matching: {', '.join(best or [])})", step.mark)]
-
-
-def _unmatched(per_message: dict[str, str], recipients: tuple[dict[str, str], ...],
-               checks: list[tuple[str, str]]) -> list[str]:
-    """The checks no single recipient block satisfies together (a field missing there is looked up in
-    the per-message fields); [] = all hold."""
-    if not checks:
-        return []
-    message_fields = {k.lower(): v for k, v in per_message.items()}
-    best: list[str] | None = None
-    for block in recipients or ({},):
-        fields = {**message_fields, **{k.lower(): v for k, v in block.items()}}
-        failed = [f"{name} /{pattern}/" for name, pattern in checks
-                  if re.search(pattern, fields.get(name.lower(), "")) is None]
-        if not failed:
-            return []
-        if best is None or len(failed) < len(best):
-            best = failed
-    return best or []
 
 
 def _no_bounce(index: int, step: NoBounceStep, obs: BounceObservation) -> list[Failure]:

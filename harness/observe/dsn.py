@@ -15,7 +15,7 @@ What a DSN is about is read from the parts beside its delivery-status part: the 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import Message
@@ -236,14 +236,20 @@ def parse_dsn(raw: bytes) -> DeliveryStatus | None:
 
 
 def unmatched_checks(status: DeliveryStatus, checks: list[tuple[str, str]]) -> list[str]:
+    """The checks (field, regex) that no single recipient block satisfies together; [] = all hold."""
+    return unmatched_fields(status.per_message, status.recipients, checks)
+
+
+def unmatched_fields(per_message: Mapping[str, str], recipients: Sequence[Mapping[str, str]],
+                     checks: list[tuple[str, str]]) -> list[str]:
     """The checks (field, regex) that no single recipient block satisfies together; [] = all hold.
     A field absent from the recipient block is looked up in the per-message fields."""
     if not checks:
         return []
-    per_message = {k.lower(): v for k, v in status.per_message.items()}
+    message_fields = {k.lower(): v for k, v in per_message.items()}
     best: list[str] | None = None
-    for block in status.recipients or ({},):
-        fields = {**per_message, **{k.lower(): v for k, v in block.items()}}
+    for block in recipients or ({},):
+        fields = {**message_fields, **{k.lower(): v for k, v in block.items()}}
         failed = [f"{name} /{pattern}/" for name, pattern in checks
                   if re.search(pattern, fields.get(name.lower(), "")) is None]
         if not failed:

@@ -11,7 +11,7 @@ from harness.observe.maildir import same_message_id
 from harness.observe.observations import QueuedMessage, SentMessage
 from harness.topology.topology import Host
 
-__all__ = ["find_queued", "flush", "is_bounce_about", "queue_entries"]
+__all__ = ["flush", "is_bounce_about", "queue_entries"]
 
 
 class HostCommands:
@@ -43,10 +43,6 @@ def flush(host: Host) -> None:
     _driver(host).flush(HostCommands(host))
 
 
-def find_queued(host: Host, message_id: str) -> list[QueuedMessage]:
-    return [m for m in _driver(host).queued(HostCommands(host)) if same_message_id(m.message_id, message_id)]
-
-
 def is_bounce_about(entry: QueuedMessage, message: SentMessage) -> bool:
     """A queued DSN about ``message``: a null reverse-path, and the message's Message-ID in its returned
     headers (or, when the MTA returned none, addressed to the message's sender)."""
@@ -57,9 +53,11 @@ def is_bounce_about(entry: QueuedMessage, message: SentMessage) -> bool:
     return not entry.mentions and any(r.lower() == message.mail_from.lower() for r in entry.recipients)
 
 
-def queue_entries(host: Host, message: SentMessage, of: str) -> list[QueuedMessage]:
-    """The entries of ``host``'s queue that are ``message`` (of="message") or a DSN about it ("bounce")."""
-    entries = _driver(host).queued(HostCommands(host))
-    if of == "bounce":
-        return [m for m in entries if is_bounce_about(m, message)]
-    return [m for m in entries if same_message_id(m.message_id, message.message_id)]
+def queue_entries(host: Host, message: SentMessage, *of: str) -> list[QueuedMessage]:
+    """The entries of ``host``'s queue (one listing) that are ``message`` (of "message") or a DSN about
+    it ("bounce")."""
+    def wanted(entry: QueuedMessage) -> bool:
+        return (("message" in of and same_message_id(entry.message_id, message.message_id))
+                or ("bounce" in of and is_bounce_about(entry, message)))
+
+    return [m for m in _driver(host).queued(HostCommands(host)) if wanted(m)]
