@@ -253,12 +253,11 @@ def run_scenario(ctx: RunContext, scenario: Scenario, mta: str | None = None) ->
 def _add_hop_exchanges(result: ScenarioResult, hops: CapturedHops) -> None:
     """Every hop's exchanges join the client's, as one timeline."""
     try:
-        sessions = hops.sessions()
+        timeline = hops.timeline()
     except HarnessError as exc:
         result.error = (result.error + "\n" if result.error else "") + f"hop capture unreadable: {exc}"
         return
-    own = list(result.exchanges)
-    merged = own + [e for t in sessions for e in t.exchanges]
+    merged = list(result.exchanges) + timeline
     result.exchanges = sorted(merged, key=lambda e: e.at_s)
 
 

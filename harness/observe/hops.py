@@ -12,7 +12,7 @@ from harness.observe.capture import HopCapture
 from harness.observe.observations import ConnectionAttempt
 from harness.observe.smtpstream import decode_connections, merge_captures
 from harness.observe.tcpflows import Connection
-from harness.smtp.transcript import Transcript
+from harness.smtp.transcript import Exchange, Transcript
 
 
 class CapturedHops:
@@ -38,6 +38,19 @@ class CapturedHops:
         # The harness's own client sessions are recorded by the client itself, reply for reply.
         return decode_connections(active, names=self._names, start_wall=self._start_wall,
                                   exclude_sources=[self._client])
+
+    def timeline(self) -> list[Exchange]:
+        """The window's exchanges on every hop, for the scenario's report. A connection opened in an
+        earlier scenario (an idle OpenSMTPD relay->mx session) shows only the transactions it carried in
+        this window: its QUIT or an earlier scenario's delivery is not this scenario's traffic."""
+        out: list[Exchange] = []
+        for transcript in self.sessions():
+            exchanges = transcript.exchanges
+            if exchanges and exchanges[0].at_s < 0:
+                first = next((i for i, e in enumerate(exchanges) if e.command == "MAIL" and e.at_s >= 0), None)
+                exchanges = [] if first is None else exchanges[first:]
+            out.extend(exchanges)
+        return out
 
     def attempts(self) -> list[ConnectionAttempt]:
         out = []

@@ -17,6 +17,7 @@ from typing import Any
 import dpkt  # type: ignore[import-untyped]
 import pytest
 
+from harness.observe.hops import CapturedHops
 from harness.observe.smtpstream import TLS_TEXT, UNSOLICITED, connections, decode_sessions, merge_captures
 from harness.observe.tcpflows import PcapError, read_segments
 from harness.smtp.transcript import Transcript
@@ -528,3 +529,36 @@ def test_message_or_chunk_cut_off_by_the_end_of_the_connection() -> None:
     ex = synthetic(chunk)[0].exchanges
     assert [(e.command, e.sent, e.code, e.text) for e in ex[-1:]] == [
         ("BDAT", "BDAT 100 LAST", None, "connection closed (before the whole chunk was sent)")]
+
+
+# -- a scenario's window on a shared topology ---------------------------------------------------------
+
+class _FixtureCapture:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read_pcap(self) -> bytes:
+        return self.data
+
+
+def _window(start_wall: float) -> CapturedHops:
+    captures = {"mx": _FixtureCapture(pcap("relay_mx_pipelined", "mx"))}
+    return CapturedHops(captures, NAMES, client_address=GATEWAY, start_wall=start_wall)  # type: ignore[arg-type]
+
+
+def test_timeline_shows_an_earlier_connection_only_for_transactions_in_the_window() -> None:
+    session = decode(pcap("relay_mx_pipelined", "mx"), "relay_mx_pipelined")[0].exchanges
+    start = MANIFEST["cases"]["relay_mx_pipelined"]["start_wall"]
+    at = {e.command: start + e.at_s for e in session}
+    # The window opens before the connection: all of it is this scenario's.
+    assert [e.command for e in _window(start).timeline()] == [e.command for e in session]
+    # Opened in an earlier scenario, its transaction in this one: from MAIL on.
+    assert [e.command for e in _window(at["EHLO"] + 1e-6).timeline()] == [
+        "MAIL", "RCPT", "RCPT", "DATA", "END-OF-DATA", "QUIT"]
+    # Only its QUIT falls in the window (an idle session closing): not this scenario's traffic, although
+    # the hop matcher still sees the connection.
+    late = _window(at["END-OF-DATA"] + 1e-6)
+    assert late.timeline() == []
+    assert [t.hop for t in late.sessions()] == ["relay->mx"]
+    # Closed before the window: nothing at all.
+    assert _window(at["QUIT"] + 10).sessions() == []
