@@ -23,10 +23,10 @@ from pathlib import Path
 import docker
 
 from harness.dns.preflight import check_records, wait_until_answering
-from harness.errors import DnsPreflightError, HarnessError
+from harness.errors import DnsPreflightError, HarnessError, InfrastructureError
 from harness.expect.results import ERROR, FAILED, PASSED, ScenarioResult
 from harness.mta import DRIVERS
-from harness.observe.capture import CAPTURE_IMAGE, start_captures
+from harness.observe.capture import CAPTURE_IMAGE, HopCapture, start_captures
 from harness.observe.hops import CapturedHops
 from harness.observe.mailwatch import MailWatch
 from harness.observe.polling import CANCELLED, poll_until
@@ -37,7 +37,18 @@ from harness.scenario.model import Scenario
 from harness.shard import topology_key
 from harness.topology.images import ImageStore
 from harness.topology.labels import new_run_id, reap_abandoned, run_labels
-from harness.topology.topology import Host, Topology, ZoneSetup, build_images, create_network, start_hosts
+from harness.topology.topology import (
+    Host,
+    HostPlan,
+    Topology,
+    ZoneSetup,
+    build_images,
+    create_network,
+    plan_addresses,
+    remove_role,
+    start_hosts,
+    start_roles,
+)
 from harness.verify import StepRunner
 
 KEEP_NEVER = "never"
@@ -104,19 +115,69 @@ class SharedTopology:
         self.topology = bring_up(ctx, plan, run_id=self.run_id, keep_label=self.keep_label)
         self.served = dict(self._zones(plan).files)  # what the dns container serves now
         self.used = False
+        # What each MTA role runs now; a scenario whose roles differ gets just those roles replaced.
+        self.running = self._wanted(plan)
+        # Roles that did not start, (role, plan, address), with the scenario that reported it.
+        self.failed: list[tuple[tuple[str, HostPlan, str], str]] = []
+        self.captures: dict[str, HopCapture] = {}
+        self.mail_events: dict[str, threading.Event] = {}
         try:
-            mtas = [h for h in self.topology.hosts.values() if h.mta is not None]
-            captures = start_captures(mtas, ctx.images.image(CAPTURE_IMAGE),
-                                      run_labels(self.run_id, keep=self.keep_label))
+            self._observe([h for h in self.topology.hosts.values() if h.mta is not None])
         except BaseException:
             self.topology.destroy()
             raise
+
+    def _wanted(self, plan: ScenarioPlan) -> dict[str, tuple[HostPlan, str]]:
+        addresses = plan_addresses(plan.topology, self.topology.subnet)
+        return {h.role: (h, addresses[h.role]) for h in plan.topology.hosts if h.mta is not None}
+
+    def _observe(self, hosts: Sequence[Host]) -> None:
+        """Capture companions and mail watches for ``hosts`` (just started); the hop view over all."""
+        self.captures.update(start_captures(hosts, self.ctx.images.image(CAPTURE_IMAGE),
+                                            run_labels(self.run_id, keep=self.keep_label)))
         # Deliveries noticed as they are written, not at the next poll.
-        self.mail_events = {h.role: MailWatch(ctx.client, h.container_id, h.role).start().changed for h in mtas}
+        for h in hosts:
+            self.mail_events[h.role] = MailWatch(self.ctx.client, h.container_id, h.role).start().changed
         names = {h.address: h.role for h in self.topology.hosts.values()}
         if self.topology.unreachable is not None:
             names[self.topology.unreachable] = "unreachable"
-        self.hops = CapturedHops(captures, names, client_address=self.topology.gateway, start_wall=time.time())
+        self.hops = CapturedHops(dict(self.captures), names, client_address=self.topology.gateway,
+                                 start_wall=time.time())
+
+    def _swap(self, plan: ScenarioPlan, label: str) -> set[str]:
+        """Replace the roles whose configuration (image, settings, implementation, address) differs from
+        what ``plan`` needs, remove roles it does not have, start those it adds: the rest keep running.
+        Returns the roles started afresh. A role that could not start is reported once; a later scenario
+        needing the same role fails at once, referring to that report."""
+        wanted = self._wanted(plan)
+        stale = [r for r, v in self.running.items() if wanted.get(r) != v]
+        new = [r for r, v in wanted.items() if self.running.get(r) != v]
+        for role in new:
+            earlier = [label for key, label in self.failed if key == (role, *wanted[role])]
+            if earlier:
+                raise InfrastructureError(f"{role} did not start (reported with {earlier[0]})")
+        if not stale and not new:
+            return set()
+        for role in stale:
+            capture = self.captures.pop(role, None)
+            if capture is not None:
+                capture.remove()
+            self.mail_events.pop(role, None)
+            remove_role(self.topology, role)
+            del self.running[role]
+        images = build_images(self.ctx.images, plan.topology)
+        hosts = [wanted[r][0] for r in new]
+        try:
+            start_roles(self.topology, hosts, images, {r: wanted[r][1] for r in new})
+        except BaseException as exc:
+            for role in new:
+                if isinstance(exc, HarnessError):
+                    self.failed.append(((role, *wanted[role]), label))
+                remove_role(self.topology, role)
+            raise
+        self.running.update({r: wanted[r] for r in new})
+        self._observe([self.topology.hosts[r] for r in new])
+        return set(new)
 
     def _zones(self, plan: ScenarioPlan) -> ZoneSetup:
         addresses = {role: host.address for role, host in self.topology.hosts.items()}
@@ -124,13 +185,15 @@ class SharedTopology:
             addresses["unreachable"] = self.topology.unreachable
         return plan.zone_setup(addresses)
 
-    def prepare(self, plan: ScenarioPlan) -> None:
-        """Make the topology as a fresh one would be for ``plan``'s scenario: MTAs reset, its zones served.
-        The MTAs' resets and the DNS update run side by side."""
+    def prepare(self, plan: ScenarioPlan, label: str = "an earlier scenario") -> None:
+        """Make the topology as a fresh one would be for ``plan``'s scenario: roles it configures
+        differently replaced, the other MTAs reset, its zones served. The MTAs' resets and the DNS update
+        run side by side. ``label`` names the scenario in a start failure that later ones refer to."""
         if not self.used:
             self.used = True  # bring_up served this scenario's zones and nothing has run yet
             return
-        hosts = [h for h in self.topology.hosts.values() if h.mta is not None]
+        started = self._swap(plan, label)
+        hosts = [h for h in self.topology.hosts.values() if h.mta is not None and h.role not in started]
         with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
             futures = [pool.submit(_reset, h) for h in hosts]
             futures.append(pool.submit(self._serve, plan))
@@ -221,7 +284,7 @@ def run_group(ctx: RunContext, items: Sequence[tuple[Scenario, str]],
                 plan = plan_scenario(scenario, ctx.compose_dir, mta=mta)
                 if shared is None:
                     shared = SharedTopology(ctx, plan)
-                shared.prepare(plan)
+                shared.prepare(plan, f"{scenario.path} [{mta}]")
             except HarnessError as exc:
                 failed = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, status=ERROR,
                                         error=str(exc), duration_s=time.monotonic() - began)
@@ -265,14 +328,31 @@ def _keep(keep: str, status: str) -> bool:
     return keep == KEEP_ALWAYS or (keep == KEEP_ON_FAILURE and status != PASSED)
 
 
-def groups_of(pairs: Sequence[tuple[Scenario, str]], *, fresh: bool) -> list[list[tuple[Scenario, str]]]:
-    """Pairs sharing a topology key, in the order their first pair appears; each pair alone when fresh."""
+def groups_of(pairs: Sequence[tuple[Scenario, str]], *, fresh: bool, jobs: int = 1
+              ) -> list[list[tuple[Scenario, str]]]:
+    """The topologies to run and their scenarios, in order. One topology per implementation under
+    test: a scenario that configures a role differently gets just that role replaced
+    (``SharedTopology._swap``), a container start instead of a topology's. Within one, pairs of one
+    ``topology_key`` (a *variant*) run one after another, in the order their first pair appears, so
+    each variant starts once. When ``jobs`` allows more topologies than implementations, an
+    implementation's variants are dealt to several topologies of it (whole variants, the largest
+    first, to the one with the fewest pairs), so they run side by side. Each pair alone when fresh."""
     if fresh:
-        return [[p] for p in pairs]
-    groups: dict[tuple[object, ...], list[tuple[Scenario, str]]] = {}
+        return [[pair] for pair in pairs]
+    by_mta: dict[str, dict[object, list[tuple[Scenario, str]]]] = {}
     for scenario, mta in pairs:
-        groups.setdefault(topology_key(scenario, mta), []).append((scenario, mta))
-    return list(groups.values())
+        by_mta.setdefault(mta, {}).setdefault(topology_key(scenario, mta), []).append((scenario, mta))
+    per_mta = max(1, jobs // max(1, len(by_mta)))
+    groups: list[list[tuple[Scenario, str]]] = []
+    for variants in by_mta.values():
+        parts: list[list[list[tuple[Scenario, str]]]] = [[] for _ in range(min(per_mta, len(variants)))]
+        for variant in sorted(variants.values(), key=len, reverse=True):
+            min(parts, key=lambda p: sum(map(len, p))).append(variant)
+        order = list(variants.values())
+        for part in parts:
+            part.sort(key=lambda v: order.index(v))
+            groups.append([pair for variant in part for pair in variant])
+    return groups
 
 
 def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
@@ -284,12 +364,12 @@ def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
     ctx.reap()
     if pairs is None:
         pairs = [(s, m) for s in scenarios for m in implementations_for(s, mtas or [ctx.mta])]
-    groups = groups_of(pairs, fresh=ctx.fresh)
+    groups = groups_of(pairs, fresh=ctx.fresh, jobs=ctx.jobs)
     # Images first, in this thread: groups started side by side must not build the same image twice.
     # Independent ones build side by side.
     with ctx.images.parallel():
-        for group in groups:
-            scenario, mta = group[0]
+        variants = {topology_key(s, m): (s, m) for s, m in reversed(pairs)}
+        for scenario, mta in variants.values():
             build_images(ctx.images, plan_scenario(scenario, ctx.compose_dir, mta=mta).topology)
         if groups:
             ctx.images.image(CAPTURE_IMAGE)

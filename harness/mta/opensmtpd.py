@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, gone_or, mentions, own_message_id
+from harness.mta.base import CommandRunner, MtaDriver, gone_or, mentions, own_message_id
 from harness.observe.observations import QueuedMessage
 
 
@@ -38,9 +38,7 @@ class OpenSmtpd(MtaDriver):
         return found
 
     def reset(self, run: CommandRunner) -> None:
-        # Every envelope removed; every route the scheduler disabled after a failure (a 521 host's route
-        # is disabled for 15 s) resumed, so the next scenario's first attempt really connects.
-        run(["sh", "-c", "smtpctl remove all >/dev/null 2>&1; "
-             "for r in $(smtpctl show routes 2>/dev/null | awk '{print $1}' | tr -d '.'); do "
-             "smtpctl resume route \"$r\" >/dev/null 2>&1; done; "
-             f"{EMPTY_MAILDIRS}"])
+        # A new smtpd with an empty spool (compose/opensmtpd/mta-reset): only a restart forgets the
+        # routes disabled after a failure, the idle relay->mx session it keeps 10 s for more mail, and
+        # the 3-5 s it waits before reconnecting to a route; smtpctl can clear none of these.
+        run(["mta-reset"])

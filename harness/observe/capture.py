@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import io
 import tarfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+import docker
 from docker.errors import DockerException, NotFound
 from testcontainers.core.container import DockerContainer
 
@@ -42,6 +44,46 @@ class CaptureError(InfrastructureError):
     """A capture companion could not be started or read."""
 
 
+class PcapFollower:
+    """The capture file as tcpdump writes it, streamed by one ``tail -c +1 -F`` exec for the
+    companion's whole life. Why: a scenario reads the capture many times (every hop look, every
+    connection check); an archive call per read makes the engine spawn a docker-tar process each
+    time, which on two cores was most of a run's CPU. The copy trails the file by the stream's few
+    milliseconds, like any read of a file tcpdump is still writing."""
+
+    def __init__(self, client: docker.DockerClient, container_id: str, what: str) -> None:
+        self._client = client
+        self._container_id = container_id
+        self._data = bytearray()
+        self._lock = threading.Lock()
+        self._running = False
+        self._thread = threading.Thread(target=self._follow, name=f"pcap-{what}", daemon=True)
+
+    def start(self) -> PcapFollower:
+        api = self._client.api
+        try:
+            exec_id = api.exec_create(self._container_id, ["tail", "-c", "+1", "-F", CAPTURE_FILE],
+                                      stdout=True, stderr=False)["Id"]
+            self._stream = api.exec_start(exec_id, stream=True)
+        except DockerException:
+            return self  # no follower: reads fall back to an archive call each
+        self._running = True
+        self._thread.start()
+        return self
+
+    def _follow(self) -> None:
+        with contextlib.suppress(DockerException, OSError, ValueError):
+            for chunk in self._stream:
+                with self._lock:
+                    self._data += chunk
+        self._running = False  # the companion is gone
+
+    def snapshot(self) -> bytes | None:
+        """Everything streamed so far; None once the stream ended (the companion stopped)."""
+        with self._lock:
+            return bytes(self._data) if self._running else None
+
+
 class HopCapture:
     """The capture companion of one MTA container."""
 
@@ -64,6 +106,7 @@ class HopCapture:
             )
         )
         self.listening_after_s: float | None = None
+        self._follower: PcapFollower | None = None
 
     @property
     def container_id(self) -> str:
@@ -93,6 +136,7 @@ class HopCapture:
                 log = bytes(wrapped.logs(stdout=True, stderr=True)).decode("utf-8", "replace")
                 if LISTENING in log:
                     self.listening_after_s = time.monotonic() - started
+                    self._follower = PcapFollower(wrapped.client, str(wrapped.id), self.host.role).start()
                     return self.listening_after_s
                 wrapped.reload()
                 status = wrapped.status
@@ -111,7 +155,12 @@ class HopCapture:
 
     def read_pcap(self) -> bytes:
         """The capture file as it is now (complete up to the last packet written; works while running
-        and after the companion stopped)."""
+        and after the companion stopped). While the companion runs, from the follower's copy (no Docker
+        call); else, or if the follower could not start, by one archive call."""
+        if self._follower is not None:
+            data = self._follower.snapshot()
+            if data is not None:
+                return data
         try:
             stream, _ = self.container.get_wrapped_container().get_archive(CAPTURE_FILE)
             data = b"".join(stream)

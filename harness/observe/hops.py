@@ -6,6 +6,8 @@ a scenario sees only the connections opened since it began (``start_wall``), num
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
 
 from harness.observe.capture import HopCapture
@@ -15,29 +17,53 @@ from harness.observe.tcpflows import Connection
 from harness.smtp.transcript import Exchange, Transcript
 
 
+class _ParsedCaptures:
+    """The captures' connections, parsed again only when a capture grew: waits look many times while
+    nothing crosses the wire, and a shared topology's captures keep growing across scenarios."""
+
+    def __init__(self, captures: Mapping[str, HopCapture]) -> None:
+        self._captures = captures
+        self._lock = threading.Lock()
+        self._sizes: tuple[int, ...] | None = None
+        self._connections: list[Connection] = []
+
+    def connections(self) -> list[Connection]:
+        data = [c.read_pcap() for c in self._captures.values()]
+        sizes = tuple(len(d) for d in data)
+        with self._lock:
+            if sizes != self._sizes:
+                self._connections, self._sizes = merge_captures(data), sizes
+            return list(self._connections)
+
+
 class CapturedHops:
     def __init__(self, captures: Mapping[str, HopCapture], names: Mapping[str, str], *, client_address: str,
-                 start_wall: float) -> None:
+                 start_wall: float, parsed: _ParsedCaptures | None = None) -> None:
         self._captures = captures
+        self._parsed = parsed or _ParsedCaptures(captures)
         self._names = dict(names)
         self._client = client_address
         self._start_wall = start_wall
 
     def since(self, start_wall: float) -> CapturedHops:
         """The same captures, seen from ``start_wall`` on (the next scenario's window)."""
-        return CapturedHops(self._captures, self._names, client_address=self._client, start_wall=start_wall)
+        return CapturedHops(self._captures, self._names, client_address=self._client, start_wall=start_wall,
+                            parsed=self._parsed)
 
     def _connections(self) -> list[Connection]:
-        return merge_captures([c.read_pcap() for c in self._captures.values()])
+        return self._parsed.connections()
 
     def sessions(self) -> list[Transcript]:
         # Connections active in the window: an MTA may carry this scenario's message over a connection it
         # opened during an earlier one (OpenSMTPD keeps relay->mx sessions open); the message, not the
         # connection, is what a hop step matches, so an old connection's earlier transactions never do.
-        active = [c for c in self._connections() if c.last_ts >= self._start_wall]
+        connections = self._connections()
+        # A SYN sent just before this read may still be answered: it counts as an attempt in progress.
+        read_wall = time.time()
+        active = [c for c in connections if c.last_ts >= self._start_wall]
         # The harness's own client sessions are recorded by the client itself, reply for reply.
         return decode_connections(active, names=self._names, start_wall=self._start_wall,
-                                  exclude_sources=[self._client])
+                                  exclude_sources=[self._client], read_wall=read_wall)
 
     def timeline(self) -> list[Exchange]:
         """The window's exchanges on every hop, for the scenario's report. A connection opened in an

@@ -25,6 +25,9 @@ from harness.smtp.transcript import PENDING_TEXT, Exchange, Transcript
 __all__ = ["TLS_TEXT", "connections", "decode_connections", "decode_session", "decode_sessions", "merge_captures"]
 
 TLS_TEXT = "TLS started: the rest of the session is encrypted"
+# On one bridge a SYN-ACK comes within milliseconds; Linux resends an unanswered SYN after 1 s. A SYN
+# younger than this when the capture was read is an attempt in progress, not one nobody answered.
+SYN_ANSWER_S = 1.0
 NOT_DECODED_TEXT = "capture started after the connection was opened: not decoded"
 UNSOLICITED = "UNSOLICITED"  # a reply that came before any command could have asked for it
 
@@ -67,7 +70,7 @@ def decode_sessions(pcap: bytes | Iterable[bytes], *, names: Mapping[str, str], 
 
 
 def decode_connections(conns: Iterable[Connection], *, names: Mapping[str, str], start_wall: float,
-                       exclude_sources: Collection[str] = ()) -> list[Transcript]:
+                       exclude_sources: Collection[str] = (), read_wall: float | None = None) -> list[Transcript]:
     excluded = set(exclude_sources)
     numbers: dict[str, int] = {}
     transcripts = []
@@ -76,7 +79,8 @@ def decode_connections(conns: Iterable[Connection], *, names: Mapping[str, str],
             continue
         hop = f"{names.get(conn.src, conn.src)}->{names.get(conn.dst, conn.dst)}"
         numbers[hop] = numbers.get(hop, 0) + 1
-        transcripts.append(decode_session(conn, hop=hop, session=numbers[hop], start_wall=start_wall))
+        transcripts.append(decode_session(conn, hop=hop, session=numbers[hop], start_wall=start_wall,
+                                          read_wall=read_wall))
     return transcripts
 
 
@@ -319,8 +323,20 @@ class _Session:
             self.exchanges[-1] = replace(self.exchanges[-1], message_id=message_id)
 
 
-def decode_session(conn: Connection, *, hop: str, session: int, start_wall: float) -> Transcript:
+def _attempt_in_progress(conn: Connection, read_wall: float | None) -> bool:
+    """A SYN sent so recently that its SYN-ACK may still come (``read_wall``: when the capture was read;
+    None: a finished capture, e.g. a recorded one)."""
+    return conn.syn_only and read_wall is not None and read_wall - conn.last_ts < SYN_ANSWER_S
+
+
+def decode_session(conn: Connection, *, hop: str, session: int, start_wall: float,
+                   read_wall: float | None = None) -> Transcript:
     """One connection's SMTP exchanges."""
+    if _attempt_in_progress(conn, read_wall):
+        pending = Exchange(hop=hop, session=session, command="CONNECT", sent=None, code=None, enhanced=None,
+                           text=f"{PENDING_TEXT}: the connection attempt is in progress",
+                           at_s=conn.first_ts - start_wall)
+        return Transcript(hop=hop, session=session, exchanges=[pending], closed=False)
     # Over for the server too: reset, refused, never answered, or the server closed its side. A client's
     # FIN alone does not end what the server still has to say.
     closed = conn.end == "rst" or conn.syn_only or conn.refused or conn.server.fin_ts is not None

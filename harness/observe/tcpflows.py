@@ -388,10 +388,15 @@ def merge_connections(captures: Sequence[Sequence[Connection]]) -> list[Connecti
     late or dropped packets loses), the earlier capture in ``captures`` on a tie.
     """
     chosen: list[Connection] = []
+    # Candidates by 4-tuple: a long-lived shared topology's captures hold hundreds of connections.
+    by_tuple: dict[tuple[str, int, str, int], list[int]] = {}
     for capture in captures:
         for conn in capture:
-            same = next((i for i, c in enumerate(chosen) if _same_connection(c, conn)), None)
+            key = (conn.src, conn.sport, conn.dst, conn.dport)
+            candidates = by_tuple.setdefault(key, [])
+            same = next((i for i in candidates if _same_connection(chosen[i], conn)), None)
             if same is None:
+                candidates.append(len(chosen))
                 chosen.append(conn)
             elif conn.payload_bytes > chosen[same].payload_bytes:
                 chosen[same] = conn

@@ -9,7 +9,7 @@ import ipaddress
 import random
 import tarfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,31 +324,54 @@ def start_hosts(
         wait_dns(addresses[DNS_ROLE], zones.probe_zone)
 
         mtas = [h for h in plan.hosts if h.role != DNS_ROLE]
-        started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=addresses[DNS_ROLE])
-                   for h in mtas]
-        for host in started:
-            topology.hosts[host.role] = host
-
-        def start_one(host: Host) -> float:
-            host.container.start()
-            plan_host = next(h for h in mtas if h.role == host.role)
-            assert plan_host.mta is not None
-            # The container's state is watched too: one that exits while starting (a configuration the
-            # MTA refuses) is reported at once with its exit code and last log lines, not after the bound.
-            return wait_for_greeting(host.address, plan_host.mta.ready_code(plan_host.base_role),
-                                     what=f"{host.role} ({host.hostname})", timeout_s=READY_TIMEOUT_S,
-                                     logs=lambda: host.logs(tail=20),
-                                     container=host.container.get_wrapped_container())
-
         t0 = time.monotonic()
-        with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
-            list(pool.map(start_one, started))
-        progress.line(f"run {topology.run_id}: {len(started)} MTAs greeting after {time.monotonic() - t0:.1f}s")
+        start_roles(topology, mtas, images, addresses)
+        progress.line(f"run {topology.run_id}: {len(mtas)} MTAs greeting after {time.monotonic() - t0:.1f}s")
         return topology
     except BaseException:
         with contextlib.suppress(InfrastructureError):
             topology.destroy()
         raise
+
+
+def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[str, str],
+                addresses: Mapping[str, str]) -> None:
+    """Start MTA roles on the running topology's network, side by side, and wait for their greetings.
+    Each joins ``topology.hosts`` as soon as it is created, so a failure leaves nothing untracked."""
+    labels = run_labels(topology.run_id, keep=topology.kept)
+    network = topology.network
+    assert network is not None, "create_network() first"
+    dns = topology.address(DNS_ROLE)
+    started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=dns) for h in hosts]
+    for host in started:
+        topology.hosts[host.role] = host
+
+    def start_one(pair: tuple[Host, HostPlan]) -> float:
+        host, plan_host = pair
+        host.container.start()
+        assert plan_host.mta is not None
+        # The container's state is watched too: one that exits while starting (a configuration the
+        # MTA refuses) is reported at once with its exit code and last log lines, not after the bound.
+        return wait_for_greeting(host.address, plan_host.mta.ready_code(plan_host.base_role),
+                                 what=f"{host.role} ({host.hostname})", timeout_s=READY_TIMEOUT_S,
+                                 logs=lambda: host.logs(tail=20),
+                                 container=host.container.get_wrapped_container())
+
+    with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
+        list(pool.map(start_one, zip(started, hosts, strict=True)))
+
+
+def remove_role(topology: Topology, role: str) -> None:
+    """Stop and remove one role's container (its address is free again at once)."""
+    host = topology.hosts.pop(role, None)
+    if host is None:
+        return
+    try:
+        host.container.get_wrapped_container().remove(force=True)
+    except NotFound:
+        pass
+    except DockerException as exc:
+        raise InfrastructureError(f"could not remove {role} of run {topology.run_id}: {exc}") from exc
 
 
 def _container(network: Network, plan: HostPlan, image: str, address: str, labels: dict[str, str],

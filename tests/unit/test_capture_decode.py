@@ -18,7 +18,15 @@ import dpkt  # type: ignore[import-untyped]
 import pytest
 
 from harness.observe.hops import CapturedHops
-from harness.observe.smtpstream import TLS_TEXT, UNSOLICITED, connections, decode_sessions, merge_captures
+from harness.observe.smtpstream import (
+    SYN_ANSWER_S,
+    TLS_TEXT,
+    UNSOLICITED,
+    connections,
+    decode_session,
+    decode_sessions,
+    merge_captures,
+)
 from harness.observe.tcpflows import PcapError, read_segments
 from harness.smtp.transcript import Transcript
 
@@ -213,6 +221,19 @@ def test_attempts_that_never_got_an_answer_are_visible() -> None:
         (f"relay->{vanished.dst}", 2, "CONNECT", None, "no answer to the connection attempt"),
     ]
 
+
+
+def test_a_syn_read_right_after_it_was_sent_is_an_attempt_in_progress() -> None:
+    # A hop step reading the capture between a SYN and its SYN-ACK must wait, not judge "no answer".
+    vanished = connections(pcap("refused_and_syn_only", "relay"))[2]
+    start = MANIFEST["cases"]["refused_and_syn_only"]["start_wall"]
+    kwargs: dict[str, Any] = {"hop": "relay->x", "session": 1, "start_wall": start}
+    young = decode_session(vanished, read_wall=vanished.last_ts + 0.2, **kwargs)
+    assert not young.closed and young.exchanges[0].pending and young.exchanges[0].code is None
+    old = decode_session(vanished, read_wall=vanished.last_ts + SYN_ANSWER_S + 0.1, **kwargs)
+    assert old.closed and old.exchanges[0].text == "no answer to the connection attempt"
+    assert not old.exchanges[0].pending
+    assert decode_session(vanished, **kwargs).closed  # a recorded capture: no reader's clock, final
 
 def test_sessions_are_numbered_per_hop_in_order_of_first_packet() -> None:
     sessions = decode(pcaps("nomail_521"), "nomail_521")
