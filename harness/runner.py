@@ -38,6 +38,7 @@ from harness.shard import topology_key
 from harness.topology.images import ImageStore
 from harness.topology.labels import new_run_id, reap_abandoned, run_labels
 from harness.topology.topology import (
+    DNS_ROLE,
     Host,
     HostPlan,
     Topology,
@@ -115,6 +116,7 @@ class SharedTopology:
         self.topology = bring_up(ctx, plan, run_id=self.run_id, keep_label=self.keep_label)
         self.served = dict(self._zones(plan).files)  # what the dns container serves now
         self.used = False
+        self.window_start = time.time()  # the last scenario's window (roles seen since then get reset)
         # What each MTA role runs now; a scenario whose roles differ gets just those roles replaced.
         self.running = self._wanted(plan)
         # Roles that did not start, (role, plan, address), with the scenario that reported it.
@@ -144,31 +146,30 @@ class SharedTopology:
         self.hops = CapturedHops(dict(self.captures), names, client_address=self.topology.gateway,
                                  start_wall=time.time())
 
-    def _swap(self, plan: ScenarioPlan, label: str) -> set[str]:
-        """Replace the roles whose configuration (image, settings, implementation, address) differs from
-        what ``plan`` needs, remove roles it does not have, start those it adds: the rest keep running.
-        Returns the roles started afresh. A role that could not start is reported once; a later scenario
-        needing the same role fails at once, referring to that report."""
-        wanted = self._wanted(plan)
-        stale = [r for r, v in self.running.items() if wanted.get(r) != v]
+    def _retire(self, wanted: dict[str, tuple[HostPlan, str]], label: str) -> list[str]:
+        """Remove the roles whose configuration (image, settings, implementation, address) differs from
+        what the next scenario needs, or that it does not have; return the roles it needs started. A role
+        that could not start is reported once: a later scenario needing it fails at once, referring to
+        that report."""
         new = [r for r, v in wanted.items() if self.running.get(r) != v]
         for role in new:
             earlier = [label for key, label in self.failed if key == (role, *wanted[role])]
             if earlier:
                 raise InfrastructureError(f"{role} did not start (reported with {earlier[0]})")
-        if not stale and not new:
-            return set()
-        for role in stale:
+        for role in [r for r, v in self.running.items() if wanted.get(r) != v]:
             capture = self.captures.pop(role, None)
             if capture is not None:
                 capture.remove()
             self.mail_events.pop(role, None)
             remove_role(self.topology, role)
             del self.running[role]
+        return new
+
+    def _start(self, plan: ScenarioPlan, wanted: dict[str, tuple[HostPlan, str]], new: list[str],
+               label: str) -> None:
         images = build_images(self.ctx.images, plan.topology)
-        hosts = [wanted[r][0] for r in new]
         try:
-            start_roles(self.topology, hosts, images, {r: wanted[r][1] for r in new})
+            start_roles(self.topology, [wanted[r][0] for r in new], images, {r: wanted[r][1] for r in new})
         except BaseException as exc:
             for role in new:
                 if isinstance(exc, HarnessError):
@@ -177,26 +178,33 @@ class SharedTopology:
             raise
         self.running.update({r: wanted[r] for r in new})
         self._observe([self.topology.hosts[r] for r in new])
-        return set(new)
 
     def _zones(self, plan: ScenarioPlan) -> ZoneSetup:
-        addresses = {role: host.address for role, host in self.topology.hosts.items()}
+        # The addresses the scenario's roles will have: a role being replaced is not running yet.
+        addresses = {role: address for role, (_, address) in self._wanted(plan).items()}
+        addresses[DNS_ROLE] = self.topology.address(DNS_ROLE)
         if self.topology.unreachable is not None:
             addresses["unreachable"] = self.topology.unreachable
         return plan.zone_setup(addresses)
 
     def prepare(self, plan: ScenarioPlan, label: str = "an earlier scenario") -> None:
         """Make the topology as a fresh one would be for ``plan``'s scenario: roles it configures
-        differently replaced, the other MTAs reset, its zones served. The MTAs' resets and the DNS update
-        run side by side. ``label`` names the scenario in a start failure that later ones refer to."""
+        differently replaced (``_retire``, ``_start``), the other MTAs reset, its zones served, all three
+        side by side. ``label`` names the scenario in a start failure that later ones refer to."""
         if not self.used:
             self.used = True  # bring_up served this scenario's zones and nothing has run yet
             return
-        started = self._swap(plan, label)
-        hosts = [h for h in self.topology.hosts.values() if h.mta is not None and h.role not in started]
-        with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
+        # A role no mail reached or left since the last scenario began needs no reset.
+        touched = self.hops.roles_seen_since(self.window_start)
+        wanted = self._wanted(plan)
+        new = self._retire(wanted, label)
+        hosts = [h for h in self.topology.hosts.values()
+                 if h.mta is not None and h.role not in new and h.role in touched]
+        with ThreadPoolExecutor(max_workers=len(hosts) + 2) as pool:
             futures = [pool.submit(_reset, h) for h in hosts]
             futures.append(pool.submit(self._serve, plan))
+            if new:
+                futures.append(pool.submit(self._start, plan, wanted, new, label))
             for future in futures:
                 future.result()
 
@@ -246,7 +254,8 @@ def _verify(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mta:
     result = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, run_id=shared.run_id)
     started = time.monotonic()
     # Capture timestamps are wall-clock; the client's clock is monotonic from the same instant.
-    hops = shared.hops.since(time.time())
+    shared.window_start = time.time()
+    hops = shared.hops.since(shared.window_start)
     try:
         StepRunner(shared.topology, scenario, result, started, mta=mta, hops=hops,
                    domain_addresses=plan.domain_addresses, mail_events=shared.mail_events).run_all()

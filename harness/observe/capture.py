@@ -44,6 +44,9 @@ class CaptureError(InfrastructureError):
     """A capture companion could not be started or read."""
 
 
+_PCAP_HEADER = 24  # bytes of a pcap file's global header
+
+
 class PcapFollower:
     """The capture file as tcpdump writes it, streamed by one ``tail -c +1 -F`` exec for the
     companion's whole life. Why: a scenario reads the capture many times (every hop look, every
@@ -79,9 +82,10 @@ class PcapFollower:
         self._running = False  # the companion is gone
 
     def snapshot(self) -> bytes | None:
-        """Everything streamed so far; None once the stream ended (the companion stopped)."""
+        """Everything streamed so far; None once the stream ended (the companion stopped) or while
+        not even the file's header has arrived (just started)."""
         with self._lock:
-            return bytes(self._data) if self._running else None
+            return bytes(self._data) if self._running and len(self._data) >= _PCAP_HEADER else None
 
 
 class HopCapture:
