@@ -76,6 +76,18 @@ def _pace_options(parser: argparse.ArgumentParser) -> None:
                              "scenarios that need the same (reset in between; see README, Shared topologies)")
 
 
+def role_options(parser: argparse.ArgumentParser) -> None:
+    """--role/--set: the same scenario files against any configuration (harness.scenario.roleoptions)."""
+    parser.add_argument("--role", action="append", default=[], metavar="ROLE=DIR",
+                        help="use DIR as ROLE's configuration (mx, relay, nomail) instead of what the "
+                             "scenarios say; the implementation is recognised by DIR's main file (main.cf, "
+                             "exim4.conf, smtpd.conf) or named: ROLE=exim:DIR. Repeatable")
+    parser.add_argument("--set", action="append", default=[], metavar="ROLE.PARAM=VALUE", dest="settings",
+                        help="lay one parameter over ROLE's configuration (Postfix main.cf parameter, Exim "
+                             "macro), winning over the scenarios' settings; postfix:ROLE.PARAM=VALUE for "
+                             "one implementation only. Repeatable")
+
+
 def _jobs(text: str) -> int:
     try:
         value = int(text)
@@ -105,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run on every implementation (unless --mta) and print the who-replied-what matrix")
     run.add_argument("--keep", choices=["never", "on-failure", "always"], default="never",
                      help="keep a scenario's containers after it ends, for debugging (remove with `harness down`)")
+    role_options(run)
     _shard_option(run)
     _pace_options(run)
 
@@ -119,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the table as Markdown (the project keeps docs/compatibility.md)")
     matrix.add_argument("--from-json", type=Path, metavar="FILE", help="render this results file; run nothing")
     matrix.add_argument("--json", type=Path, metavar="FILE", help="write the run's results as JSON")
+    role_options(matrix)
     _shard_option(matrix)
     _pace_options(matrix)
     matrix.set_defaults(matrix=True, keep="never", junit=None)
@@ -144,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--json", action="store_true", help="print the hosts as JSON")
     up.add_argument("--mta", default="postfix", choices=list(NAMES),
                     help="the MTA implementation playing mx, relay and nomail (default: postfix)")
+    role_options(up)
+
+    check = sub.add_parser("check", help="start roles and run the MTA's own configuration check, in seconds",
+                           description="Start only the roles named by --role/--set (every role when none is "
+                                       "named) and run the implementation's own check (postfix check and "
+                                       "postconf warnings, exim -bV, smtpd -n). No DNS, no mail. Exit 0 (warnings "
+                                       "are printed), 2 when an MTA refuses a configuration: its own message, "
+                                       "with the file and line it names.")
+    check.add_argument("--mta", default=None, choices=list(NAMES),
+                       help="the implementation (default: the one each --role directory is for, else postfix)")
+    role_options(check)
 
     down = sub.add_parser("down", help="remove topologies kept by `harness up` or --keep")
     down.add_argument("--run", metavar="RUN_ID", help="remove only this run")

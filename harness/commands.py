@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, UsageError
-from harness.expect.results import ERROR, FAILED, ScenarioResult
+from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE, UsageError
+from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, ScenarioResult
 from harness.report.console import print_result, summary_table
 from harness.report.files import write_json, write_junit
 from harness.report.progress import Progress
 from harness.scenario.loader import load_scenarios, schema_path
-from harness.scenario.model import Scenario
+from harness.scenario.model import Mark, Scenario
+from harness.scenario.roleoptions import RoleOptions, apply_role_options, parse_role_options
 from harness.shard import ShardSpec
 
 
@@ -45,6 +46,7 @@ def dispatch(args: argparse.Namespace) -> int:
     handler = {
         "run": cmd_run, "validate": cmd_validate, "up": cmd_up, "down": cmd_down, "status": cmd_status,
         "images": cmd_images, "schema": cmd_schema, "matrix": cmd_matrix, "report": cmd_report,
+        "check": cmd_check,
     }[args.command]
     return handler(args, progress)
 
@@ -197,11 +199,16 @@ def _prepare_run(args: argparse.Namespace, progress: Progress, keep: str = "neve
     from harness.runner import default_jobs
 
     spec = _shard_spec(args)
+    options = command_line_roles(args)
     scenarios = load_scenarios(args.paths)
     if not scenarios:
         raise UsageError("no scenario files found in " + ", ".join(str(p) for p in args.paths))
     mtas = _selected_mtas(args, _compose_dir(args))
     check_selection(scenarios, mtas, _how_selected(args))
+    check_role_options(options, mtas, _how_selected(args))
+    scenarios = apply_role_options(scenarios, options)
+    for line in options.describe():
+        progress.line(f"command line: {line}")
     if spec is not None:
         scenarios = _apply_shard(scenarios, mtas, spec, progress)
         if not scenarios:
@@ -215,9 +222,24 @@ def _prepare_run(args: argparse.Namespace, progress: Progress, keep: str = "neve
     return ctx, scenarios, mtas
 
 
+def command_line_roles(args: argparse.Namespace) -> RoleOptions:
+    return parse_role_options(getattr(args, "role", None) or [], getattr(args, "settings", None) or [])
+
+
+def check_role_options(options: RoleOptions, mtas: Sequence[str], how: str) -> None:
+    """A --role directory for an implementation the run does not run is a mistake, not a no-op."""
+    for role, dirs in options.config_dirs.items():
+        if not any(m in mtas for m in dirs):
+            named = ", ".join(f"{m} ({p})" for m, p in dirs.items())
+            raise UsageError(f"--role {role}: the directory is for {named}, which this run does not run "
+                             f"({', '.join(mtas)} selected by {how}); add --mta {','.join(dirs)}")
+
+
 def _exit_code(results: list[ScenarioResult]) -> int:
     if any(r.status == ERROR for r in results):
         return EXIT_INFRA
+    if any(r.status == CONFIG_ERROR for r in results):
+        return EXIT_USAGE  # the configuration must change: not a failure a retry could fix
     if any(r.status == FAILED for r in results):
         return EXIT_FAILED
     return EXIT_OK
@@ -292,9 +314,11 @@ def cmd_up(args: argparse.Namespace, progress: Progress) -> int:
     from harness.topology.labels import new_run_id
     from harness.topology.topology import describe
 
+    options = command_line_roles(args)
+    check_role_options(options, [args.mta], f"--mta {args.mta}")
     ctx = _context(args, progress)
     ctx.reap()
-    plan = plan_scenario(None, ctx.compose_dir, mta=args.mta)
+    plan = plan_scenario(_command_line_scenario(options), ctx.compose_dir, mta=args.mta)
     topology = bring_up(ctx, plan, run_id=new_run_id(), keep_label=True)
     hosts = describe(topology)
     if args.json:
@@ -309,6 +333,68 @@ def cmd_up(args: argparse.Namespace, progress: Progress) -> int:
         print(f"try: swaks --server {mx} --to bob@example.test --from alice@origin.test")
         print(f"remove with: harness down --run {topology.run_id}")
     return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace, progress: Progress) -> int:
+    """Start only the roles named by --role/--set (all, when none is named) and run each
+    implementation's own configuration check: no DNS, no mail. Exit 0 (warnings are printed), 2 when an
+    MTA refuses a configuration."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.plan import plan_scenario
+    from harness.topology.labels import new_run_id
+    from harness.topology.topology import build_images, create_network
+
+    options = command_line_roles(args)
+    named = set(options.config_dirs) | set(options.settings)
+    mtas = [args.mta] if args.mta else sorted({m for dirs in options.config_dirs.values() for m in dirs}) or ["postfix"]
+    check_role_options(options, mtas, f"--mta {args.mta}" if args.mta else "the --role directories")
+    ctx = _context(args, progress)
+    ctx.reap()
+    code = EXIT_OK
+    for mta in mtas:
+        plan = plan_scenario(_command_line_scenario(options), ctx.compose_dir, mta=mta)
+        hosts = [h for h in plan.topology.hosts if h.mta is not None and (not named or h.role in named)]
+        images = build_images(ctx.images, plan.topology)
+        topology, addresses = create_network(ctx.client, plan.topology, run_id=new_run_id())
+
+        try:
+            with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
+                outcomes = list(pool.map(lambda h, t=topology, i=images, a=addresses: _check_role(t, h, i, a),
+                                         hosts))
+        finally:
+            topology.destroy()
+        for host, warnings, refused in outcomes:
+            print(f"{host.role} ({mta}, {host.config_dir}): "
+                  f"{'configuration error' if refused else 'ok' if not warnings else 'warnings'}")
+            for line in warnings:
+                print(f"  {line}")
+            if refused:
+                print("\n".join(f"  {line}" for line in refused.splitlines()))
+                code = EXIT_USAGE
+    return code
+
+
+def _check_role(topology: Any, host: Any, images: dict[str, str], addresses: dict[str, str]
+                ) -> tuple[Any, list[str], str | None]:
+    """Start one role; its check's warnings, or the MTA's refusal."""
+    from harness.errors import ConfigurationError
+    from harness.topology.topology import start_roles
+
+    try:
+        start_roles(topology, [host], images, addresses)
+    except ConfigurationError as exc:
+        return host, [], str(exc)
+    return host, list(topology.hosts[host.role].check_warnings), None
+
+
+def _command_line_scenario(options: RoleOptions) -> Scenario | None:
+    """The standard topology with the command line's role options, as a scenario with no steps."""
+    if not options:
+        return None
+    here = Mark("<command line>", 1, 1)
+    empty = Scenario(Path("<command line>"), "command line", "", (), {}, (), here)
+    return apply_role_options([empty], options)[0]
 
 
 def cmd_down(args: argparse.Namespace, progress: Progress) -> int:

@@ -37,8 +37,28 @@ class ScenarioError(UsageError):
         super().__init__(f"{self.path}:{line}:{col}: {message}")
 
 
+class ConfigurationError(UsageError):
+    """An MTA refused a role's configuration (it exited at start, or its own check says fatal). Not an
+    infrastructure failure that a retry could fix: the configuration must change. ``role`` and the MTA's
+    first line of complaint (``cause``) are kept for reports."""
+
+    def __init__(self, role: str, cause: str, message: str) -> None:
+        self.role = role
+        self.cause = cause
+        super().__init__(message)
+
+
 class InfrastructureError(HarnessError):
     exit_code = EXIT_INFRA
+
+
+class ContainerExitedError(InfrastructureError):
+    """The container stopped (or vanished) before it was ready; the message has its exit code and log."""
+
+    def __init__(self, message: str, *, exit_code: int | None = None, log: str = "") -> None:
+        super().__init__(message)
+        self.container_exit_code = exit_code
+        self.log = log
 
 
 class EngineUnavailableError(InfrastructureError):

@@ -23,12 +23,13 @@ from pathlib import Path
 import docker
 
 from harness.dns.preflight import check_records, wait_until_answering
-from harness.errors import DnsPreflightError, HarnessError, InfrastructureError
-from harness.expect.results import ERROR, FAILED, PASSED, ScenarioResult
+from harness.errors import ConfigurationError, DnsPreflightError, HarnessError
+from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, ScenarioResult
 from harness.mta import DRIVERS
 from harness.observe.capture import CAPTURE_IMAGE, HopCapture, start_captures
 from harness.observe.hops import CapturedHops
 from harness.observe.mailwatch import MailWatch
+from harness.observe.mtalogs import role_logs
 from harness.observe.polling import CANCELLED, poll_until
 from harness.observe.queue import HostCommands
 from harness.plan import ScenarioPlan, plan_scenario
@@ -119,8 +120,6 @@ class SharedTopology:
         self.window_start = time.time()  # the last scenario's window (roles seen since then get reset)
         # What each MTA role runs now; a scenario whose roles differ gets just those roles replaced.
         self.running = self._wanted(plan)
-        # Roles that did not start, (role, plan, address), with the scenario that reported it.
-        self.failed: list[tuple[tuple[str, HostPlan, str], str]] = []
         self.captures: dict[str, HopCapture] = {}
         self.mail_events: dict[str, threading.Event] = {}
         try:
@@ -146,16 +145,10 @@ class SharedTopology:
         self.hops = CapturedHops(dict(self.captures), names, client_address=self.topology.gateway,
                                  start_wall=time.time())
 
-    def _retire(self, wanted: dict[str, tuple[HostPlan, str]], label: str) -> list[str]:
+    def _retire(self, wanted: dict[str, tuple[HostPlan, str]]) -> list[str]:
         """Remove the roles whose configuration (image, settings, implementation, address) differs from
-        what the next scenario needs, or that it does not have; return the roles it needs started. A role
-        that could not start is reported once: a later scenario needing it fails at once, referring to
-        that report."""
+        what the next scenario needs, or that it does not have; return the roles it needs started."""
         new = [r for r, v in wanted.items() if self.running.get(r) != v]
-        for role in new:
-            earlier = [label for key, label in self.failed if key == (role, *wanted[role])]
-            if earlier:
-                raise InfrastructureError(f"{role} did not start (reported with {earlier[0]})")
         for role in [r for r, v in self.running.items() if wanted.get(r) != v]:
             capture = self.captures.pop(role, None)
             if capture is not None:
@@ -165,15 +158,12 @@ class SharedTopology:
             del self.running[role]
         return new
 
-    def _start(self, plan: ScenarioPlan, wanted: dict[str, tuple[HostPlan, str]], new: list[str],
-               label: str) -> None:
+    def _start(self, plan: ScenarioPlan, wanted: dict[str, tuple[HostPlan, str]], new: list[str]) -> None:
         images = build_images(self.ctx.images, plan.topology)
         try:
             start_roles(self.topology, [wanted[r][0] for r in new], images, {r: wanted[r][1] for r in new})
-        except BaseException as exc:
+        except BaseException:
             for role in new:
-                if isinstance(exc, HarnessError):
-                    self.failed.append(((role, *wanted[role]), label))
                 remove_role(self.topology, role)
             raise
         self.running.update({r: wanted[r] for r in new})
@@ -187,24 +177,24 @@ class SharedTopology:
             addresses["unreachable"] = self.topology.unreachable
         return plan.zone_setup(addresses)
 
-    def prepare(self, plan: ScenarioPlan, label: str = "an earlier scenario") -> None:
+    def prepare(self, plan: ScenarioPlan) -> None:
         """Make the topology as a fresh one would be for ``plan``'s scenario: roles it configures
         differently replaced (``_retire``, ``_start``), the other MTAs reset, its zones served, all three
-        side by side. ``label`` names the scenario in a start failure that later ones refer to."""
+        side by side."""
         if not self.used:
             self.used = True  # bring_up served this scenario's zones and nothing has run yet
             return
         # A role no mail reached or left since the last scenario began needs no reset.
         touched = self.hops.roles_seen_since(self.window_start)
         wanted = self._wanted(plan)
-        new = self._retire(wanted, label)
+        new = self._retire(wanted)
         hosts = [h for h in self.topology.hosts.values()
                  if h.mta is not None and h.role not in new and h.role in touched]
         with ThreadPoolExecutor(max_workers=len(hosts) + 2) as pool:
             futures = [pool.submit(_reset, h) for h in hosts]
             futures.append(pool.submit(self._serve, plan))
             if new:
-                futures.append(pool.submit(self._start, plan, wanted, new, label))
+                futures.append(pool.submit(self._start, plan, wanted, new))
             for future in futures:
                 future.result()
 
@@ -249,8 +239,8 @@ def _reset(host: Host) -> None:
     DRIVERS[str(host.mta)].reset(HostCommands(host))
 
 
-def _verify(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mta: str) -> ScenarioResult:
-    """One scenario on a prepared topology, its hops read from its own window."""
+def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mta: str) -> ScenarioResult:
+    """One scenario on a topology ``shared.prepare(plan)`` made ready, its hops read from its own window."""
     result = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, run_id=shared.run_id)
     started = time.monotonic()
     # Capture timestamps are wall-clock; the client's clock is monotonic from the same instant.
@@ -267,6 +257,11 @@ def _verify(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mta:
         result.error = f"internal error (a bug in the harness: please report it): {exc!r}\n" + traceback.format_exc()
     finally:
         _add_hop_exchanges(result, hops)
+        if result.status != PASSED:
+            # The MTAs' own explanation: read only when something went wrong (one logs call per role).
+            result.logs = role_logs(shared.topology.hosts, shared.window_start, result.exchanges)
+        result.config_warnings = {h.role: list(h.check_warnings) for h in shared.topology.hosts.values()
+                                  if h.check_warnings}
         result.duration_s = time.monotonic() - started
     return result
 
@@ -284,16 +279,33 @@ def run_group(ctx: RunContext, items: Sequence[tuple[Scenario, str]],
         if on_result is not None:
             on_result(result)
 
+    # Role configurations an MTA refused, (role, its plan), with the scenario that reported it: a later
+    # scenario needing the same one ends at once, referring to that report; the others still run.
+    refused: list[tuple[str, HostPlan, str]] = []
     try:
         for scenario, mta in items:
             if CANCELLED.is_set():
                 break
             began = time.monotonic()
+            label = f"{scenario.path} [{mta}]"
             try:
                 plan = plan_scenario(scenario, ctx.compose_dir, mta=mta)
+                earlier = next(((r, where) for r, host, where in refused if host in plan.topology.hosts), None)
+                if earlier is not None:
+                    emit(ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, status=CONFIG_ERROR,
+                                        error=f"configuration error: {earlier[0]}'s configuration did not start "
+                                              f"(reported with {earlier[1]})"))
+                    continue
                 if shared is None:
                     shared = SharedTopology(ctx, plan)
-                shared.prepare(plan, f"{scenario.path} [{mta}]")
+                shared.prepare(plan)
+            except ConfigurationError as exc:
+                host = next((h for h in plan.topology.hosts if h.role == exc.role), None)
+                if host is not None:
+                    refused.append((exc.role, host, label))
+                emit(ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, status=CONFIG_ERROR,
+                                    error=str(exc), duration_s=time.monotonic() - began))
+                continue
             except HarnessError as exc:
                 failed = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, status=ERROR,
                                         error=str(exc), duration_s=time.monotonic() - began)
@@ -302,11 +314,10 @@ def run_group(ctx: RunContext, items: Sequence[tuple[Scenario, str]],
                     # The topology never started: the same cause for every scenario that needs it.
                     for other, other_mta in items[len(results):]:
                         emit(ScenarioResult(file=str(other.path), name=other.name, mta=other_mta, status=ERROR,
-                                            error=f"the topology did not start (reported with {scenario.path} "
-                                                  f"[{mta}])"))
+                                            error=f"the topology did not start (reported with {label})"))
                     break
                 continue
-            result = _verify(shared, plan, scenario, mta)
+            result = verify_on(shared, plan, scenario, mta)
             if len(results) == 0:
                 # The first scenario also waited for the topology to start.
                 result.duration_s = time.monotonic() - started

@@ -163,10 +163,17 @@ class StepRunner:
         return 0.0 if message is not None and message.refused else within_s
 
     def _nowhere(self, message: SentMessage, *, bounces: bool = False) -> Callable[[], bool]:
-        """True once neither the message (nor, with ``bounces``, a DSN about it) is queued anywhere."""
+        """True once neither the message (nor, with ``bounces``, a DSN about it) is queued anywhere.
+
+        Hosts are listed one after another, so a message handed from one to the next between the two
+        listings could be missed by both (the receiver listed before it got it, the sender after it let
+        go). A sender keeps a message until the receiver has it, so two rounds in opposite orders
+        cannot both miss it: in one of them the sender is listed first."""
+        subjects = ("message", "bounce") if bounces else ("message",)
+
         def gone() -> bool:
-            subjects = ("message", "bounce") if bounces else ("message",)
-            return not any(queue_entries(host, message, *subjects) for host in self._mta_hosts())
+            hosts = self._mta_hosts()
+            return not any(queue_entries(host, message, *subjects) for host in [*hosts, *reversed(hosts)])
 
         return gone
 

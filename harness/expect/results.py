@@ -12,6 +12,8 @@ from harness.smtp.transcript import Exchange
 PASSED = "passed"
 FAILED = "failed"
 ERROR = "error"
+# An MTA refused a role's configuration (harness.errors.ConfigurationError): nothing was sent.
+CONFIG_ERROR = "config-error"
 SKIPPED = "skipped"
 
 
@@ -66,6 +68,11 @@ class ScenarioResult:
     error: str | None = None
     run_id: str | None = None
     mta: str = "postfix"
+    # On a failure or error: per MTA role, its own log lines of the scenario's window that explain it
+    # (harness.observe.mtalogs): warnings, errors, deferrals, and the lines naming the message's queue ids.
+    logs: dict[str, list[str]] = field(default_factory=dict)
+    # Per role: what the implementation's own configuration check warned about (postconf, exim -bV, smtpd -n).
+    config_warnings: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +86,8 @@ class ScenarioResult:
             "steps": [s.to_json() for s in self.steps],
             "error": self.error,
             "run_id": self.run_id,
+            "logs": {role: list(lines) for role, lines in self.logs.items()},
+            "config_warnings": {role: list(lines) for role, lines in self.config_warnings.items()},
         }
 
 
@@ -99,4 +108,7 @@ def result_from_json(doc: dict[str, Any]) -> ScenarioResult:
         error=doc.get("error"),
         run_id=doc.get("run_id"),
         mta=doc.get("mta", "postfix"),
+        logs={str(role): [str(line) for line in lines] for role, lines in (doc.get("logs") or {}).items()},
+        config_warnings={str(role): [str(line) for line in lines]
+                         for role, lines in (doc.get("config_warnings") or {}).items()},
     )

@@ -63,6 +63,7 @@ class MtaDriver:
 
     name: str = ""
     config_target: str = ""  # where a role's configuration directory is copied in the image
+    main_file: str = ""  # the file every configuration directory of this implementation has
     # The file in the role directory that scenario settings go into; None: the MTA takes no settings.
     settings_file: str | None = None
     # "append" (main.cf: a later definition wins) or "macros" (a file of its own the config includes).
@@ -89,6 +90,17 @@ class MtaDriver:
             return {self.settings_file: original + added}
         return {self.settings_file: added}
 
+    # The implementation's own check of a running role's configuration (shell, output on stdout).
+    check_command: str = ""
+
+    def check(self, run: CommandRunner) -> list[str]:
+        """The lines of the implementation's own configuration check that warn or complain."""
+        if not self.check_command:
+            return []
+        output = run(["sh", "-c", self.check_command])
+        # postconf repeats a warning for every parameter that expands the one it is about.
+        return list(dict.fromkeys(line.strip() for line in output.splitlines() if COMPLAINT.search(line)))
+
     def flush(self, run: CommandRunner) -> None:
         """Retry every queued message now."""
         raise NotImplementedError
@@ -102,6 +114,11 @@ class MtaDriver:
         next (queued mail, delivered mail, retry and dead-destination state). What the reset covers is
         listed per implementation; the isolation test (tests/integration/test_isolation.py) proves it."""
         raise NotImplementedError
+
+
+# A line of an MTA's check or start-up output that says something is wrong.
+COMPLAINT = re.compile(r"\b(warn(?:ing)?|error|fatal|panic|unmatched|unused parameter|not found|no such|"
+                       r"unknown|invalid|syntax|missing|cannot|can't|unable|failed)\b", re.IGNORECASE)
 
 
 # Delivered mail, in every implementation's Maildirs (the directories stay: MTAs create them once).

@@ -9,6 +9,8 @@ from harness.observe.observations import QueuedMessage
 
 class Exim(MtaDriver):
     name = "exim"
+    main_file = "exim4.conf"
+    check_command = "exim4 -bV 2>&1"
     config_target = "/etc/exim4/"
     settings_file = "settings.conf"
     settings_style = "macros"

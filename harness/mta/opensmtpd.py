@@ -11,6 +11,8 @@ class OpenSmtpd(MtaDriver):
     last try|attempts|state|next|last error. An envelope still pending after a try is deferred."""
 
     name = "opensmtpd"
+    main_file = "smtpd.conf"
+    check_command = "smtpd -n -f /etc/smtpd/smtpd.conf 2>&1"
     config_target = "/etc/smtpd/"
 
     def flush(self, run: CommandRunner) -> None:

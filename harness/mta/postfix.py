@@ -8,6 +8,10 @@ from harness.observe.observations import QueuedMessage
 
 class Postfix(MtaDriver):
     name = "postfix"
+    main_file = "main.cf"
+    # `postfix check`: files, permissions, tables, and (through postconf) parameters nothing uses (a
+    # misspelt one) and values it cannot parse.
+    check_command = "postfix check 2>&1"
     config_target = "/etc/postfix/"
     settings_file = "main.cf"
     settings_style = "append"

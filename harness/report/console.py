@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
-from harness.expect.results import ERROR, FAILED, PASSED, ScenarioResult
-from harness.report.transcript import render_failures, render_timeline
+from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, ScenarioResult
+from harness.report.transcript import render_failures, render_logs, render_timeline
 
-_WORD = {PASSED: "PASS", FAILED: "FAIL", ERROR: "ERROR"}
+_WORD = {PASSED: "PASS", FAILED: "FAIL", ERROR: "ERROR", CONFIG_ERROR: "CONFIG"}
 
 
 def scenario_line(result: ScenarioResult) -> str:
@@ -16,18 +16,27 @@ def scenario_line(result: ScenarioResult) -> str:
 
 
 def details(result: ScenarioResult) -> str:
-    if result.status == ERROR:
-        return f"  error: {result.error}"
+    logs = render_logs(result)
+    if result.status in (ERROR, CONFIG_ERROR):
+        return "\n".join(filter(None, [f"  {result.error}" if result.status == CONFIG_ERROR
+                                        else f"  error: {result.error}", checks(result), logs]))
     if result.status == FAILED:
-        return "\n".join([render_failures(result), "  transcript:", render_timeline(result)])
-    return ""
+        return "\n".join(filter(None, [render_failures(result), checks(result), logs, "  transcript:",
+                                        render_timeline(result)]))
+    return checks(result)
+
+
+def checks(result: ScenarioResult) -> str:
+    """What the MTAs' own configuration checks warned about, shown with every result."""
+    return "\n".join(f"  {role}'s configuration check: {line}"
+                     for role, lines in result.config_warnings.items() for line in lines)
 
 
 def summary_table(results: Sequence[ScenarioResult]) -> str:
     rows = [("status", "scenario", "mta", "time", "observed")]
     for r in results:
         observed = "; ".join(s.summary for s in r.steps if s.kind == "smtp")
-        if r.status == ERROR:
+        if r.status in (ERROR, CONFIG_ERROR):
             observed = (r.error or "").splitlines()[0] if r.error else ""
         rows.append((_WORD[r.status], r.name, r.mta, f"{r.duration_s:.1f}s", observed))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
@@ -35,9 +44,10 @@ def summary_table(results: Sequence[ScenarioResult]) -> str:
     for row in rows:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
     lines.insert(1, "-" * min(120, max(len(line) for line in lines)))
-    counts = {s: sum(1 for r in results if r.status == s) for s in (PASSED, FAILED, ERROR)}
+    counts = {s: sum(1 for r in results if r.status == s) for s in (PASSED, FAILED, ERROR, CONFIG_ERROR)}
+    refused = f", {counts[CONFIG_ERROR]} configuration error(s)" if counts[CONFIG_ERROR] else ""
     lines.append(f"{len(results)} scenario(s): {counts[PASSED]} passed, {counts[FAILED]} failed, "
-                 f"{counts[ERROR]} error(s)")
+                 f"{counts[ERROR]} error(s){refused}")
     return "\n".join(lines)
 
 

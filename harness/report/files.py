@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.expect.results import ERROR, FAILED, ScenarioResult
-from harness.report.transcript import render_failures, render_timeline
+from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, ScenarioResult
+from harness.report.transcript import render_failures, render_logs, render_timeline
 
 
 def write_json(results: Sequence[ScenarioResult], path: Path) -> None:
@@ -23,7 +23,7 @@ def write_junit(results: Sequence[ScenarioResult], path: Path) -> None:
         "name": "mailflow-harness",
         "tests": str(len(results)),
         "failures": str(sum(1 for r in results if r.status == FAILED)),
-        "errors": str(sum(1 for r in results if r.status == ERROR)),
+        "errors": str(sum(1 for r in results if r.status in (ERROR, CONFIG_ERROR))),
         "time": f"{sum(r.duration_s for r in results):.3f}",
     })
     for r in results:
@@ -33,10 +33,15 @@ def write_junit(results: Sequence[ScenarioResult], path: Path) -> None:
             first = r.failures[0]
             node = ET.SubElement(case, "failure", {"message": f"{first.stage or first.kind}: expected "
                                                               f"{first.expected}, observed {first.observed}"})
-            node.text = render_failures(r) + "\n\n" + render_timeline(r)
+            node.text = "\n\n".join(filter(None, [render_failures(r), render_logs(r), render_timeline(r)]))
+        elif r.status == CONFIG_ERROR:
+            # The MTA's own complaint is the message: what a CI summary shows first.
+            node = ET.SubElement(case, "error", {"type": "configuration",
+                                                 "message": (r.error or "").splitlines()[0] if r.error else ""})
+            node.text = r.error
         elif r.status == ERROR:
             node = ET.SubElement(case, "error", {"message": (r.error or "").splitlines()[0] if r.error else ""})
-            node.text = r.error
+            node.text = "\n\n".join(filter(None, [r.error, render_logs(r)]))
         out = ET.SubElement(case, "system-out")
         out.text = render_timeline(r)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)

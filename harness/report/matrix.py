@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from harness.expect.results import ERROR, FAILED, PASSED, SKIPPED, ScenarioResult, StepOutcome
+from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, SKIPPED, ScenarioResult, StepOutcome
 from harness.observe.observations import (
     BounceObservation,
     HopObservation,
@@ -15,7 +15,7 @@ from harness.observe.observations import (
 )
 from harness.smtp.transcript import Exchange
 
-_MARK = {PASSED: "pass", FAILED: "FAIL", ERROR: "ERROR"}
+_MARK = {PASSED: "pass", FAILED: "FAIL", ERROR: "ERROR", CONFIG_ERROR: "CONFIG"}
 
 
 def _decisive(exchanges: Sequence[Exchange], *, show_data: bool) -> str:
@@ -66,6 +66,8 @@ def _step_key(step: StepOutcome) -> str | None:
 def cell(result: ScenarioResult) -> str:
     if result.status == ERROR:
         return "ERROR"
+    if result.status == CONFIG_ERROR:
+        return "CONFIG ERROR"
     keys: list[str] = []
     for step in result.steps:
         key = _step_key(step)

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.expect.results import ERROR, FAILED, PASSED, ScenarioResult, result_from_json
+from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, ScenarioResult, result_from_json
 from harness.mta import NAMES
 
-_STATUSES = (PASSED, FAILED, ERROR)
+_STATUSES = (PASSED, FAILED, ERROR, CONFIG_ERROR)
 
 
 def load_results(path: Path) -> list[ScenarioResult]:

@@ -55,3 +55,12 @@ def render_failures(result: ScenarioResult) -> str:
         stage = f" {f.stage}" if f.stage else ""
         lines.append(f"  {where}step {f.step} ({f.kind}{stage}): expected {f.expected}, observed {f.observed}")
     return "\n".join(lines)
+
+
+def render_logs(result: ScenarioResult) -> str:
+    """The MTAs' own lines about the failure, per role (empty when there are none)."""
+    out = []
+    for role, lines in result.logs.items():
+        out.append(f"  {role}'s log (the scenario's window):")
+        out += [f"    {line}" for line in lines]
+    return "\n".join(out)

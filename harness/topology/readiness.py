@@ -19,17 +19,13 @@ from datetime import datetime
 from docker.errors import DockerException, NotFound
 from docker.models.containers import Container
 
-from harness.errors import InfrastructureError, ReadinessTimeoutError
+from harness.errors import ContainerExitedError, ReadinessTimeoutError
 
 # How often a wait looks at the container's state (one inspect call, ~5-10 ms): often enough that an
 # exit is reported within a fraction of a second, rarely enough to cost nothing next to the MTA's start.
 STATE_EVERY_S = 0.2
 # Docker's State.Status values of a container that will never greet ("removed": gone from the engine).
 ENDED = ("exited", "dead", "removed")
-
-
-class ContainerExitedError(InfrastructureError):
-    """The container stopped (or vanished) before it was ready; the message has its exit code and log."""
 
 
 @dataclass(frozen=True)
@@ -105,11 +101,13 @@ class _ExitWatch:
                 how += " (killed: out of memory)"
             if state.error:
                 how += f" ({state.error})"
-        tail = ""
+        tail, log = "", ""
         if self._logs is not None and state.status != "removed":
             log = self._logs().rstrip()
             tail = "\n--- last log lines ---\n" + (log or "(the container logged nothing)")
-        raise ContainerExitedError(f"{self._what} {how}, before greeting with {self._expected}{tail}")
+        code = None if state.oom_killed or state.status == "removed" else state.exit_code
+        raise ContainerExitedError(f"{self._what} {how}, before greeting with {self._expected}{tail}",
+                                   exit_code=code, log=log)
 
 
 def _wait_ready(sock: socket.socket, *, write: bool, deadline: float, tick: Callable[[], None] | None,

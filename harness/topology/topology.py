@@ -7,6 +7,7 @@ import contextlib
 import io
 import ipaddress
 import random
+import re
 import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +21,8 @@ from docker.types import EndpointConfig, IPAMConfig, IPAMPool
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
-from harness.errors import InfrastructureError
+from harness.errors import ConfigurationError, ContainerExitedError, InfrastructureError
+from harness.mta.base import COMPLAINT
 from harness.report.progress import Progress
 from harness.scenario.model import UNREACHABLE_ROLE
 from harness.topology.images import ImageStore
@@ -97,6 +99,8 @@ class Host:
     image: str
     mta: str | None
     container: DockerContainer
+    # What the implementation's own configuration check said about this role (warnings), once started.
+    check_warnings: tuple[str, ...] = ()
 
     @property
     def container_id(self) -> str:
@@ -341,24 +345,71 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
     labels = run_labels(topology.run_id, keep=topology.kept)
     network = topology.network
     assert network is not None, "create_network() first"
-    dns = topology.address(DNS_ROLE)
+    dns = topology.address(DNS_ROLE) if DNS_ROLE in topology.hosts else None
     started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=dns) for h in hosts]
     for host in started:
         topology.hosts[host.role] = host
 
-    def start_one(pair: tuple[Host, HostPlan]) -> float:
+    def start_one(pair: tuple[Host, HostPlan]) -> None:
         host, plan_host = pair
         host.container.start()
-        assert plan_host.mta is not None
+        driver = plan_host.mta
+        assert driver is not None
         # The container's state is watched too: one that exits while starting (a configuration the
         # MTA refuses) is reported at once with its exit code and last log lines, not after the bound.
-        return wait_for_greeting(host.address, plan_host.mta.ready_code(plan_host.base_role),
-                                 what=f"{host.role} ({host.hostname})", timeout_s=READY_TIMEOUT_S,
-                                 logs=lambda: host.logs(tail=20),
-                                 container=host.container.get_wrapped_container())
+        try:
+            wait_for_greeting(host.address, driver.ready_code(plan_host.base_role),
+                              what=f"{host.role} ({host.hostname})", timeout_s=READY_TIMEOUT_S,
+                              logs=lambda: host.logs(tail=20), container=host.container.get_wrapped_container())
+        except ContainerExitedError as exc:
+            if exc.container_exit_code is None or exc.container_exit_code >= 128:
+                raise  # killed (a signal, out of memory) or removed: not the configuration's doing
+            raise configuration_error(plan_host, exc.log.splitlines(), str(exc)) from exc
+        host.check_warnings = tuple(_as_configured(plan_host, driver.check(_Exec(host))))
+        if any(_FATAL.search(line) for line in host.check_warnings):
+            raise configuration_error(plan_host, list(host.check_warnings),
+                                      f"{host.role}: {driver.name}'s own configuration check failed")
 
     with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
         list(pool.map(start_one, zip(started, hosts, strict=True)))
+
+
+_FATAL = re.compile(r"\b(fatal|panic)\b", re.IGNORECASE)
+
+
+class _Exec:
+    """A running host as a driver's CommandRunner for its check: output whatever the exit status."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def __call__(self, argv: list[str]) -> str:
+        try:
+            result = self.host.container.get_wrapped_container().exec_run(argv)
+        except DockerException as exc:
+            raise InfrastructureError(f"`{' '.join(argv)}` on {self.host.role} failed: {exc}") from exc
+        return bytes(result.output or b"").decode("utf-8", "replace")
+
+
+def _as_configured(plan: HostPlan, lines: Sequence[str]) -> list[str]:
+    """``lines`` with the container's configuration path shown as the role's configuration directory."""
+    if plan.config_dir is None or plan.mta is None or not plan.mta.config_target:
+        return list(lines)
+    here = str(plan.config_dir).rstrip("/") + "/"
+    return [line.replace(plan.mta.config_target, here) for line in lines]
+
+
+def configuration_error(plan: HostPlan, lines: Sequence[str], detail: str) -> ConfigurationError:
+    """The MTA's complaint about a role's configuration, with the container's paths shown as the
+    configuration directory's (``/etc/postfix/main.cf, line 3`` -> ``<dir>/main.cf, line 3``)."""
+    assert plan.mta is not None
+    complaints = _as_configured(plan, [line.strip() for line in lines if COMPLAINT.search(line)]
+                                or [line.strip() for line in lines[-3:]])
+    cause = complaints[0] if complaints else detail.splitlines()[0]
+    where = f" ({plan.config_dir})" if plan.config_dir is not None else ""
+    text = (f"configuration error: {plan.role}{where} on {plan.mta.name}: {cause}\n"
+            + "\n".join(f"  {c}" for c in complaints[1:12]) + f"\n--- {detail}")
+    return ConfigurationError(plan.role, cause, text)
 
 
 def remove_role(topology: Topology, role: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import docker
 import pytest
 
 from harness.expect.results import ScenarioResult
+from harness.report.files import write_json
 from harness.report.progress import Progress
 from harness.runner import RunContext, default_jobs, implementations_for, run_all
 from harness.scenario.loader import load_scenarios
@@ -49,6 +51,7 @@ def run_context(engine: docker.DockerClient) -> Iterator[RunContext]:
 def shuffle_seed() -> int:
     seed = int(os.environ.get("HARNESS_SHUFFLE_SEED", random.randrange(1 << 16)))
     print(f"\nbundled scenarios in shared mode, shuffled with HARNESS_SHUFFLE_SEED={seed}")
+    sys.stderr.write(f"bundled scenarios in shared mode, shuffled with HARNESS_SHUFFLE_SEED={seed}\n")
     return seed
 
 
@@ -62,6 +65,8 @@ def matrix(run_context: RunContext, shuffle_seed: int) -> dict[tuple[str, str], 
     random.Random(shuffle_seed).shuffle(pairs)
     run_context.fresh, run_context.jobs = False, default_jobs()
     results = run_all(run_context, scenarios, pairs=pairs)
+    # For a post-mortem of a failure seen only in this order (the summary says which seed it was).
+    write_json(results, ROOT / "build" / f"shared-matrix-{shuffle_seed}.json")
     return {(Path(r.file).stem, r.mta): r for r in results}
 
 

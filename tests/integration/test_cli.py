@@ -133,7 +133,8 @@ name: slow
 description: waits long enough to be interrupted
 steps:
   - smtp: {host: mx, mail_from: a@origin.test, rcpt_to: b@example.test}
-  - no_delivery: {host: relay, within: 60}
+  # Nothing can settle this early: the message is delivered, but to bob, never to carol.
+  - delivery: {host: mx, mailbox: carol@example.test, within: 60}
 """
 
 
@@ -156,7 +157,7 @@ def test_interrupt_removes_everything(engine: docker.DockerClient, tmp_path: Pat
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.2)
         assert _own_objects(engine, proc.pid) >= 5, "the run never started its containers"
-        time.sleep(1.5)  # inside the no_delivery wait now
+        time.sleep(1.5)  # inside the delivery wait now
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -1,5 +1,5 @@
 """A container that exits during start-up is reported at once, with the MTA's own words, instead of
-after the 30 s greeting bound."""
+after the 30 s greeting bound: as a configuration error (exit 2)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from pathlib import Path
 import docker
 import pytest
 
+from harness.errors import ContainerExitedError
 from harness.runner import RunContext
 from harness.topology.labels import RUN_LABEL
-from harness.topology.readiness import ContainerExitedError, wait_for_greeting
+from harness.topology.readiness import wait_for_greeting
 from harness.topology.topology import READY_TIMEOUT_S
 
 from .conftest import COMPOSE, ROOT
@@ -50,10 +51,13 @@ def test_a_relay_that_exits_at_start_is_reported_at_once_with_its_log(engine: do
                           cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     took = time.monotonic() - started
     output = done.stdout + done.stderr
-    assert done.returncode == 3, output  # infrastructure failure
+    # A configuration the MTA refuses: exit 2 (the configuration must change), never 3 (infrastructure,
+    # which CI may retry).
+    assert done.returncode == 2, output
     (result,) = json.loads(out.read_text())["scenarios"]
-    assert result["status"] == "error", result
+    assert result["status"] == "config-error", result
     error = result["error"] or ""
+    assert error.startswith("configuration error: relay ("), error
     assert "relay (relay.origin.test) exited with code 1" in error, error
     # The MTA's own log line, not only ours.
     assert "fatal: chdir(/nonexistent): No such file or directory" in error, error

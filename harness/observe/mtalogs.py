@@ -1,0 +1,100 @@
+"""The MTAs' own words about a scenario: each role's log lines from the scenario's time window
+(Postfix's maillog, Exim's mainlog and paniclog, OpenSMTPD's log: every harness image sends them to
+the container's output, so ``docker logs`` has them), narrowed to what explains a failure: warnings,
+errors, fatal and panic lines, deferrals and bounces, and every line naming a queue id the scenario's
+messages got (the ids in the "250 ... queued as" replies, on every hop).
+
+``read_window`` does the I/O (one logs call per role, no process started in the container); the rest
+is pure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+from docker.errors import DockerException
+
+from harness.smtp.transcript import Exchange
+from harness.topology.topology import Host
+
+__all__ = ["MAX_LINES", "notable", "queue_ids", "read_window", "role_logs"]
+
+# Per role, at most this many lines in a report: a failure's cause is in the first few, and a looping
+# MTA must not bury the transcript.
+MAX_LINES = 40
+# What the three MTAs print when something is wrong (Postfix "warning:/fatal:/panic:/error:", Exim
+# "PANIC", "defer (-1)", "** ... failed", OpenSMTPD "warn:/fatal:", "result=TempFail/PermFail").
+_SEVERE = re.compile(
+    r"\b(warning|warn|error|fatal|panic|failed|failure|defer(?:red)?|bounced?|reject(?:ed)?|unused parameter"
+    r"|tempfail|permfail|not found|no such|cannot|can't|unable)\b", re.IGNORECASE)
+# The queue id in the reply to the final dot: Postfix "250 2.0.0 Ok: queued as 4Xyz", Exim
+# "250 OK id=1xY0Zn-00002m-11", OpenSMTPD "250 2.0.0 1a593c48 Message accepted for delivery".
+_QUEUE_ID = (
+    re.compile(r"queued as ([0-9A-Za-z]{6,})"),
+    re.compile(r"\bid=([0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4})"),
+    re.compile(r"^(?:2\.0\.0 )?([0-9a-f]{8}) Message accepted"),
+)
+
+
+def queue_ids(exchanges: Iterable[Exchange]) -> set[str]:
+    """The queue ids MTAs gave the scenario's messages, from every accepted final dot."""
+    found = set()
+    for e in exchanges:
+        if e.command != "END-OF-DATA" or e.code is None or not 200 <= e.code < 300:
+            continue
+        for pattern in _QUEUE_ID:
+            m = pattern.search(e.text)
+            if m:
+                found.add(m.group(1))
+    return found
+
+
+def notable(lines: Sequence[str], ids: Iterable[str]) -> list[str]:
+    """The lines that explain: severe ones and those naming one of ``ids`` (order kept, at most
+    MAX_LINES, the last line saying how many were left out)."""
+    wanted = [i for i in ids if i]
+    kept = [line for line in lines if _SEVERE.search(line) or any(i in line for i in wanted)]
+    if len(kept) > MAX_LINES:
+        left = len(kept) - MAX_LINES
+        kept = [*kept[:MAX_LINES], f"... {left} more line(s): docker logs of the role's container"]
+    return kept
+
+
+def _parse(raw: bytes, since_wall: float) -> list[str]:
+    """``docker logs --timestamps`` output from ``since_wall`` on, without the timestamps."""
+    out = []
+    for line in raw.decode("utf-8", "replace").splitlines():
+        stamp, _, text = line.partition(" ")
+        try:
+            # RFC 3339 with nanoseconds: Python takes microseconds.
+            when = dt.datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", stamp.replace("Z", "+00:00")))
+        except ValueError:
+            out.append(line)
+            continue
+        if when.timestamp() >= since_wall and text.strip():
+            out.append(text.rstrip())
+    return out
+
+
+def read_window(host: Host, since_wall: float) -> list[str]:
+    """Every log line ``host`` printed from ``since_wall`` on."""
+    try:
+        container = host.container.get_wrapped_container()
+        raw = container.logs(stdout=True, stderr=True, timestamps=True, since=int(since_wall))
+    except DockerException as exc:
+        return [f"(logs unavailable: {exc})"]
+    return _parse(bytes(raw), since_wall)
+
+
+def role_logs(hosts: Mapping[str, Host], since_wall: float, exchanges: Iterable[Exchange]) -> dict[str, list[str]]:
+    """Per MTA role, the notable lines of the window (roles with none are left out)."""
+    ids = queue_ids(exchanges)
+    out = {}
+    for role, host in hosts.items():
+        if host.mta is None:
+            continue
+        lines = notable(read_window(host, since_wall), ids)
+        if lines:
+            out[role] = lines
+    return out
