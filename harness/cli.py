@@ -98,6 +98,63 @@ def _jobs(text: str) -> int:
     return value
 
 
+# --- harness diff -----------------------------------------------------------------------------------
+DIFF_DESCRIPTION = """\
+Compare how mail flows with two configurations, before the change ships.
+
+Run mode: run the same scenarios (default: scenarios/) twice, once with the baseline's role options and
+once with the candidate's, side by side in one run, then print what changed:
+
+  harness diff --baseline relay=compose/postfix/relay --candidate relay=./new-relay
+  harness diff --candidate relay=./new-relay --set-candidate postfix:relay.smtpd_delay_reject=no scenarios/04-*.yaml
+
+--baseline/--candidate take what --role takes (ROLE=DIR or ROLE=IMPLEMENTATION:DIR), --set-baseline/
+--set-candidate what --set takes (ROLE.PARAM=VALUE); a side with none runs the standard configuration.
+
+File mode: compare two results files written by `harness run --json`:
+
+  harness diff before.json after.json
+
+Scenario runs are matched by scenario file and implementation. For each that changed: the verdict
+(passed -> failed ...) and the key replies that changed, e.g.
+  null MX recipient refused at RCPT [postfix]: RCPT 556 5.1.10 -> 250 2.1.5
+(the client's replies per command; hops, bounces, queue states and deliveries as in the matrix).
+Reply texts, times, run ids, queue ids, dates and Message-IDs are ignored. An MTA refusing a side's
+configuration shows as config-error, with the MTA's first line.
+"""
+
+DIFF_EPILOG = """\
+exit codes: 0 identical behaviour, 1 behaviour changed (including scenarios on one side only and
+            configuration errors), 2 usage error, 3 infrastructure error on either side
+"""
+
+
+def _diff_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    diff = sub.add_parser("diff", help="compare mail flow between two configurations (or two results files)",
+                          description=DIFF_DESCRIPTION, epilog=DIFF_EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    diff.add_argument("paths", nargs="*", type=Path, default=[], metavar="PATH",
+                      help="run mode: scenario files or directories (default: scenarios/); file mode: the two "
+                           "results files, baseline first")
+    diff.add_argument("--baseline", action="append", default=[], metavar="ROLE=DIR",
+                      help="the baseline's configuration directory for ROLE (as --role). Repeatable")
+    diff.add_argument("--candidate", action="append", default=[], metavar="ROLE=DIR",
+                      help="the candidate's configuration directory for ROLE (as --role). Repeatable")
+    diff.add_argument("--set-baseline", action="append", default=[], metavar="ROLE.PARAM=VALUE",
+                      help="a parameter laid over the baseline's ROLE (as --set). Repeatable")
+    diff.add_argument("--set-candidate", action="append", default=[], metavar="ROLE.PARAM=VALUE",
+                      help="a parameter laid over the candidate's ROLE (as --set). Repeatable")
+    diff.add_argument("--mta", default=None, metavar="LIST",
+                      help=f"run mode: comma-separated implementations ({', '.join(NAMES)}; default: postfix)")
+    diff.add_argument("--json-baseline", type=Path, metavar="FILE", help="run mode: write the baseline's results")
+    diff.add_argument("--json-candidate", type=Path, metavar="FILE", help="run mode: write the candidate's results")
+    diff.add_argument("--markdown", type=Path, metavar="FILE",
+                      help="also write the changes as a Markdown table (scenario, implementation, before, after), "
+                           "for a merge request")
+    _pace_options(diff)
+    diff.set_defaults(matrix=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,12 +227,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the implementation (default: the one each --role directory is for, else postfix)")
     role_options(check)
 
+    logs = sub.add_parser("logs", help="a kept run's container logs (the MTAs' own log lines)",
+                          description="Print `docker logs` of a kept run's role (every MTA role when none is "
+                                      "given); RUN is a run id from `harness status` or a --keep line.")
+    logs.add_argument("run", metavar="RUN")
+    logs.add_argument("role", nargs="?", metavar="ROLE", help="mx, relay, nomail, dns, ... (default: every MTA)")
+    logs.add_argument("--tail", type=int, default=0, metavar="N", help="only the last N lines")
+    shell = sub.add_parser("shell", help="a shell in a kept run's role container",
+                           description="`docker exec -it` into a kept run's role: a shell, or the command "
+                                       "given after the role (e.g. `harness shell RUN relay postqueue -p`).")
+    shell.add_argument("run", metavar="RUN")
+    shell.add_argument("role", metavar="ROLE")
+    shell.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+
     down = sub.add_parser("down", help="remove topologies kept by `harness up` or --keep")
     down.add_argument("--run", metavar="RUN_ID", help="remove only this run")
 
     sub.add_parser("status", help="list the harness's runs on this engine")
     sub.add_parser("images", help="make sure the engine answers and build every image")
     sub.add_parser("schema", help="print the scenario JSON Schema (for editors)")
+    _diff_parser(sub)
     for subparser in sub.choices.values():
         _common_options(subparser, argparse.SUPPRESS)
     return parser

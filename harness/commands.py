@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,8 @@ def dispatch(args: argparse.Namespace) -> int:
     handler = {
         "run": cmd_run, "validate": cmd_validate, "up": cmd_up, "down": cmd_down, "status": cmd_status,
         "images": cmd_images, "schema": cmd_schema, "matrix": cmd_matrix, "report": cmd_report,
-        "check": cmd_check,
+        "check": cmd_check, "logs": cmd_logs, "shell": cmd_shell,
+        "diff": cmd_diff,
     }[args.command]
     return handler(args, progress)
 
@@ -397,6 +399,44 @@ def _command_line_scenario(options: RoleOptions) -> Scenario | None:
     return apply_role_options([empty], options)[0]
 
 
+def _run_container(args: argparse.Namespace, progress: Progress, role: str) -> str:
+    from harness.topology.labels import run_containers
+
+    containers = run_containers(_client(progress), args.run)
+    if not containers:
+        raise UsageError(f"no run {args.run} on this engine (see `harness status`)")
+    if role not in containers:
+        raise UsageError(f"run {args.run} has no role {role!r} (it has: {', '.join(containers)})")
+    return containers[role]
+
+
+def cmd_logs(args: argparse.Namespace, progress: Progress) -> int:
+    """A kept run's container logs: one role, or every MTA role one after another."""
+    from harness.topology.labels import run_containers
+
+    roles = [args.role] if args.role else [r for r in run_containers(_client(progress), args.run)
+                                           if not r.endswith("-capture")]
+    if not roles:
+        raise UsageError(f"no run {args.run} on this engine (see `harness status`)")
+    for role in roles:
+        name = _run_container(args, progress, role)
+        if len(roles) > 1:
+            print(f"=== {role} ({name}) ===", flush=True)
+        done = subprocess.run(["docker", "logs", *(["--tail", str(args.tail)] if args.tail else []), name],
+                              check=False)
+        if done.returncode != 0:
+            return EXIT_INFRA
+    return EXIT_OK
+
+
+def cmd_shell(args: argparse.Namespace, progress: Progress) -> int:
+    """A shell (or a command) in a kept run's role container."""
+    name = _run_container(args, progress, args.role)
+    tty = ["-it"] if sys.stdin.isatty() else ["-i"]
+    command = list(args.command) or ["sh"]
+    return subprocess.run(["docker", "exec", *tty, name, *command], check=False).returncode
+
+
 def cmd_down(args: argparse.Namespace, progress: Progress) -> int:
     from harness.topology.labels import list_runs, remove_run
 
@@ -442,3 +482,120 @@ def cleanup_own_runs() -> int:
     except Exception:  # cleanup after Ctrl-C must never raise a second traceback
         return 0
 
+
+
+# --- harness diff: the same scenarios with two configurations, or two results files ------------------
+
+_DIFF_SIDES = ("baseline", "candidate")
+
+
+def cmd_diff(args: argparse.Namespace, progress: Progress) -> int:
+    """What changed between a baseline and a candidate: run the scenarios with both (side by side, in
+    one run) or read two results files. Exit 0 identical, 1 changed, 2 usage, 3 an infrastructure
+    error on either side."""
+    from harness.report.diff import diff_markdown, diff_results, diff_text
+
+    running = any(getattr(args, name) for side in _DIFF_SIDES for name in (side, f"set_{side}"))
+    before, after = _diff_run(args, progress) if running else _diff_files(args, progress)
+    try:
+        diff = diff_results(before, after)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(diff_text(diff))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(diff_markdown(diff), encoding="utf-8")
+        progress.line(f"wrote {args.markdown}")
+    return diff.exit_code
+
+
+def _diff_files(args: argparse.Namespace, progress: Progress) -> tuple[list[ScenarioResult], list[ScenarioResult]]:
+    """File mode: ``harness diff A.json B.json``."""
+    from harness.report.merge import load_results
+
+    for flag, given in (("--mta", args.mta is not None), ("--json-baseline", args.json_baseline),
+                        ("--json-candidate", args.json_candidate), ("--fresh", args.fresh),
+                        ("-j", args.jobs is not None)):
+        if given:
+            raise UsageError(f"diff: {flag} applies when running scenarios (with --baseline/--candidate/"
+                             "--set-baseline/--set-candidate), not when comparing two results files")
+    if len(args.paths) != 2:
+        raise UsageError("diff: give --baseline/--candidate (and/or --set-baseline/--set-candidate) to run the "
+                         "scenarios with two configurations, or exactly two results files of `harness run --json` "
+                         f"to compare (got {len(args.paths)} path(s))")
+    for path in args.paths:
+        if path.is_dir() or path.suffix in (".yaml", ".yml"):
+            raise UsageError(f"diff: {path} is a scenario {'directory' if path.is_dir() else 'file'}, not a results "
+                             "file of `harness run --json`; to run scenarios with two configurations, give "
+                             "--baseline/--candidate (or --set-baseline/--set-candidate)")
+    progress.line(f"comparing {args.paths[0]} (baseline) with {args.paths[1]} (candidate)")
+    return load_results(args.paths[0]), load_results(args.paths[1])
+
+
+def _diff_side_message(side: str, message: str) -> str:
+    """A --role/--set complaint, named as the side's option."""
+    for option, named in (("--role ", f"--{side} "), ("--set ", f"--set-{side} ")):
+        if message.startswith(option):
+            return named + message[len(option):]
+    return f"--{side}: {message}"
+
+
+def _diff_side_options(args: argparse.Namespace, side: str) -> RoleOptions:
+    try:
+        return parse_role_options(getattr(args, side), getattr(args, f"set_{side}"))
+    except UsageError as exc:
+        raise UsageError(_diff_side_message(side, exc.message)) from exc
+
+
+def _diff_run(args: argparse.Namespace, progress: Progress) -> tuple[list[ScenarioResult], list[ScenarioResult]]:
+    """Run mode: every scenario with the baseline's role options and with the candidate's, both sides'
+    pairs in one run_all (their scenarios are distinct variants: they share the implementations'
+    topologies and run side by side), each side's results written where asked."""
+    from harness.errors import InfrastructureError
+    from harness.runner import default_jobs, implementations_for, run_all
+
+    for path in args.paths:
+        if path.suffix == ".json":
+            raise UsageError(f"diff: {path} looks like a results file; compare two results files without "
+                             "--baseline/--candidate/--set-baseline/--set-candidate: harness diff A.json B.json")
+    paths = list(args.paths) or [Path("scenarios")]
+    options = {side: _diff_side_options(args, side) for side in _DIFF_SIDES}
+    # One scenario per file: a file named twice would make two results of one (file, implementation).
+    scenarios = list({s.path.resolve(): s for s in load_scenarios(paths)}.values())
+    if not scenarios:
+        raise UsageError("no scenario files found in " + ", ".join(str(p) for p in paths))
+    mtas = _selected_mtas(args, _compose_dir(args))
+    how = _how_selected(args)
+    check_selection(scenarios, mtas, how)
+    for side, side_options in options.items():
+        try:
+            check_role_options(side_options, mtas, how)
+        except UsageError as exc:
+            raise UsageError(_diff_side_message(side, exc.message)) from exc
+    baseline = apply_role_options(scenarios, options["baseline"])
+    candidate = apply_role_options(scenarios, options["candidate"])
+    pairs = [(s, m) for s in baseline for m in implementations_for(s, mtas)]
+    half = len(pairs)
+    pairs += [(s, m) for s in candidate for m in implementations_for(s, mtas)]
+    for side, side_options in options.items():
+        for line in side_options.describe() or ["the standard configuration"]:
+            progress.line(f"{side}: {line}")
+    ctx = _context(args, progress)
+    ctx.fresh = bool(args.fresh)
+    ctx.jobs = args.jobs or default_jobs()
+    progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)} for the baseline and the candidate "
+                  f"({len(pairs)} scenario runs){' (fresh topologies)' if ctx.fresh else ''}, {ctx.jobs} at a time")
+
+    def report(r: ScenarioResult) -> None:
+        progress.line(f"{r.status.upper():6} {r.name} [{r.mta}] ({r.duration_s:.1f}s)")
+
+    # Results come back in the order of `pairs`: the baseline's, then the candidate's.
+    results = run_all(ctx, [*baseline, *candidate], on_result=report, pairs=pairs)
+    if len(results) != len(pairs):
+        raise InfrastructureError(f"diff: the run returned {len(results)} result(s) for {len(pairs)} scenario runs")
+    before, after = results[:half], results[half:]
+    for path, side_results in ((args.json_baseline, before), (args.json_candidate, after)):
+        if path:
+            write_json(side_results, path)
+            progress.line(f"wrote {path}")
+    return before, after

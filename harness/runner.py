@@ -37,7 +37,7 @@ from harness.report.progress import Progress
 from harness.scenario.model import Scenario
 from harness.shard import topology_key
 from harness.topology.images import ImageStore
-from harness.topology.labels import new_run_id, reap_abandoned, run_labels
+from harness.topology.labels import debugging_lines, new_run_id, reap_abandoned, run_containers, run_labels
 from harness.topology.topology import (
     DNS_ROLE,
     Host,
@@ -229,8 +229,8 @@ class SharedTopology:
 
     def close(self, *, keep: bool) -> None:
         if keep:
-            self.ctx.progress.line(f"kept run {self.run_id} for debugging: `harness status`, then "
-                                   f"`harness down --run {self.run_id}`")
+            for line in debugging_lines(self.run_id, run_containers(self.ctx.client, self.run_id)):
+                self.ctx.progress.line(line)
             return
         self.topology.destroy()
 
@@ -400,21 +400,27 @@ def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
             with lock:
                 on_result(result)
 
-    results: list[ScenarioResult] = []
+    # Each result goes back to its pair's place: run_group returns one result per pair, in its order.
+    # The same scenario file can be in several pairs (variants with other --role options, a file named
+    # twice), so places are found by scenario object, not by file name.
+    places: dict[tuple[int, str], list[int]] = {}
+    for i, (scenario, mta) in enumerate(pairs):
+        places.setdefault((id(scenario), mta), []).append(i)
+    placed: list[tuple[int, ScenarioResult]] = []
     jobs = max(1, min(ctx.jobs, len(groups)))
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="topology")
     try:
         futures = [pool.submit(run_group, ctx, group, report) for group in groups]
-        for future in futures:
-            results.extend(future.result())
+        for group, future in zip(groups, futures, strict=True):
+            for (scenario, mta), result in zip(group, future.result(), strict=False):
+                placed.append((places[(id(scenario), mta)].pop(0), result))
     except BaseException:
         # Ctrl-C / SIGTERM: stop every group's waits at once, so their topologies are removed now.
         CANCELLED.set()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    order = {(str(s.path), m): i for i, (s, m) in enumerate(pairs)}
-    return sorted(results, key=lambda r: order.get((r.file, r.mta), len(order)))
+    return [result for _, result in sorted(placed, key=lambda p: p[0])]
 
 
 def implementations_for(scenario: Scenario, selected: Sequence[str]) -> list[str]:

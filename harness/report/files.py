@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -17,6 +18,15 @@ def write_json(results: Sequence[ScenarioResult], path: Path) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
+def junit_classname(file: str) -> str:
+    """``scenarios/02-relay-354.yaml`` -> ``scenarios.02-relay-354``: relative to the working directory
+    when below it, dotted, without the extension (how CI pages group test cases)."""
+    path = Path(file)
+    with contextlib.suppress(ValueError):
+        path = path.resolve().relative_to(Path.cwd().resolve())
+    return ".".join(path.with_suffix("").parts).lstrip("/.") or str(file)
+
+
 def write_junit(results: Sequence[ScenarioResult], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     suite = ET.Element("testsuite", {
@@ -27,8 +37,8 @@ def write_junit(results: Sequence[ScenarioResult], path: Path) -> None:
         "time": f"{sum(r.duration_s for r in results):.3f}",
     })
     for r in results:
-        case = ET.SubElement(suite, "testcase", {"classname": r.file, "name": f"{r.name} [{r.mta}]",
-                                                 "time": f"{r.duration_s:.3f}"})
+        case = ET.SubElement(suite, "testcase", {"classname": junit_classname(r.file),
+                                                 "name": f"{r.name} [{r.mta}]", "time": f"{r.duration_s:.3f}"})
         if r.status == FAILED:
             first = r.failures[0]
             node = ET.SubElement(case, "failure", {"message": f"{first.stage or first.kind}: expected "
@@ -42,6 +52,8 @@ def write_junit(results: Sequence[ScenarioResult], path: Path) -> None:
         elif r.status == ERROR:
             node = ET.SubElement(case, "error", {"message": (r.error or "").splitlines()[0] if r.error else ""})
             node.text = "\n\n".join(filter(None, [r.error, render_logs(r)]))
-        out = ET.SubElement(case, "system-out")
-        out.text = render_timeline(r)
+        if r.status not in (FAILED, ERROR, CONFIG_ERROR):
+            # A failure's text has the timeline already: CI pages show both, so only once.
+            out = ET.SubElement(case, "system-out")
+            out.text = render_timeline(r)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)

@@ -33,7 +33,7 @@ def _decisive(exchanges: Sequence[Exchange], *, show_data: bool) -> str:
     return exchanges[-1].command if exchanges else "?"
 
 
-def _step_key(step: StepOutcome) -> str | None:
+def step_key(step: StepOutcome) -> str | None:
     """The cell text of one step, from its observation's fields."""
     obs = step.observation
     if step.status == SKIPPED or obs is None:
@@ -70,7 +70,7 @@ def cell(result: ScenarioResult) -> str:
         return "CONFIG ERROR"
     keys: list[str] = []
     for step in result.steps:
-        key = _step_key(step)
+        key = step_key(step)
         if key and key not in keys:
             keys.append(key)
     overridden = any(s.override for s in result.steps)

@@ -146,3 +146,24 @@ def reap_abandoned(client: docker.DockerClient) -> list[str]:
             remove_run(client, run.run_id)
             reaped.append(run.run_id)
     return reaped
+
+
+def run_containers(client: docker.DockerClient, run_id: str) -> dict[str, str]:
+    """A run's containers by role (``mx``, ``relay``, ``mx-capture``, ...): role -> container name."""
+    out = {}
+    for c in _containers(client, f"{RUN_LABEL}={run_id}"):
+        labels = c.get("Labels") or {}
+        names = c.get("Names") or [str(c["Id"])[:12]]
+        out[str(labels.get(ROLE_LABEL, "?"))] = str(names[0]).lstrip("/")
+    return dict(sorted(out.items()))
+
+
+def debugging_lines(run_id: str, containers: dict[str, str]) -> list[str]:
+    """What to type to look inside a kept run, per role."""
+    lines = [f"kept run {run_id}; remove it with `harness down --run {run_id}`"]
+    for role, name in containers.items():
+        if role.endswith("-capture"):
+            continue
+        lines.append(f"  {role:8} {name}:  docker logs {name}  |  docker exec -it {name} sh"
+                     f"  |  harness logs {run_id} {role}  |  harness shell {run_id} {role}")
+    return lines

@@ -7,12 +7,15 @@ import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
 
-from harness.expect.results import FAILED, Failure, ScenarioResult, result_from_json
+import pytest
+
+from harness.expect.results import CONFIG_ERROR, FAILED, Failure, ScenarioResult, result_from_json
 from harness.report.console import summary_table
 from harness.report.files import write_json, write_junit
 from harness.report.matrix import cell, matrix_markdown, matrix_text
 from harness.report.transcript import render_timeline
 
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = Path(__file__).parent / "fixtures" / "results" / "matrix-sample.json"
 MTAS = ["postfix", "exim", "opensmtpd"]
 
@@ -71,3 +74,31 @@ def test_a_failure_is_marked_in_the_timeline_and_in_junit(tmp_path: Path) -> Non
     failure = ET.parse(junit).getroot().find("testcase/failure")
     assert failure is not None and "<<< expected 220" in (failure.text or "")
     assert "FAIL" in summary_table([failing])
+
+
+def test_junit_classname_dotted_and_the_timeline_only_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    result = _by(_results(), "08", "postfix")
+    failing = replace(result, status=FAILED, failures=[
+        Failure(2, "hop", "CONNECT", "220", "521", None, "relay->nomail", 1)],
+        logs={"relay": ["postfix/smtp[9]: 4Xyz: to=<someone@sendonly.test>, status=deferred (521)"]})
+    passing = replace(result, file=str(ROOT / "scenarios" / "08-relay-to-521-bounced.yaml"))
+    junit = tmp_path / "j.xml"
+    write_junit([failing, passing], junit)
+    cases = ET.parse(junit).getroot().findall("testcase")
+    assert [c.get("classname") for c in cases] == ["scenarios.08-relay-to-521-bounced"] * 2
+    failure = cases[0].find("failure")
+    assert failure is not None and "status=deferred (521)" in (failure.text or "")  # the MTA's own line
+    assert cases[0].find("system-out") is None  # the failure text has the timeline already
+    assert cases[1].find("system-out") is not None
+
+
+def test_a_configuration_error_is_a_junit_error_with_the_mtas_line(tmp_path: Path) -> None:
+    result = replace(_by(_results(), "08", "postfix"), status=CONFIG_ERROR, failures=[],
+                     error="configuration error: relay (cfg) on postfix: fatal: chdir(/nonexistent)\n  more")
+    junit = tmp_path / "j.xml"
+    write_junit([result], junit)
+    error = ET.parse(junit).getroot().find("testcase/error")
+    assert error is not None and error.get("type") == "configuration"
+    assert error.get("message") == "configuration error: relay (cfg) on postfix: fatal: chdir(/nonexistent)"
+    assert "CONFIG" in summary_table([result]) and "1 configuration error(s)" in summary_table([result])
