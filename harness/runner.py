@@ -23,7 +23,7 @@ from pathlib import Path
 import docker
 
 from harness.dns.preflight import check_records, wait_until_answering
-from harness.errors import ConfigurationError, DnsPreflightError, HarnessError
+from harness.errors import ConfigurationError, DnsPreflightError, HarnessError, InfrastructureError
 from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, ScenarioResult
 from harness.mta import DRIVERS
 from harness.observe.capture import CAPTURE_IMAGE, HopCapture, start_captures
@@ -139,6 +139,10 @@ class SharedTopology:
         # Deliveries noticed as they are written, not at the next poll.
         for h in hosts:
             self.mail_events[h.role] = MailWatch(self.ctx.client, h.container_id, h.role).start().changed
+        self._view_hops()
+
+    def _view_hops(self) -> None:
+        """The hop view over the companions running now (after roles were added or removed)."""
         names = {h.address: h.role for h in self.topology.hosts.values()}
         if self.topology.unreachable is not None:
             names[self.topology.unreachable] = "unreachable"
@@ -149,13 +153,16 @@ class SharedTopology:
         """Remove the roles whose configuration (image, settings, implementation, address) differs from
         what the next scenario needs, or that it does not have; return the roles it needs started."""
         new = [r for r, v in wanted.items() if self.running.get(r) != v]
-        for role in [r for r, v in self.running.items() if wanted.get(r) != v]:
+        stale = [r for r, v in self.running.items() if wanted.get(r) != v]
+        for role in stale:
             capture = self.captures.pop(role, None)
             if capture is not None:
                 capture.remove()
             self.mail_events.pop(role, None)
             remove_role(self.topology, role)
             del self.running[role]
+        if stale:
+            self._view_hops()  # a removed companion's capture can no longer be read
         return new
 
     def _start(self, plan: ScenarioPlan, wanted: dict[str, tuple[HostPlan, str]], new: list[str]) -> None:
@@ -266,65 +273,94 @@ def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mt
     return result
 
 
+class ScenarioSequence:
+    """Scenarios of one implementation, one after another on one shared topology, started with the
+    first. A role configuration the MTA refuses is reported in full once: a later scenario needing the
+    same one ends at once, referring to that report, and the others still run. A topology that cannot
+    start at all is reported once too: every later scenario refers to it. Used by ``run_group`` and by
+    the pytest plugin (one per implementation and process)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.shared: SharedTopology | None = None
+        self.statuses: list[str] = []
+        self.not_started: str | None = None  # the scenario whose topology did not start
+        self._refused: list[tuple[str, HostPlan, str]] = []  # (role, its plan, the scenario reporting it)
+        self._created = time.monotonic()
+
+    def run(self, scenario: Scenario, mta: str) -> ScenarioResult:
+        began = time.monotonic()
+        label = f"{scenario.path} [{mta}]"
+
+        def ended(status: str, error: str, *, took: bool = True) -> ScenarioResult:
+            result = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, status=status, error=error,
+                                    duration_s=time.monotonic() - began if took else 0.0)
+            self.statuses.append(status)
+            return result
+
+        if self.not_started is not None:
+            return ended(ERROR, f"the topology did not start (reported with {self.not_started})", took=False)
+        plan: ScenarioPlan | None = None
+        try:
+            plan = plan_scenario(scenario, self.ctx.compose_dir, mta=mta)
+            earlier = next(((r, where) for r, host, where in self._refused if host in plan.topology.hosts), None)
+            if earlier is not None:
+                return ended(CONFIG_ERROR, f"configuration error: {earlier[0]}'s configuration did not start "
+                                           f"(reported with {earlier[1]})", took=False)
+            first = self.shared is None
+            shared = self.ready(plan, label)
+        except ConfigurationError as exc:
+            host = next((h for h in plan.topology.hosts if h.role == exc.role), None) if plan else None
+            if host is not None:
+                self._refused.append((exc.role, host, label))
+            return ended(CONFIG_ERROR, str(exc))
+        except HarnessError as exc:
+            return ended(ERROR, str(exc))
+        result = verify_on(shared, plan, scenario, mta)
+        if first:
+            result.duration_s = time.monotonic() - self._created  # it also waited for the topology
+        self.statuses.append(result.status)
+        return result
+
+    def ready(self, plan: ScenarioPlan, label: str) -> SharedTopology:
+        """The topology, started on first use (its images built if missing), prepared for ``plan``."""
+        if self.not_started is not None:
+            raise InfrastructureError(f"the topology did not start (reported with {self.not_started})")
+        if self.shared is None:
+            try:
+                build_images(self.ctx.images, plan.topology)
+                self.ctx.images.image(CAPTURE_IMAGE)
+                self.shared = SharedTopology(self.ctx, plan)
+            except ConfigurationError:
+                raise  # that role's configuration, not the topology: the next scenario tries again
+            except HarnessError:
+                self.not_started = label  # the same cause for every scenario that needs this topology
+                raise
+        self.shared.prepare(plan)
+        return self.shared
+
+    def close(self) -> None:
+        """Remove the topology, or keep it (``ctx.keep``) when a scenario asks for it."""
+        if self.shared is not None:
+            self.shared.close(keep=any(_keep(self.ctx.keep, s) for s in self.statuses))
+            self.shared = None
+
+
 def run_group(ctx: RunContext, items: Sequence[tuple[Scenario, str]],
               on_result: Callable[[ScenarioResult], None] | None = None) -> list[ScenarioResult]:
-    """Scenarios of one topology key, one after another on one topology. A topology that cannot start
-    is reported once, in full, on the first scenario; the others refer to it."""
+    """Scenarios of one topology, one after another (``ScenarioSequence``); one result per item."""
     results: list[ScenarioResult] = []
-    shared: SharedTopology | None = None
-    started = time.monotonic()
-
-    def emit(result: ScenarioResult) -> None:
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
-
-    # Role configurations an MTA refused, (role, its plan), with the scenario that reported it: a later
-    # scenario needing the same one ends at once, referring to that report; the others still run.
-    refused: list[tuple[str, HostPlan, str]] = []
+    sequence = ScenarioSequence(ctx)
     try:
         for scenario, mta in items:
             if CANCELLED.is_set():
                 break
-            began = time.monotonic()
-            label = f"{scenario.path} [{mta}]"
-            try:
-                plan = plan_scenario(scenario, ctx.compose_dir, mta=mta)
-                earlier = next(((r, where) for r, host, where in refused if host in plan.topology.hosts), None)
-                if earlier is not None:
-                    emit(ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, status=CONFIG_ERROR,
-                                        error=f"configuration error: {earlier[0]}'s configuration did not start "
-                                              f"(reported with {earlier[1]})"))
-                    continue
-                if shared is None:
-                    shared = SharedTopology(ctx, plan)
-                shared.prepare(plan)
-            except ConfigurationError as exc:
-                host = next((h for h in plan.topology.hosts if h.role == exc.role), None)
-                if host is not None:
-                    refused.append((exc.role, host, label))
-                emit(ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, status=CONFIG_ERROR,
-                                    error=str(exc), duration_s=time.monotonic() - began))
-                continue
-            except HarnessError as exc:
-                failed = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, status=ERROR,
-                                        error=str(exc), duration_s=time.monotonic() - began)
-                emit(failed)
-                if shared is None:
-                    # The topology never started: the same cause for every scenario that needs it.
-                    for other, other_mta in items[len(results):]:
-                        emit(ScenarioResult(file=str(other.path), name=other.name, mta=other_mta, status=ERROR,
-                                            error=f"the topology did not start (reported with {label})"))
-                    break
-                continue
-            result = verify_on(shared, plan, scenario, mta)
-            if len(results) == 0:
-                # The first scenario also waited for the topology to start.
-                result.duration_s = time.monotonic() - started
-            emit(result)
+            result = sequence.run(scenario, mta)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
     finally:
-        if shared is not None:
-            shared.close(keep=any(_keep(ctx.keep, r.status) for r in results))
+        sequence.close()
     return results
 
 
