@@ -22,6 +22,7 @@ from docker.errors import DockerException, NotFound
 from testcontainers.core.container import DockerContainer
 
 from harness.errors import InfrastructureError, ReadinessTimeoutError
+from harness.observe.polling import CANCELLED
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL
 from harness.topology.topology import Host
 
@@ -155,7 +156,8 @@ class HopCapture:
                 raise ReadinessTimeoutError(
                     f"the capture companion of {self.host.role} ({self.host.address}) did not print "
                     f"{LISTENING!r} within {timeout_s:.0f} s\n--- its log ---\n{log.strip()}")
-            time.sleep(0.02)
+            if CANCELLED.wait(0.02):
+                raise KeyboardInterrupt("the run was interrupted")
 
     def read_pcap(self) -> bytes:
         """The capture file as it is now (complete up to the last packet written; works while running

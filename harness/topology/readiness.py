@@ -20,6 +20,7 @@ from docker.errors import DockerException, NotFound
 from docker.models.containers import Container
 
 from harness.errors import ContainerExitedError, ReadinessTimeoutError
+from harness.observe.polling import CANCELLED
 
 # How often a wait looks at the container's state (one inspect call, ~5-10 ms): often enough that an
 # exit is reported within a fraction of a second, rarely enough to cost nothing next to the MTA's start.
@@ -83,6 +84,9 @@ class _ExitWatch:
         self._last = float("-inf")
 
     def check(self, *, force: bool = False) -> None:
+        if CANCELLED.is_set():
+            # Ctrl-C while topologies start side by side: every start ends now, not at its bound.
+            raise KeyboardInterrupt("the run was interrupted")
         if self._container is None:
             return
         now = time.monotonic()

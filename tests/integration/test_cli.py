@@ -149,8 +149,11 @@ def _own_objects(client: docker.DockerClient, pid: int) -> int:
 def test_interrupt_removes_everything(engine: docker.DockerClient, tmp_path: Path, sig: int, code: int) -> None:
     scenario = tmp_path / "slow.yaml"
     scenario.write_text(SLOW)
+    # As from an interactive shell: a test run started in the background (`make test &`) hands its
+    # children SIGINT ignored, and a program started so keeps ignoring it.
     proc = subprocess.Popen([sys.executable, "-m", "harness", "--compose", str(COMPOSE), "run", str(scenario)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while _own_objects(engine, proc.pid) < 5 and time.monotonic() < deadline:
