@@ -9,8 +9,10 @@ packet as it arrives) and ``harness.observe.smtpstream`` decodes it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import json
 import tarfile
 import threading
 import time
@@ -46,20 +48,25 @@ class CaptureError(InfrastructureError):
 
 
 _PCAP_HEADER = 24  # bytes of a pcap file's global header
+FOLLOW_CATCH_UP_S = 2.0
 
 
 class PcapFollower:
     """The capture file as tcpdump writes it, streamed by one ``tail -c +1 -F`` exec for the
     companion's whole life. Why: a scenario reads the capture many times (every hop look, every
     connection check); an archive call per read makes the engine spawn a docker-tar process each
-    time, which on two cores was most of a run's CPU. The copy trails the file by the stream's few
-    milliseconds, like any read of a file tcpdump is still writing."""
+    time, which on two cores was most of a run's CPU.
+
+    A read is as complete as reading the file itself: ``snapshot`` first asks the engine for the
+    file's size (a stat, no process started) and waits until the stream has delivered that much. On a
+    busy machine the stream can trail the file by more than the time between a delivery and the next
+    look, and a look that misses a connection would judge "no connection" on a capture that has it."""
 
     def __init__(self, client: docker.DockerClient, container_id: str, what: str) -> None:
         self._client = client
         self._container_id = container_id
         self._data = bytearray()
-        self._lock = threading.Lock()
+        self._grew = threading.Condition()
         self._running = False
         self._thread = threading.Thread(target=self._follow, name=f"pcap-{what}", daemon=True)
 
@@ -78,15 +85,41 @@ class PcapFollower:
     def _follow(self) -> None:
         with contextlib.suppress(DockerException, OSError, ValueError):
             for chunk in self._stream:
-                with self._lock:
+                with self._grew:
                     self._data += chunk
-        self._running = False  # the companion is gone
+                    self._grew.notify_all()
+        with self._grew:
+            self._running = False  # the companion is gone
+            self._grew.notify_all()
+
+    def _file_size(self) -> int | None:
+        """The capture file's size now, from the engine's stat of the path (HEAD .../archive)."""
+        api = self._client.api
+        try:
+            response = api.head(api._url("/containers/{0}/archive", self._container_id),
+                                params={"path": CAPTURE_FILE}, timeout=10)
+            stat = response.headers.get("X-Docker-Container-Path-Stat")
+            if response.status_code != 200 or not stat:
+                return None
+            size = json.loads(base64.b64decode(stat)).get("size")
+        except (DockerException, OSError, ValueError):
+            return None
+        return size if isinstance(size, int) else None
 
     def snapshot(self) -> bytes | None:
-        """Everything streamed so far; None once the stream ended (the companion stopped) or while
-        not even the file's header has arrived (just started)."""
-        with self._lock:
-            return bytes(self._data) if self._running and len(self._data) >= _PCAP_HEADER else None
+        """The file up to its size when asked; None when that cannot be had from the stream (it ended,
+        the stat failed, or it did not catch up within FOLLOW_CATCH_UP_S): the caller reads the file."""
+        size = self._file_size()
+        if size is None or size < _PCAP_HEADER:
+            return None
+        deadline = time.monotonic() + FOLLOW_CATCH_UP_S
+        with self._grew:
+            while self._running and len(self._data) < size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._grew.wait(remaining)
+            return bytes(self._data) if self._running or len(self._data) >= size else None
 
 
 class HopCapture:
