@@ -9,17 +9,13 @@ packet as it arrives) and ``harness.observe.smtpstream`` decodes it.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
-import json
 import tarfile
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-import docker
 from docker.errors import DockerException, NotFound
 from testcontainers.core.container import DockerContainer
 
@@ -47,81 +43,6 @@ class CaptureError(InfrastructureError):
     """A capture companion could not be started or read."""
 
 
-_PCAP_HEADER = 24  # bytes of a pcap file's global header
-FOLLOW_CATCH_UP_S = 2.0
-
-
-class PcapFollower:
-    """The capture file as tcpdump writes it, streamed by one ``tail -c +1 -F`` exec for the
-    companion's whole life. Why: a scenario reads the capture many times (every hop look, every
-    connection check); an archive call per read makes the engine spawn a docker-tar process each
-    time, which on two cores was most of a run's CPU.
-
-    A read is as complete as reading the file itself: ``snapshot`` first asks the engine for the
-    file's size (a stat, no process started) and waits until the stream has delivered that much. On a
-    busy machine the stream can trail the file by more than the time between a delivery and the next
-    look, and a look that misses a connection would judge "no connection" on a capture that has it."""
-
-    def __init__(self, client: docker.DockerClient, container_id: str, what: str) -> None:
-        self._client = client
-        self._container_id = container_id
-        self._data = bytearray()
-        self._grew = threading.Condition()
-        self._running = False
-        self._thread = threading.Thread(target=self._follow, name=f"pcap-{what}", daemon=True)
-
-    def start(self) -> PcapFollower:
-        api = self._client.api
-        try:
-            exec_id = api.exec_create(self._container_id, ["tail", "-c", "+1", "-F", CAPTURE_FILE],
-                                      stdout=True, stderr=False)["Id"]
-            self._stream = api.exec_start(exec_id, stream=True)
-        except DockerException:
-            return self  # no follower: reads fall back to an archive call each
-        self._running = True
-        self._thread.start()
-        return self
-
-    def _follow(self) -> None:
-        with contextlib.suppress(DockerException, OSError, ValueError):
-            for chunk in self._stream:
-                with self._grew:
-                    self._data += chunk
-                    self._grew.notify_all()
-        with self._grew:
-            self._running = False  # the companion is gone
-            self._grew.notify_all()
-
-    def _file_size(self) -> int | None:
-        """The capture file's size now, from the engine's stat of the path (HEAD .../archive)."""
-        api = self._client.api
-        try:
-            response = api.head(api._url("/containers/{0}/archive", self._container_id),
-                                params={"path": CAPTURE_FILE}, timeout=10)
-            stat = response.headers.get("X-Docker-Container-Path-Stat")
-            if response.status_code != 200 or not stat:
-                return None
-            size = json.loads(base64.b64decode(stat)).get("size")
-        except (DockerException, OSError, ValueError):
-            return None
-        return size if isinstance(size, int) else None
-
-    def snapshot(self) -> bytes | None:
-        """The file up to its size when asked; None when that cannot be had from the stream (it ended,
-        the stat failed, or it did not catch up within FOLLOW_CATCH_UP_S): the caller reads the file."""
-        size = self._file_size()
-        if size is None or size < _PCAP_HEADER:
-            return None
-        deadline = time.monotonic() + FOLLOW_CATCH_UP_S
-        with self._grew:
-            while self._running and len(self._data) < size:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._grew.wait(remaining)
-            return bytes(self._data) if self._running or len(self._data) >= size else None
-
-
 class HopCapture:
     """The capture companion of one MTA container."""
 
@@ -144,7 +65,6 @@ class HopCapture:
             )
         )
         self.listening_after_s: float | None = None
-        self._follower: PcapFollower | None = None
 
     @property
     def container_id(self) -> str:
@@ -174,7 +94,6 @@ class HopCapture:
                 log = bytes(wrapped.logs(stdout=True, stderr=True)).decode("utf-8", "replace")
                 if LISTENING in log:
                     self.listening_after_s = time.monotonic() - started
-                    self._follower = PcapFollower(wrapped.client, str(wrapped.id), self.host.role).start()
                     return self.listening_after_s
                 wrapped.reload()
                 status = wrapped.status
@@ -194,12 +113,7 @@ class HopCapture:
 
     def read_pcap(self) -> bytes:
         """The capture file as it is now (complete up to the last packet written; works while running
-        and after the companion stopped). While the companion runs, from the follower's copy (no Docker
-        call); else, or if the follower could not start, by one archive call."""
-        if self._follower is not None:
-            data = self._follower.snapshot()
-            if data is not None:
-                return data
+        and after the companion stopped)."""
         try:
             stream, _ = self.container.get_wrapped_container().get_archive(CAPTURE_FILE)
             data = b"".join(stream)
