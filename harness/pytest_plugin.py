@@ -12,10 +12,9 @@ One item per scenario and implementation, ``scenarios/02-relay-354.yaml::postfix
 load is one failing item, ``...::load``, showing the loader's ``file:line:col: message``.
 
 Items of one process (one xdist worker) share topologies as ``harness run`` does: one
-``SharedTopology`` per implementation, prepared for each scenario (roles swapped, the rest reset), all
+``SharedTopology`` per topology key (implementation and role changes), reset before each scenario, all
 closed when the session ends, also after ``-x`` or Ctrl-C. A failure shows what ``harness run`` prints
-for it. Under pytest-xdist each worker keeps its own topologies: one per implementation it was given
-items of.
+for it. Under pytest-xdist each worker keeps its own topologies.
 
 Heavy modules (docker, testcontainers) are imported only when a scenario or the fixture runs.
 """
@@ -250,13 +249,13 @@ class BrokenScenarioItem(pytest.Item):
 
 @dataclass
 class _Topologies:
-    """This process's engine context and one ``ScenarioSequence`` (a shared topology) per implementation,
+    """This process's engine context and one ``ScenarioSequence`` (a shared topology) per topology key,
     made on first use: scenario items and the fixture run on them as `harness run` would."""
 
     keep: str
     ctx: RunContext | None = None
     ctx_error: str | None = None
-    sequences: dict[str, ScenarioSequence] = field(default_factory=dict)
+    sequences: dict[object, ScenarioSequence] = field(default_factory=dict)
 
     def context(self) -> RunContext:
         if self.ctx is not None:
@@ -284,28 +283,32 @@ class _Topologies:
         self.ctx = ctx
         return ctx
 
-    def sequence(self, mta: str) -> ScenarioSequence:
+    def sequence(self, scenario: Scenario | None, mta: str) -> ScenarioSequence:
+        """The sequence of ``scenario``'s topology (its implementation and role changes, as
+        ``harness run`` groups them); the standard topology's for None."""
         from harness.runner import ScenarioSequence
+        from harness.shard import TopologyKey, topology_key
 
-        if mta not in self.sequences:
-            self.sequences[mta] = ScenarioSequence(self.context())
-        return self.sequences[mta]
+        key: TopologyKey = topology_key(scenario, mta) if scenario is not None else (mta, ())
+        if key not in self.sequences:
+            self.sequences[key] = ScenarioSequence(self.context())
+        return self.sequences[key]
 
     def run(self, scenario: Scenario, mta: str) -> ScenarioResult:
         from harness.expect.results import ERROR, ScenarioResult
 
         try:
-            return self.sequence(mta).run(scenario, mta)
+            return self.sequence(scenario, mta).run(scenario, mta)
         except HarnessError as exc:  # no engine context: said once per item
             return ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, status=ERROR, error=str(exc))
 
     def close(self, *, interrupted: bool) -> None:
         problems = []
-        for mta, sequence in self.sequences.items():
+        for key, sequence in self.sequences.items():
             try:
                 sequence.close()
             except HarnessError as exc:
-                problems.append(f"{mta}: {exc}")
+                problems.append(f"{key}: {exc}")
         self.sequences.clear()
         if interrupted and self.ctx is not None:
             # A topology half started when Ctrl-C came is in no list: remove what this process made.
@@ -398,7 +401,7 @@ def mailflow_topology(request: pytest.FixtureRequest) -> MailflowTopology:
         mta = _parse_mtas(mta, "mailflow_topology's parameter")[0]
         from harness.plan import plan_scenario
 
-        sequence = _topologies(request.config).sequence(mta)
+        sequence = _topologies(request.config).sequence(None, mta)
         shared = sequence.ready(plan_scenario(None, sequence.ctx.compose_dir, mta=mta), f"mailflow_topology [{mta}]")
     except HarnessError as exc:
         pytest.fail(f"mailflow_topology [{mta}]: {exc}", pytrace=False)

@@ -78,16 +78,6 @@ class CapturedHops:
             out.extend(exchanges)
         return out
 
-    def roles_seen_since(self, start_wall: float) -> set[str]:
-        """Every role that sent or received anything on port 25 from ``start_wall`` on. An MTA's state
-        (queue, Maildirs, retry and connection state) changes only through mail it sends or receives,
-        so a role not in this set is as the previous reset left it."""
-        seen: set[str] = set()
-        for conn in self._connections():
-            if conn.last_ts >= start_wall:
-                seen.update((self._names.get(conn.src, conn.src), self._names.get(conn.dst, conn.dst)))
-        return seen
-
     def attempts(self) -> list[ConnectionAttempt]:
         out = []
         for conn in self._connections():

@@ -2,8 +2,7 @@
 header_checks, a transport map, smtp_skip_5xx_greeting = no) with six policy scenarios
 (tests/ops/scenarios), then seven realistic mistakes, one at a time. Each mistake must be caught, and
 the failure output must carry its cause in the MTA's own words (its log line or its configuration
-check), not only the SMTP symptom. All eight configurations run in one run: the relay is the only
-role that differs, so the shared topology replaces just the relay between them."""
+check), not only the SMTP symptom. All eight configurations run in one run, side by side."""
 
 from __future__ import annotations
 
