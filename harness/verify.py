@@ -35,7 +35,7 @@ from harness.observe.observations import (
     SentMessage,
     SessionObservation,
 )
-from harness.observe.polling import POLL_INTERVAL_S, poll_until
+from harness.observe.polling import CANCELLED, POLL_INTERVAL_S, poll_until
 from harness.observe.queue import flush, queue_entries
 from harness.scenario.model import (
     BounceStep,
@@ -56,6 +56,9 @@ from harness.smtp.transcript import Transcript
 from harness.topology.topology import Host, Topology
 
 __all__ = ["ConnectionAttempt", "HopSource", "NoHops", "StepRunner"]
+
+# libpcap's block timeout in tcpdump's default mode (1 s), and a margin: how far a capture can trail.
+CAPTURE_LAG_S = 1.2
 
 _O = TypeVar("_O", bound=Observation)
 HOP_POLL_S = 0.1
@@ -312,6 +315,14 @@ class StepRunner:
 
         message = self.sent[-1] if self.sent else None
         gone = self._nowhere(message) if message is not None else None
-        return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=False, gone=gone,
-                           interval=0.25)
+        observed = self._watch(index, step, self._bound(step.within_s, message), look, until_pass=False,
+                               gone=gone, interval=0.25)
+        if observed.attempts:
+            return observed
+        # tcpdump gets packets from the kernel in blocks, up to CAPTURE_LAG_S after they crossed the
+        # wire: an attempt made in the last moments before this verdict is only in the file a moment
+        # later. "No connection" is said only once the capture has caught up.
+        if CANCELLED.wait(CAPTURE_LAG_S):
+            raise KeyboardInterrupt("the run was interrupted")
+        return look(observed.waited_s)
 

@@ -306,3 +306,29 @@ def test_no_bounce_fails_when_a_dsn_about_the_message_arrives(engine: docker.Doc
     (observation,) = [s["observation"] for s in result["steps"] if s["kind"] == "no_bounce"]
     assert observation["dsns"][0]["about"].startswith("Message-ID")
     assert observation["waited_s"] < 10, "the step ends as soon as the DSN is there"
+
+
+NO_CONNECTION_WRONG = """\
+name: no connection expected where the relay delivers at once
+description: the relay hands the message to mx within milliseconds; "no connection to mx" must fail
+steps:
+  - smtp: {host: relay, mail_from: alice@origin.test, rcpt_to: bob@example.test}
+  - no_connection: {from: relay, to: mx, within: 5}
+"""
+
+
+@pytest.mark.parametrize("mta", ["postfix", "exim", "opensmtpd"])
+def test_no_connection_fails_on_a_connection_made_just_before_the_verdict(
+        engine: docker.DockerClient, tmp_path: Path, mta: str) -> None:
+    """The message leaves every queue within milliseconds, which ends the wait at once; the capture
+    hands packets over up to a second late, so the verdict must wait for it or it passes falsely."""
+    scenario = tmp_path / "connected.yaml"
+    scenario.write_text(NO_CONNECTION_WRONG)
+    out = tmp_path / "r.json"
+    done = harness("run", str(scenario), "--mta", mta, "--json", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    (result,) = json.loads(out.read_text())["scenarios"]
+    (failure,) = result["failures"]
+    assert failure["kind"] == "no_connection", failure
+    (observation,) = [s["observation"] for s in result["steps"] if s["kind"] == "no_connection"]
+    assert [a["destination"] for a in observation["attempts"]] == ["mx"]
