@@ -248,16 +248,11 @@ def _exit_code(results: list[ScenarioResult]) -> int:
 
 
 def _selected_mtas(args: argparse.Namespace, compose: Path) -> list[str]:
-    from harness.topology.mta import IMPLEMENTATIONS, available
+    from harness.mta import parse_mtas
+    from harness.topology.mta import available
 
     if args.mta is not None:
-        names = [m.strip() for m in args.mta.split(",") if m.strip()]
-        if not names:
-            raise UsageError(f"--mta {args.mta!r} names no MTA implementation (known: {', '.join(IMPLEMENTATIONS)})")
-        unknown = [m for m in names if m not in IMPLEMENTATIONS]
-        if unknown:
-            raise UsageError(f"unknown MTA implementation(s) {', '.join(unknown)} "
-                             f"(known: {', '.join(IMPLEMENTATIONS)})")
+        names = parse_mtas(args.mta)
         missing = [m for m in names if m not in available(compose)]
         if missing:
             raise UsageError(f"no image directory for {', '.join(missing)} in {compose}")

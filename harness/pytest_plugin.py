@@ -81,18 +81,9 @@ _OPTIONS = pytest.StashKey[_Options]()
 
 
 def _parse_mtas(text: str | None, option: str = "--mta") -> tuple[str, ...]:
-    from harness.mta import NAMES
+    from harness.mta import parse_mtas
 
-    if text is None:
-        return ("postfix",)
-    names = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    if not names:
-        raise UsageError(f"{option} {text!r} names no MTA implementation (known: {', '.join(NAMES)})")
-    unknown = [m for m in names if m not in NAMES]
-    if unknown:
-        raise UsageError(f"{option}: unknown MTA implementation(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(NAMES)})")
-    return names
+    return ("postfix",) if text is None else tuple(parse_mtas(text, option))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -26,7 +26,7 @@ from harness.dns.preflight import check_records, wait_until_answering
 from harness.errors import ConfigurationError, DnsPreflightError, HarnessError, InfrastructureError
 from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, ScenarioResult
 from harness.mta import DRIVERS
-from harness.observe.capture import CAPTURE_IMAGE, HopCapture, start_captures
+from harness.observe.capture import CAPTURE_IMAGE, start_captures
 from harness.observe.hops import CapturedHops
 from harness.observe.mailwatch import MailWatch
 from harness.observe.mtalogs import role_logs
@@ -39,17 +39,13 @@ from harness.shard import topology_key
 from harness.topology.images import ImageStore
 from harness.topology.labels import debugging_lines, new_run_id, reap_abandoned, run_containers, run_labels
 from harness.topology.topology import (
-    DNS_ROLE,
     Host,
     HostPlan,
     Topology,
     ZoneSetup,
     build_images,
     create_network,
-    plan_addresses,
-    remove_role,
     start_hosts,
-    start_roles,
 )
 from harness.verify import StepRunner
 
@@ -117,90 +113,37 @@ class SharedTopology:
         self.topology = bring_up(ctx, plan, run_id=self.run_id, keep_label=self.keep_label)
         self.served = dict(self._zones(plan).files)  # what the dns container serves now
         self.used = False
-        self.window_start = time.time()  # the last scenario's window (roles seen since then get reset)
-        # What each MTA role runs now; a scenario whose roles differ gets just those roles replaced.
-        self.running = self._wanted(plan)
-        self.captures: dict[str, HopCapture] = {}
-        self.mail_events: dict[str, threading.Event] = {}
+        self.window_start = time.time()  # the current scenario's window (its MTA log lines are read from it)
+        mtas = [h for h in self.topology.hosts.values() if h.mta is not None]
         try:
-            self._observe([h for h in self.topology.hosts.values() if h.mta is not None])
+            captures = start_captures(mtas, ctx.images.image(CAPTURE_IMAGE),
+                                      run_labels(self.run_id, keep=self.keep_label))
         except BaseException:
             self.topology.destroy()
             raise
-
-    def _wanted(self, plan: ScenarioPlan) -> dict[str, tuple[HostPlan, str]]:
-        addresses = plan_addresses(plan.topology, self.topology.subnet)
-        return {h.role: (h, addresses[h.role]) for h in plan.topology.hosts if h.mta is not None}
-
-    def _observe(self, hosts: Sequence[Host]) -> None:
-        """Capture companions and mail watches for ``hosts`` (just started); the hop view over all."""
-        self.captures.update(start_captures(hosts, self.ctx.images.image(CAPTURE_IMAGE),
-                                            run_labels(self.run_id, keep=self.keep_label)))
         # Deliveries noticed as they are written, not at the next poll.
-        for h in hosts:
-            self.mail_events[h.role] = MailWatch(self.ctx.client, h.container_id, h.role).start().changed
-        self._view_hops()
-
-    def _view_hops(self) -> None:
-        """The hop view over the companions running now (after roles were added or removed)."""
+        self.mail_events = {h.role: MailWatch(ctx.client, h.container_id, h.role).start().changed for h in mtas}
         names = {h.address: h.role for h in self.topology.hosts.values()}
         if self.topology.unreachable is not None:
             names[self.topology.unreachable] = "unreachable"
-        self.hops = CapturedHops(dict(self.captures), names, client_address=self.topology.gateway,
-                                 start_wall=time.time())
-
-    def _retire(self, wanted: dict[str, tuple[HostPlan, str]]) -> list[str]:
-        """Remove the roles whose configuration (image, settings, implementation, address) differs from
-        what the next scenario needs, or that it does not have; return the roles it needs started."""
-        new = [r for r, v in wanted.items() if self.running.get(r) != v]
-        stale = [r for r, v in self.running.items() if wanted.get(r) != v]
-        for role in stale:
-            capture = self.captures.pop(role, None)
-            if capture is not None:
-                capture.remove()
-            self.mail_events.pop(role, None)
-            remove_role(self.topology, role)
-            del self.running[role]
-        if stale:
-            self._view_hops()  # a removed companion's capture can no longer be read
-        return new
-
-    def _start(self, plan: ScenarioPlan, wanted: dict[str, tuple[HostPlan, str]], new: list[str]) -> None:
-        images = build_images(self.ctx.images, plan.topology)
-        try:
-            start_roles(self.topology, [wanted[r][0] for r in new], images, {r: wanted[r][1] for r in new})
-        except BaseException:
-            for role in new:
-                remove_role(self.topology, role)
-            raise
-        self.running.update({r: wanted[r] for r in new})
-        self._observe([self.topology.hosts[r] for r in new])
+        self.hops = CapturedHops(captures, names, client_address=self.topology.gateway, start_wall=time.time())
 
     def _zones(self, plan: ScenarioPlan) -> ZoneSetup:
-        # The addresses the scenario's roles will have: a role being replaced is not running yet.
-        addresses = {role: address for role, (_, address) in self._wanted(plan).items()}
-        addresses[DNS_ROLE] = self.topology.address(DNS_ROLE)
+        addresses = {role: host.address for role, host in self.topology.hosts.items()}
         if self.topology.unreachable is not None:
             addresses["unreachable"] = self.topology.unreachable
         return plan.zone_setup(addresses)
 
     def prepare(self, plan: ScenarioPlan) -> None:
-        """Make the topology as a fresh one would be for ``plan``'s scenario: roles it configures
-        differently replaced (``_retire``, ``_start``), the other MTAs reset, its zones served, all three
-        side by side."""
+        """Make the topology as a fresh one would be for ``plan``'s scenario: every MTA reset, its zones
+        served, side by side."""
         if not self.used:
             self.used = True  # bring_up served this scenario's zones and nothing has run yet
             return
-        wanted = self._wanted(plan)
-        new = self._retire(wanted)
-        # Every MTA that keeps running is reset, also one no mail seemed to reach: the capture a
-        # "seemed" would be read from can trail the wire, and a skipped reset is a leak.
-        hosts = [h for h in self.topology.hosts.values() if h.mta is not None and h.role not in new]
-        with ThreadPoolExecutor(max_workers=len(hosts) + 2) as pool:
+        hosts = [h for h in self.topology.hosts.values() if h.mta is not None]
+        with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
             futures = [pool.submit(_reset, h) for h in hosts]
             futures.append(pool.submit(self._serve, plan))
-            if new:
-                futures.append(pool.submit(self._start, plan, wanted, new))
             for future in futures:
                 future.result()
 
@@ -383,15 +326,8 @@ def _keep(keep: str, status: str) -> bool:
     return keep == KEEP_ALWAYS or (keep == KEEP_ON_FAILURE and status != PASSED)
 
 
-def groups_of(pairs: Sequence[tuple[Scenario, str]], *, fresh: bool, jobs: int = 1
-              ) -> list[list[tuple[Scenario, str]]]:
-    """One topology per ``topology_key`` (implementation and role changes), its pairs in the order
-    they come, groups in the order their first pair appears; each pair alone when fresh. (Replacing
-    just the changed roles of a running topology, ``SharedTopology._retire``/``_start``, works and
-    the pytest plugin's fixture relies on it, but CI runs of the bundled matrix on it showed hops
-    decoded without one direction's segments right after a role was replaced, a cause not found yet:
-    the matrix runs each variant on a topology of its own until it is.) ``jobs`` is accepted for the
-    callers and does not change the grouping."""
+def groups_of(pairs: Sequence[tuple[Scenario, str]], *, fresh: bool) -> list[list[tuple[Scenario, str]]]:
+    """Pairs sharing a topology key, in the order their first pair appears; each pair alone when fresh."""
     if fresh:
         return [[pair] for pair in pairs]
     groups: dict[object, list[tuple[Scenario, str]]] = {}
@@ -409,7 +345,7 @@ def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
     ctx.reap()
     if pairs is None:
         pairs = [(s, m) for s in scenarios for m in implementations_for(s, mtas or [ctx.mta])]
-    groups = groups_of(pairs, fresh=ctx.fresh, jobs=ctx.jobs)
+    groups = groups_of(pairs, fresh=ctx.fresh)
     # Images first, in this thread: groups started side by side must not build the same image twice.
     # Independent ones build side by side.
     with ctx.images.parallel():

@@ -412,19 +412,6 @@ def configuration_error(plan: HostPlan, lines: Sequence[str], detail: str) -> Co
     return ConfigurationError(plan.role, cause, text)
 
 
-def remove_role(topology: Topology, role: str) -> None:
-    """Stop and remove one role's container (its address is free again at once)."""
-    host = topology.hosts.pop(role, None)
-    if host is None:
-        return
-    try:
-        host.container.get_wrapped_container().remove(force=True)
-    except NotFound:
-        pass
-    except DockerException as exc:
-        raise InfrastructureError(f"could not remove {role} of run {topology.run_id}: {exc}") from exc
-
-
 def _container(network: Network, plan: HostPlan, image: str, address: str, labels: dict[str, str],
                *, dns: str | None) -> Host:
     kwargs: dict[str, object] = {
