@@ -7,9 +7,10 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from harness.errors import EXIT_INFRA, EXIT_USAGE, HarnessError
 from harness.mta import NAMES
@@ -30,12 +31,65 @@ exit codes: 0 all passed, 1 an expectation failed, 2 bad scenario or usage,
 """
 
 
+HTML_HELP = ("write one self-contained HTML page (no network needed to view it): per scenario and "
+             "implementation the verdict, the failures and every hop as a sequence diagram, a lane per host, an "
+             "arrow per command and per reply, the failing reply marked")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C so the same cleanup paths run."""
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """The first SIGINT or SIGTERM: raised where the main thread is (KeyboardInterrupt, Terminated), so
+    every cleanup path runs. From then on both are only noted: the cleanup must not be cut short (it is
+    bounded, as every engine call is). SIGKILL still ends the process; what it leaves, the next run or
+    `harness down` reaps."""
+    _signalled.append(signum)
+    _shield()
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+_signalled: list[int] = []
+_noted: list[int] = []
+
+
+def _while_cleaning(signum: int, frame: FrameType | None) -> None:
+    if not _noted:
+        # os.write, not print: a signal handler may run while the main thread is inside a print.
+        os.write(2, f"harness: still removing this process's containers and networks (pid {os.getpid()}; "
+                    "kill -9 leaves them to the next run or `harness down`)\n".encode())
+    _noted.append(signum)
+
+
+def _shield() -> None:
+    """SIGINT and SIGTERM noted, never raised (SIGINT stays ignored where it was)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _while_cleaning)
+
+
+_Handler = Callable[[int, FrameType | None], Any] | int
+
+
+def _handle_signals() -> dict[int, _Handler]:
+    """Install _on_signal; return the handlers it replaced."""
+    previous: dict[int, _Handler] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None:  # None: set outside Python, nothing to restore
+            previous[sig] = handler
+    signal.signal(signal.SIGTERM, _on_signal)
+    # Started with SIGINT ignored (in the background): it stays ignored.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_signal)
+    return previous
+
+
+def _interrupted(exc: KeyboardInterrupt, cleaned: int) -> int:
+    what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+    print(f"harness: {what}; removed {cleaned} container(s)/network(s) of this process", file=sys.stderr)
+    return 143 if isinstance(exc, Terminated) else 130
 
 
 def _default_compose_dir() -> Path:
@@ -167,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scenario files or directories (default: scenarios/)")
     run.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
     run.add_argument("--junit", type=Path, metavar="FILE", help="write results as JUnit XML")
+    run.add_argument("--html", type=Path, metavar="FILE", help=HTML_HELP)
     run.add_argument("--mta", default=None, metavar="LIST",
                      help=f"comma-separated MTA implementations to run each scenario on ({', '.join(NAMES)}; "
                           "default: postfix). A scenario's own `mta:` list narrows it further")
@@ -204,15 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="results files written by `harness run --json` / `harness matrix --json`")
     report.add_argument("--json", type=Path, metavar="FILE", help="write the merged results as JSON")
     report.add_argument("--junit", type=Path, metavar="FILE", help="write the merged results as JUnit XML")
+    report.add_argument("--html", type=Path, metavar="FILE", help=HTML_HELP)
     report.add_argument("--markdown", type=Path, metavar="FILE", help="write the matrix as Markdown")
 
     val = sub.add_parser("validate", help="check scenario files without starting anything")
     val.add_argument("paths", nargs="*", type=Path, default=[Path("scenarios")], metavar="PATH")
 
-    up = sub.add_parser("up", help="start the standard topology and leave it running",
+    up = sub.add_parser("up", help="start the standard topology (or a scenario's) and leave it running",
                         description="Start dns, mx, relay and nomail and print each host's role, address "
-                                    "and container id, so you can talk to them (e.g. with swaks).")
+                                    "and container id, so you can talk to them (e.g. with swaks). Given a "
+                                    "scenario file, start that scenario's topology: its DNS records, its "
+                                    "roles and their configuration; no step runs.")
+    up.add_argument("scenario", nargs="?", type=Path, default=None, metavar="SCENARIO",
+                    help="a scenario file whose topology to start (default: the standard one)")
     up.add_argument("--json", action="store_true", help="print the hosts as JSON")
+    up.add_argument("--env", action="store_true",
+                    help="print shell assignments (MAILFLOW_RUN, MAILFLOW_RELAY, MAILFLOW_MX, ...) for "
+                         '`eval "$(harness up ... --env)"`; a failed client step prints such a replay')
     up.add_argument("--mta", default="postfix", choices=list(NAMES),
                     help="the MTA implementation playing mx, relay and nomail (default: postfix)")
     role_options(up)
@@ -240,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     shell.add_argument("role", metavar="ROLE")
     shell.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
 
-    down = sub.add_parser("down", help="remove topologies kept by `harness up` or --keep")
+    down = sub.add_parser("down", help="remove topologies kept by `harness up` or --keep, and what killed runs left")
     down.add_argument("--run", metavar="RUN_ID", help="remove only this run")
 
     sub.add_parser("status", help="list the harness's runs on this engine")
@@ -253,13 +316,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    from harness import commands  # imported late: it pulls in docker and testcontainers
+    previous = _handle_signals()  # first: an interrupt at any moment from here on ends without a traceback
+    try:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+        except KeyboardInterrupt as exc:
+            return _interrupted(exc, 0)  # nothing started yet
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return _main(args)
+    finally:
+        if argv is None or _signalled:
+            # The process exits now, its work done: SIGINT and SIGTERM are ignored from here on. A Python
+            # handler would be reset to the default while the interpreter shuts down, and a signal then
+            # would end a finished run with another status (or a traceback). SIGKILL still ends it.
+            for ignored in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(ignored, signal.SIG_IGN)
+        else:  # called in-process with arguments (tests): the caller's handlers back
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        from harness import commands  # imported late: it pulls in docker and testcontainers
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, 0)  # nothing started yet
 
     try:
         return commands.dispatch(args)
@@ -269,14 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:  # a bug: say so plainly, keep the traceback for the report, clean up
         import traceback
 
+        _shield()
         cleaned = commands.cleanup_own_runs()
         print("harness: internal error (a bug in the harness: please report it with the traceback below); "
               f"removed {cleaned} container(s)/network(s) of this process\n{traceback.format_exc()}",
               file=sys.stderr)
         return EXIT_INFRA
     except KeyboardInterrupt as exc:
-        cleaned = commands.cleanup_own_runs()
-        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"harness: {what}; removed {cleaned} container(s)/network(s) of this process", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        _shield()  # already, unless the interrupt came from elsewhere
+        return _interrupted(exc, commands.cleanup_own_runs())
 

@@ -15,9 +15,9 @@ from typing import Any
 from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE, UsageError
 from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, ScenarioResult
 from harness.report.console import print_result, summary_table
-from harness.report.files import write_json, write_junit
+from harness.report.files import check_destinations, prepare_destination, write_html, write_json, write_junit
 from harness.report.progress import Progress
-from harness.scenario.loader import load_scenarios, schema_path
+from harness.scenario.loader import load_scenario, load_scenarios, schema_path
 from harness.scenario.model import Mark, Scenario
 from harness.scenario.roleoptions import RoleOptions, apply_role_options, parse_role_options
 from harness.shard import ShardSpec
@@ -50,7 +50,22 @@ def dispatch(args: argparse.Namespace) -> int:
         "check": cmd_check, "logs": cmd_logs, "shell": cmd_shell,
         "diff": cmd_diff,
     }[args.command]
+    check_destinations(output_files(args))  # before anything runs: results are never lost to a bad path
     return handler(args, progress)
+
+
+# Options naming a file the command writes results to (`up --json` is a flag: only paths count).
+OUTPUT_OPTIONS = ("json", "junit", "html", "markdown", "json_baseline", "json_candidate")
+
+
+def output_files(args: argparse.Namespace) -> dict[str, Path]:
+    """The results files the command line asks for, by option (``--json`` -> path)."""
+    found: dict[str, Path] = {}
+    for dest in OUTPUT_OPTIONS:
+        value = getattr(args, dest, None)
+        if isinstance(value, str | Path) and str(value):
+            found["--" + dest.replace("_", "-")] = Path(value)
+    return found
 
 
 def cmd_validate(args: argparse.Namespace, progress: Progress) -> int:
@@ -84,6 +99,9 @@ def cmd_run(args: argparse.Namespace, progress: Progress) -> int:
         write_json(results, args.json)
     if args.junit:
         write_junit(results, args.junit)
+    if args.html:
+        write_html(results, args.html)
+        progress.line(f"wrote {args.html}")
     return _exit_code(results)
 
 
@@ -116,7 +134,7 @@ def cmd_matrix(args: argparse.Namespace, progress: Progress) -> int:
         code = _exit_code(results)
     print(matrix_text(results, mtas))
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        prepare_destination(args.markdown)
         args.markdown.write_text(matrix_markdown(results, mtas), encoding="utf-8")
         progress.line(f"wrote {args.markdown}")
     return code
@@ -152,10 +170,12 @@ def _write_empty(args: argparse.Namespace) -> None:
         write_json([], args.json)
     if getattr(args, "junit", None):
         write_junit([], args.junit)
+    if getattr(args, "html", None):
+        write_html([], args.html)
     if getattr(args, "markdown", None):
         from harness.report.matrix import matrix_markdown
 
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        prepare_destination(args.markdown)
         args.markdown.write_text(matrix_markdown([], []), encoding="utf-8")
 
 
@@ -186,8 +206,11 @@ def cmd_report(args: argparse.Namespace, progress: Progress) -> int:
     if args.junit:
         write_junit(results, args.junit)
         progress.line(f"wrote {args.junit}")
+    if args.html:
+        write_html(results, args.html)
+        progress.line(f"wrote {args.html}")
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        prepare_destination(args.markdown)
         args.markdown.write_text(matrix_markdown(results, mtas), encoding="utf-8")
         progress.line(f"wrote {args.markdown}")
     return _exit_code(results)
@@ -313,12 +336,20 @@ def cmd_up(args: argparse.Namespace, progress: Progress) -> int:
 
     options = command_line_roles(args)
     check_role_options(options, [args.mta], f"--mta {args.mta}")
+    scenario = _command_line_scenario(options)
+    if args.scenario is not None:
+        scenario = apply_role_options([load_scenario(args.scenario)], options)[0]
+        check_selection([scenario], [args.mta], f"--mta {args.mta}")
     ctx = _context(args, progress)
     ctx.reap()
-    plan = plan_scenario(_command_line_scenario(options), ctx.compose_dir, mta=args.mta)
+    plan = plan_scenario(scenario, ctx.compose_dir, mta=args.mta)
     topology = bring_up(ctx, plan, run_id=new_run_id(), keep_label=True)
     hosts = describe(topology)
-    if args.json:
+    if args.env:
+        from harness.report.reproduce import env_lines
+
+        print("\n".join(env_lines(topology.run_id, {h["role"]: h["address"] for h in hosts})))
+    elif args.json:
         print(json.dumps({"run_id": topology.run_id, "network": topology.network_name,
                           "client_address": topology.gateway, "hosts": hosts}, indent=2))
     else:
@@ -436,7 +467,8 @@ def cmd_down(args: argparse.Namespace, progress: Progress) -> int:
     from harness.topology.labels import list_runs, remove_run
 
     ctx_client = _client(progress)
-    runs = [r for r in list_runs(ctx_client) if (r.run_id == args.run if args.run else r.kept)]
+    # Without --run: what `up` and --keep left, and what runs killed before their cleanup (kill -9) left.
+    runs = [r for r in list_runs(ctx_client) if (r.run_id == args.run if args.run else r.kept or r.owner_gone())]
     if args.run and not runs:
         raise UsageError(f"no run {args.run} on this engine (see `harness status`)")
     for run in runs:
@@ -498,7 +530,7 @@ def cmd_diff(args: argparse.Namespace, progress: Progress) -> int:
         raise UsageError(str(exc)) from exc
     print(diff_text(diff))
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        prepare_destination(args.markdown)
         args.markdown.write_text(diff_markdown(diff), encoding="utf-8")
         progress.line(f"wrote {args.markdown}")
     return diff.exit_code

@@ -15,14 +15,16 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+from docker.errors import DockerException
 
 from harness.dns.preflight import check_records, wait_until_answering
+from harness.dns.zones import HARNESS_ZONE, faulted_zone_files
 from harness.errors import ConfigurationError, DnsPreflightError, HarnessError, InfrastructureError
 from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, ScenarioResult
 from harness.mta import DRIVERS
@@ -39,6 +41,7 @@ from harness.shard import topology_key
 from harness.topology.images import ImageStore
 from harness.topology.labels import debugging_lines, new_run_id, reap_abandoned, run_containers, run_labels
 from harness.topology.topology import (
+    DNS_ROLE,
     Host,
     HostPlan,
     Topology,
@@ -162,6 +165,21 @@ class SharedTopology:
         self.served = dict(zones.files)
         self._records_served(plan)
 
+    def serve_dns_faults(self, plan: ScenarioPlan, faults: Mapping[str, str]) -> None:
+        """The scenario's zones with ``faults`` (dns_fault steps) in force: written, and the dns
+        container restarted (NSD reads zones.conf only at start) until it answers its own zone."""
+        addresses = {role: host.address for role, host in self.topology.hosts.items()}
+        self._zones(plan)  # plan.records: the scenario's records, resolved
+        files = faulted_zone_files(plan.records, faults, ns_address=addresses[DNS_ROLE], serial=int(time.time()))
+        dns = self.topology.hosts[DNS_ROLE]
+        dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in files.items()})
+        try:
+            dns.container.get_wrapped_container().restart(timeout=2)
+        except DockerException as exc:
+            raise InfrastructureError(f"could not restart the dns container: {exc}") from exc
+        wait_until_answering(dns.address, HARNESS_ZONE, timeout_s=DNS_READY_TIMEOUT_S)
+        self.served = files
+
     def _records_served(self, plan: ScenarioPlan) -> None:
         """NSD reloads in the background: wait until every declared record answers as declared."""
         server = self.topology.address("dns")
@@ -197,7 +215,8 @@ def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mt
     hops = shared.hops.since(shared.window_start)
     try:
         StepRunner(shared.topology, scenario, result, started, mta=mta, hops=hops,
-                   domain_addresses=plan.domain_addresses, mail_events=shared.mail_events).run_all()
+                   domain_addresses=plan.domain_addresses, mail_events=shared.mail_events,
+                   serve_dns_faults=lambda faults: shared.serve_dns_faults(plan, faults)).run_all()
         result.status = FAILED if result.failures else PASSED
     except HarnessError as exc:
         result.status, result.error = ERROR, str(exc)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
+from harness.errors import HarnessError
 from harness.expect.judge import judge
 from harness.expect.results import FAILED, PASSED, SKIPPED, ScenarioResult, StepOutcome
 from harness.expect.summary import summarize
@@ -26,6 +27,7 @@ from harness.observe.observations import (
     ConnectionAttempt,
     ConnectionObservation,
     DeliveredCopy,
+    FaultObservation,
     FlushObservation,
     FoundDsn,
     HopObservation,
@@ -37,15 +39,18 @@ from harness.observe.observations import (
 )
 from harness.observe.polling import CANCELLED, POLL_INTERVAL_S, poll_until
 from harness.observe.queue import flush, queue_entries
+from harness.report.reproduce import reproduction
 from harness.scenario.model import (
     BounceStep,
     DeliveryStep,
+    DnsFaultStep,
     HopStep,
     NoBounceStep,
     NoConnectionStep,
     NoDeliveryStep,
     QueueFlushStep,
     QueueStateStep,
+    RoleFaultStep,
     Scenario,
     SmtpSessionStep,
     Step,
@@ -53,6 +58,7 @@ from harness.scenario.model import (
 from harness.smtp.client import run_session
 from harness.smtp.message import render_message
 from harness.smtp.transcript import Transcript
+from harness.topology.faults import do_fault
 from harness.topology.topology import Host, Topology
 
 __all__ = ["ConnectionAttempt", "HopSource", "NoHops", "StepRunner"]
@@ -71,6 +77,8 @@ class HopSource(Protocol):
 
     def attempts(self) -> list[ConnectionAttempt]: ...
 
+    def resume(self, role: str) -> None: ...
+
 
 class NoHops:
     """Where no capture runs: no hop is ever seen."""
@@ -81,12 +89,16 @@ class NoHops:
     def attempts(self) -> list[ConnectionAttempt]:
         return []
 
+    def resume(self, role: str) -> None:
+        pass
+
 
 class StepRunner:
     def __init__(self, topology: Topology, scenario: Scenario, result: ScenarioResult, started: float,
                  *, mta: str, hops: HopSource | None = None,
                  domain_addresses: Callable[[str], set[str]] | None = None,
-                 mail_events: Mapping[str, threading.Event] | None = None) -> None:
+                 mail_events: Mapping[str, threading.Event] | None = None,
+                 serve_dns_faults: Callable[[Mapping[str, str]], None] | None = None) -> None:
         self.topology = topology
         self.scenario = scenario
         self.result = result
@@ -98,6 +110,13 @@ class StepRunner:
         # Per host: set when a file is written under its mail root (MailWatch), to end waits early.
         self.mail_events = dict(mail_events or {})
         self.session_counter: dict[str, int] = {}
+        # Roles whose container started again in this scenario: their own capture missed the moment
+        # between the start and tcpdump listening again (a connection they made is still seen at an
+        # MTA's end, not at an address nobody captures).
+        self.recaptured: set[str] = set()
+        # The dns_fault steps in force (name -> servfail or nxdomain), and who serves them.
+        self.dns_faults: dict[str, str] = {}
+        self.serve_dns_faults = serve_dns_faults
 
     def clock(self) -> float:
         return time.monotonic() - self.started
@@ -113,13 +132,22 @@ class StepRunner:
             self.result.failures.extend(failures)
             self.result.steps.append(StepOutcome(
                 index, step.kind, FAILED if failures else PASSED, summarize(step, observation),
-                override.reason if override is not None else None, observation))
+                override.reason if override is not None else None, observation,
+                self._replay(step) if failures else None))
+
+    def _replay(self, step: Step) -> str | None:
+        """For a failed client session, the swaks lines that replay it against ``harness up``."""
+        if not isinstance(step, SmtpSessionStep) or not self.sent:
+            return None
+        return reproduction(self.scenario, self.mta, step, self.sent[-1].content,
+                            source_file=step.message.source_file)
 
     def observe(self, index: int, step: Step) -> Observation:
         observers: dict[type, Callable[[int, Step], Observation]] = {
             SmtpSessionStep: self.smtp, DeliveryStep: self.mailbox, NoDeliveryStep: self.mailbox,
             HopStep: self.hop, NoConnectionStep: self.no_connection, BounceStep: self.bounces,
             NoBounceStep: self.bounces, QueueFlushStep: self.queue_flush, QueueStateStep: self.queue_state,
+            RoleFaultStep: self.fault, DnsFaultStep: self.dns_fault,
         }
         return observers[type(step)](index, step)
 
@@ -265,6 +293,35 @@ class StepRunner:
         return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=False,
                            gone=self._nowhere(message, bounces=True), wake=wake)
 
+    # -- faults ----------------------------------------------------------------------------------------
+    def fault(self, index: int, step: Step) -> Observation:
+        assert isinstance(step, RoleFaultStep)
+        at = self.clock()
+
+        def resume(host: Host) -> None:
+            self.recaptured.add(host.role)
+            self.hops.resume(host.role)
+
+        error = do_fault(self.topology, step.role, step.action, resume_capture=resume)
+        return FaultObservation(step.role, step.action, at, self.clock() - at, error)
+
+    def dns_fault(self, index: int, step: Step) -> Observation:
+        assert isinstance(step, DnsFaultStep)
+        at = self.clock()
+        if step.answer == "normal":
+            self.dns_faults.pop(step.name, None)
+        else:
+            self.dns_faults[step.name] = step.answer
+        error = None
+        if self.serve_dns_faults is None:
+            error = "this run has no DNS server the harness may change"
+        else:
+            try:
+                self.serve_dns_faults(dict(self.dns_faults))
+            except HarnessError as exc:
+                error = str(exc)
+        return FaultObservation(step.name, step.answer, at, self.clock() - at, error)
+
     # -- queues ----------------------------------------------------------------------------------------
     def queue_flush(self, index: int, step: Step) -> Observation:
         assert isinstance(step, QueueFlushStep)
@@ -308,10 +365,16 @@ class StepRunner:
             what = f"any address serving {step.domain}" if addresses else \
                 f"anything (no address serves {step.domain})"
 
+        captured_ends = {h.address for h in self._mta_hosts()}
+        blind = None
+        if step.source in self.recaptured and (not addresses or not addresses <= captured_ends):
+            blind = (f"{step.source}'s container started again in this scenario, and its capture missed the "
+                     f"moment before tcpdump listened again; a connection to {what} then is not seen anywhere")
+
         def look(waited: float) -> ConnectionObservation:
             offending = tuple(a for a in self.hops.attempts() if a.source == step.source
                               and (not addresses or a.destination_address in addresses))
-            return ConnectionObservation(step.source, what, offending, waited)
+            return ConnectionObservation(step.source, what, offending, waited, blind)
 
         message = self.sent[-1] if self.sent else None
         gone = self._nowhere(message) if message is not None else None

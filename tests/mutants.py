@@ -3,7 +3,7 @@ satisfy, and negative steps turned into their positive twins. A judge that still
 is vacuous about that leaf.
 
 Not mutated, because they state no expected value: ``body_intact`` (a switch: off expects nothing),
-``queue_flush`` (an action), ``no_connection`` (no step kind expects a connection; its judge is tested
+``queue_flush`` and ``fault`` (actions), ``no_connection`` (no step kind expects a connection; its judge is tested
 on captured attempts in test_judge.py), ``within`` bounds and hosts (where to look, not what to see).
 """
 

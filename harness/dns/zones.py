@@ -305,3 +305,43 @@ def _blame(marks: Sequence[Mark]) -> Mark:
 
 def _error_at(mark: Mark, message: str) -> ScenarioError:
     return ScenarioError(mark.file, mark.line, mark.col, message)
+
+
+# What a dns_fault step makes the scenario's DNS server answer for a name (and every name below it).
+DNS_FAULT_ANSWERS = ("servfail", "nxdomain", "normal")
+
+
+def faulted_zone_files(records: Sequence[ResolvedRecord], faults: Mapping[str, str], *,
+                       ns_address: str, serial: int = 1) -> dict[str, str]:
+    """The dns container's files (zone files and zones.conf) for ``records`` with ``faults`` (name ->
+    servfail or nxdomain) in force, using NSD's own behaviour, no proxy:
+
+    - servfail: a zone at the name whose file does not exist. NSD answers SERVFAIL for a zone it
+      could not load, for the name and every name below it, whatever the type.
+    - nxdomain: the name's records and those below it are left out. A name that was a zone's apex
+      leaves no zone at all, so the zone above it (``test.``) is served with only SOA and NS, and NSD
+      answers NXDOMAIN from it (authoritatively, with that SOA).
+    """
+    def at_or_below(name: dns.name.Name, top: dns.name.Name) -> bool:
+        return name == top or name.is_subdomain(top)
+
+    faulted = {dns.name.from_text(n, origin=dns.name.root).canonicalize(): a for n, a in faults.items()
+               if a != "normal"}
+    gone = [n for n, a in faulted.items() if a == "nxdomain"]
+    kept = [r for r in records if not any(at_or_below(r.dns_name().canonicalize(), n) for n in gone)]
+    zones = render_zones(kept, ns_address=ns_address, serial=serial)
+    broken = sorted(n for n, a in faulted.items() if a == "servfail")
+    zones = [z for z in zones
+             if not any(at_or_below(dns.name.from_text(z.origin), n) for n in broken)]
+    origins = {dns.name.from_text(z.origin) for z in zones}
+    parents = sorted({n.parent() for n in gone if n.parent() != dns.name.root and not any(
+        at_or_below(n, o) for o in origins)})
+    zones += [_render_zone(p, [], serial) for p in parents if p not in origins]
+    files = {z.filename: z.text for z in zones}
+    conf = nsd_zones_conf(sorted(zones, key=lambda z: z.origin))
+    for name in broken:
+        conf += ("\nzone:\n"
+                 f'    name: "{name.to_text()}"\n'
+                 f'    zonefile: "{NSD_ZONE_DIR}/servfail/{name.to_text().rstrip(".")}.zone"\n')
+    files["zones.conf"] = conf
+    return files

@@ -18,6 +18,7 @@ from harness.observe.maildir import header_value, split_message
 from harness.observe.observations import (
     BounceObservation,
     ConnectionObservation,
+    FaultObservation,
     FlushObservation,
     HopObservation,
     MailboxObservation,
@@ -28,12 +29,14 @@ from harness.observe.observations import (
 from harness.scenario.model import (
     BounceStep,
     DeliveryStep,
+    DnsFaultStep,
     HopStep,
     NoBounceStep,
     NoConnectionStep,
     NoDeliveryStep,
     QueueFlushStep,
     QueueStateStep,
+    RoleFaultStep,
     SmtpSessionStep,
     Step,
 )
@@ -47,7 +50,8 @@ def judge(index: int, step: Step, observation: Observation) -> list[Failure]:
     judges: dict[type, Callable[[int, Any, Any], list[Failure]]] = {
         SmtpSessionStep: _smtp, HopStep: _hop, DeliveryStep: _delivery, NoDeliveryStep: _no_delivery,
         BounceStep: _bounce, NoBounceStep: _no_bounce, QueueStateStep: _queue_state,
-        NoConnectionStep: _no_connection, QueueFlushStep: _flush,
+        NoConnectionStep: _no_connection, QueueFlushStep: _flush, RoleFaultStep: _fault,
+        DnsFaultStep: _dns_fault,
     }
     return judges[type(step)](index, step, observation)
 
@@ -156,6 +160,10 @@ def _queue_state(index: int, step: QueueStateStep, obs: QueueObservation) -> lis
 
 
 def _no_connection(index: int, step: NoConnectionStep, obs: ConnectionObservation) -> list[Failure]:
+    if not obs.attempts and obs.unobservable is not None:
+        # Never a pass on a gap in the capture: "none seen" would not mean "none made".
+        return [Failure(index, "no_connection", None, f"no connection from {step.source} to {obs.what}",
+                        f"cannot be told: {obs.unobservable}", step.mark)]
     if not obs.attempts:
         return []
     first = obs.attempts[0]
@@ -167,6 +175,24 @@ def _no_connection(index: int, step: NoConnectionStep, obs: ConnectionObservatio
 
 def _flush(index: int, step: QueueFlushStep, obs: FlushObservation) -> list[Failure]:
     return []
+
+
+_FAULT_DONE = {"stop": "stopped", "start": "started and greeting", "restart": "restarted and greeting",
+               "kill": "killed", "pause": "paused", "unpause": "unpaused and greeting",
+               "disconnect": "disconnected from the network", "reconnect": "reconnected and greeting"}
+
+
+def _dns_fault(index: int, step: DnsFaultStep, obs: FaultObservation) -> list[Failure]:
+    if obs.error is None:
+        return []
+    return [Failure(index, "dns_fault", None, f"the DNS server answering {step.answer} for {step.name}",
+                    obs.error, step.mark)]
+
+
+def _fault(index: int, step: RoleFaultStep, obs: FaultObservation) -> list[Failure]:
+    if obs.error is None:
+        return []
+    return [Failure(index, "fault", None, f"{step.role} {_FAULT_DONE[step.action]}", obs.error, step.mark)]
 
 
 def body_difference(sent: bytes, delivered: bytes) -> str | None:

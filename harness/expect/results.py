@@ -49,11 +49,14 @@ class StepOutcome:
     summary: str  # one line: what was observed, for people
     override: str | None = None  # the reason of the per-implementation override applied, if any
     observation: Observation | None = None  # what was observed, as typed data (None: skipped)
+    # A failed client session: the shell lines that replay it by hand (harness.report.reproduce).
+    reproduce: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"step": self.step, "kind": self.kind, "status": self.status, "summary": self.summary,
                 "override": self.override,
-                "observation": self.observation.to_json() if self.observation is not None else None}
+                "observation": self.observation.to_json() if self.observation is not None else None,
+                "reproduce": self.reproduce}
 
 
 @dataclass
@@ -103,7 +106,8 @@ def result_from_json(doc: dict[str, Any]) -> ScenarioResult:
                           f.get("session")) for f in doc.get("failures", [])],
         exchanges=[Exchange.from_json(e) for e in doc.get("exchanges", [])],
         steps=[StepOutcome(s["step"], s["kind"], s["status"], s["summary"], s.get("override"),
-                           observation_from_json(s["observation"]) if s.get("observation") else None)
+                           observation_from_json(s["observation"]) if s.get("observation") else None,
+                           s.get("reproduce"))
                for s in doc.get("steps", [])],
         error=doc.get("error"),
         run_id=doc.get("run_id"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from harness.observe.observations import (
     BounceObservation,
     ConnectionObservation,
+    FaultObservation,
     FlushObservation,
     HopObservation,
     MailboxObservation,
@@ -49,5 +50,9 @@ def summarize(step: Step, obs: Observation) -> str:
         if not obs.attempts:
             return f"no connection from {obs.source} to {obs.what}"
         return f"{len(obs.attempts)} connection(s) from {obs.source} to {obs.what}"
+    if isinstance(obs, FaultObservation):
+        if obs.error is not None:
+            return f"{obs.action} {obs.role} at {obs.at_s:.1f}s: {obs.error}"
+        return f"{obs.action} {obs.role} at {obs.at_s:.1f}s (done in {obs.took_s:.1f} s)"
     assert isinstance(obs, FlushObservation)
     return f"asked {obs.host} to retry its queue"

@@ -69,6 +69,11 @@ class MtaDriver:
     # "append" (main.cf: a later definition wins) or "macros" (a file of its own the config includes).
     settings_style: str = "none"
     roles: tuple[str, ...] = ROLES
+    # The Linux capabilities a role container keeps; every other one is dropped (cap_drop ALL). Each is
+    # needed: without it a bundled scenario fails, or a common configuration (README, "Container limits").
+    capabilities: tuple[str, ...] = ()
+    # no-new-privileges: a setuid or setgid program gains nothing. Off where the MTA relies on one.
+    no_new_privileges: bool = True
 
     def default_config(self, compose_dir: Path, role: str) -> Path:
         return compose_dir / self.name / role

@@ -14,6 +14,12 @@ class Exim(MtaDriver):
     config_target = "/etc/exim4/"
     settings_file = "settings.conf"
     settings_style = "macros"
+    # The daemon receives as Debian-exim and delivers as vmail (SETUID, SETGID); mta-start gives the log
+    # files to Debian-exim (CHOWN, and FOWNER to chmod them); root's commands (exim4 -Mrm, the Maildir
+    # reset) work in the spool and the Maildirs of other users (DAC_OVERRIDE).
+    capabilities = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")
+    # Exim re-executes its setuid-root binary to deliver what a process running as Debian-exim received.
+    no_new_privileges = False
 
     def flush(self, run: CommandRunner) -> None:
         # exim4 -qff: retry hints and frozen state notwithstanding; returns when the run ends.

@@ -14,6 +14,11 @@ class OpenSmtpd(MtaDriver):
     main_file = "smtpd.conf"
     check_command = "smtpd -n -f /etc/smtpd/smtpd.conf 2>&1"
     config_target = "/etc/smtpd/"
+    # smtpd's privilege-separated processes chroot (SYS_CHROOT) and run as opensmtpd/opensmtpq, delivery as
+    # vmail (SETUID, SETGID); mta-reset (root) empties a spool owned by opensmtpq (DAC_OVERRIDE).
+    capabilities = ("DAC_OVERRIDE", "SETGID", "SETUID", "SYS_CHROOT")
+    # smtpctl (queue listing, schedule) refuses to run unless it is setgid opensmtpq.
+    no_new_privileges = False
 
     def flush(self, run: CommandRunner) -> None:
         run(["smtpctl", "schedule", "all"])

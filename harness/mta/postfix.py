@@ -15,6 +15,11 @@ class Postfix(MtaDriver):
     config_target = "/etc/postfix/"
     settings_file = "main.cf"
     settings_style = "append"
+    # master starts its daemons as user postfix and pipe(8) as vmail (SETUID, SETGID); root reads and
+    # writes the queue and the Maildirs of those users (DAC_OVERRIDE: postqueue, postsuper, the reset).
+    # SYS_CHROOT: a master.cf from a Debian server runs smtpd & co chrooted (its default), and must start
+    # here as it does there.
+    capabilities = ("DAC_OVERRIDE", "SETGID", "SETUID", "SYS_CHROOT")
 
     def flush(self, run: CommandRunner) -> None:
         run(["postqueue", "-f"])

@@ -22,7 +22,7 @@ from testcontainers.core.container import DockerContainer
 from harness.errors import InfrastructureError, ReadinessTimeoutError
 from harness.observe.polling import CANCELLED
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL
-from harness.topology.topology import Host
+from harness.topology.topology import ENGINE_CLIENT, Host, confinement, limits
 
 __all__ = ["CAPTURE_CAPS", "CAPTURE_FILE", "CAPTURE_IMAGE", "CaptureError", "HopCapture", "start_captures"]
 
@@ -52,7 +52,7 @@ class HopCapture:
         self.role = f"{host.role}-capture"
         run_id = labels.get(RUN_LABEL, "norun")
         self.container = (
-            DockerContainer(image, name=f"mailflow-{run_id}-{self.role}")
+            DockerContainer(image, name=f"mailflow-{run_id}-{self.role}", docker_client_kw=ENGINE_CLIENT)
             .with_kwargs(
                 # The run's labels (cleanup by label removes the companion with the MTAs) + its own role.
                 labels={**labels, ROLE_LABEL: self.role},
@@ -60,11 +60,14 @@ class HopCapture:
                 # testcontainers would otherwise attach a "host network" it guesses when the harness
                 # itself runs in a container; a container sharing a namespace can join no network.
                 network=None,
-                cap_drop=["ALL"],
-                cap_add=list(CAPTURE_CAPS),
+                # The bounds of every container; tshark, run in it to read the file back, peaks at 85 MB.
+                **limits(),
+                **confinement(CAPTURE_CAPS),
             )
         )
         self.listening_after_s: float | None = None
+        # What was captured before the MTA's container restarted (tcpdump starts a new file then).
+        self.earlier: list[bytes] = []
 
     @property
     def container_id(self) -> str:
@@ -110,6 +113,35 @@ class HopCapture:
                     f"{LISTENING!r} within {timeout_s:.0f} s\n--- its log ---\n{log.strip()}")
             if CANCELLED.wait(0.02):
                 raise KeyboardInterrupt("the run was interrupted")
+
+    def resume(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Follow the MTA into the new network namespace its container got from a start or restart:
+        keep what was captured so far, start tcpdump again and wait until it listens."""
+        wrapped = self.container.get_wrapped_container()
+        with contextlib.suppress(CaptureError):  # nothing captured yet, or the file is gone: nothing to keep
+            self.earlier.append(self.read_pcap())
+        try:
+            heard = bytes(wrapped.logs(stdout=True, stderr=True)).decode("utf-8", "replace").count(LISTENING)
+            wrapped.restart(timeout=1)
+        except DockerException as exc:
+            raise CaptureError(f"could not restart the capture companion of {self.host.role}: {exc}") from exc
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                log = bytes(wrapped.logs(stdout=True, stderr=True)).decode("utf-8", "replace")
+            except DockerException as exc:
+                raise CaptureError(f"capture companion of {self.host.role}: {exc}") from exc
+            if log.count(LISTENING) > heard:
+                return
+            if time.monotonic() > deadline:
+                raise ReadinessTimeoutError(f"the capture companion of {self.host.role} did not listen again "
+                                            f"within {timeout_s:.0f} s\n--- its log ---\n{log.strip()}")
+            if CANCELLED.wait(0.02):
+                raise KeyboardInterrupt("the run was interrupted")
+
+    def read_pcaps(self) -> list[bytes]:
+        """Every capture file of this companion: those kept from before a restart, then the current one."""
+        return [*self.earlier, self.read_pcap()]
 
     def read_pcap(self) -> bytes:
         """The capture file as it is now (complete up to the last packet written; works while running

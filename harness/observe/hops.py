@@ -28,7 +28,7 @@ class _ParsedCaptures:
         self._connections: list[Connection] = []
 
     def connections(self) -> list[Connection]:
-        data = [c.read_pcap() for c in self._captures.values()]
+        data = [pcap for c in self._captures.values() for pcap in c.read_pcaps()]
         sizes = tuple(len(d) for d in data)
         with self._lock:
             if sizes != self._sizes:
@@ -49,6 +49,11 @@ class CapturedHops:
         """The same captures, seen from ``start_wall`` on (the next scenario's window)."""
         return CapturedHops(self._captures, self._names, client_address=self._client, start_wall=start_wall,
                             parsed=self._parsed)
+
+    def resume(self, role: str) -> None:
+        """The role's container started again (a new network namespace): its capture follows it."""
+        if role in self._captures:
+            self._captures[role].resume()
 
     def _connections(self) -> list[Connection]:
         return self._parsed.connections()

@@ -18,6 +18,7 @@ __all__ = [
     "ConnectionAttempt",
     "ConnectionObservation",
     "DeliveredCopy",
+    "FaultObservation",
     "FlushObservation",
     "FoundDsn",
     "HopObservation",
@@ -313,17 +314,20 @@ class ConnectionObservation:
     what: str
     attempts: tuple[ConnectionAttempt, ...]
     waited_s: float
+    # Why "no connection" cannot be told (a capture that was not listening for a moment), if so.
+    unobservable: str | None = None
 
     kind = "connections"
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "source": self.source, "what": self.what,
-                "attempts": [a.to_json() for a in self.attempts], "waited_s": round(self.waited_s, 3)}
+                "attempts": [a.to_json() for a in self.attempts], "waited_s": round(self.waited_s, 3),
+                "unobservable": self.unobservable}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ConnectionObservation:
         return cls(d["source"], d["what"], tuple(ConnectionAttempt.from_json(a) for a in d["attempts"]),
-                   d["waited_s"])
+                   d["waited_s"], d.get("unobservable"))
 
 
 @dataclass(frozen=True)
@@ -341,12 +345,34 @@ class FlushObservation:
         return cls(d["host"], tuple(d.get("notes", [])))
 
 
+@dataclass(frozen=True)
+class FaultObservation:
+    """What a fault step did: ``error`` is None when the role is in the state asked for (and, for a
+    role brought back, greets or answers again)."""
+
+    role: str
+    action: str
+    at_s: float  # when the fault was done, on the scenario's clock
+    took_s: float  # until the role was in that state
+    error: str | None = None
+
+    kind = "fault"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "role": self.role, "action": self.action, "at_s": round(self.at_s, 3),
+                "took_s": round(self.took_s, 3), "error": self.error}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FaultObservation:
+        return cls(d["role"], d["action"], float(d["at_s"]), float(d["took_s"]), d.get("error"))
+
+
 Observation = (SessionObservation | HopObservation | MailboxObservation | BounceObservation | QueueObservation
-               | ConnectionObservation | FlushObservation)
+               | ConnectionObservation | FlushObservation | FaultObservation)
 
 _KINDS: dict[str, Any] = {c.kind: c for c in (SessionObservation, HopObservation, MailboxObservation,
                                                BounceObservation, QueueObservation, ConnectionObservation,
-                                               FlushObservation)}
+                                               FlushObservation, FaultObservation)}
 
 
 def observation_from_json(d: dict[str, Any]) -> Observation:

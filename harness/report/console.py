@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, ScenarioResult
-from harness.report.transcript import render_failures, render_logs, render_timeline
+from harness.report.transcript import render_failures, render_logs, render_replays, render_timeline
 
 _WORD = {PASSED: "PASS", FAILED: "FAIL", ERROR: "ERROR", CONFIG_ERROR: "CONFIG"}
 
@@ -22,7 +22,7 @@ def details(result: ScenarioResult) -> str:
                                         else f"  error: {result.error}", checks(result), logs]))
     if result.status == FAILED:
         return "\n".join(filter(None, [render_failures(result), checks(result), logs, "  transcript:",
-                                        render_timeline(result)]))
+                                        render_timeline(result), render_replays(result)]))
     return checks(result)
 
 

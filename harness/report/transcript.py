@@ -57,6 +57,16 @@ def render_failures(result: ScenarioResult) -> str:
     return "\n".join(lines)
 
 
+def render_replays(result: ScenarioResult) -> str:
+    """For each failed client session, the lines that replay it by hand (empty when there are none)."""
+    out = []
+    for step in result.steps:
+        if step.reproduce:
+            out.append(f"  replay step {step.step} by hand (its topology from `harness up`, then swaks):")
+            out += [f"    {line}" for line in step.reproduce.splitlines()]
+    return "\n".join(out)
+
+
 def render_logs(result: ScenarioResult) -> str:
     """The MTAs' own lines about the failure, per role (empty when there are none)."""
     out = []

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from harness.errors import ScenarioError
 from harness.mta import NAMES, ROLES
+from harness.scenario.inputs import InputRefused, Root, outside_problem, resolve_named, trusted_roots
 from harness.scenario.model import Mark
 from harness.scenario.validate import JsonPath, SourceMap
 
@@ -29,6 +30,8 @@ class BuildContext:
         self.base = path.parent
         self.source = source
         self.roles: tuple[str, ...] = STANDARD_ROLES
+        # Where the files and directories the scenario names may be (see harness.scenario.inputs).
+        self.roots: tuple[Root, ...] = trusted_roots(path)
 
     def at(self, *path: str | int) -> Mark:
         return self.source.value(path)
@@ -43,6 +46,19 @@ class BuildContext:
         """Raise ``problem`` (from a checks.* function) at the value under ``path``, if there is one."""
         if problem is not None:
             raise self.fail(self.at(*path), problem)
+
+    def confined(self, name: str, what: str, mark: Mark) -> Path:
+        """``name`` as written at ``mark`` (relative to the scenario's directory), resolved, symlinks
+        followed; a ScenarioError when it leads out of the trusted roots. ``what`` names it in messages
+        ("config directory")."""
+        try:
+            resolved = resolve_named(self.base, name)
+        except InputRefused as exc:
+            raise self.fail(mark, f"{what} {name!r} {exc.problem}") from None
+        problem = outside_problem(resolved, self.roots)
+        if problem is not None:
+            raise self.fail(mark, f"{what} {name!r} {problem}")
+        return resolved
 
     def known_role(self, role: str, *path: str | int) -> str:
         if role not in self.roles:

@@ -22,6 +22,7 @@ from harness.errors import ScenarioError, UsageError
 from harness.mta import DRIVERS
 from harness.scenario.checks import rdata_problem
 from harness.scenario.context import KNOWN_MTAS, STANDARD_ROLES, one_of
+from harness.scenario.inputs import config_tree_problem, outside_problem, trusted_roots
 from harness.scenario.messages import DEFAULT_BODY
 from harness.scenario.model import UNREACHABLE_ROLE, DnsRecord, RoleOverride, Scenario
 from harness.scenario.steps import DEFAULT_EHLO, DSN_FIELDS, StepBuilder, build_steps
@@ -62,7 +63,9 @@ _CHECK_NET = "192.0.2."
 
 def scenario_files(paths: Sequence[Path]) -> list[Path]:
     """The scenario files named by ``paths``: files as given, directories as their ``*.yaml``/``*.yml``
-    files sorted by name (dotfiles skipped: editors leave them behind)."""
+    files sorted by name (dotfiles skipped: editors leave them behind). A file named on the command line
+    is trusted as typed; one found in a directory that is a symlink leading out of that directory's tree
+    and the working directory's is a ScenarioError (``file:1:1``), as for the paths a scenario names."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -73,6 +76,11 @@ def scenario_files(paths: Sequence[Path]) -> list[Path]:
             if not in_dir:
                 # A run that silently checks nothing would look like a pass.
                 raise UsageError(f"no scenario files (*.yaml, *.yml) in directory {path}")
+            roots = trusted_roots(path / "any.yaml")
+            for file in in_dir:
+                problem = outside_problem(file.resolve(), roots) if file.is_symlink() else None
+                if problem is not None:
+                    raise ScenarioError(file, 1, 1, f"the scenario file is a symlink that {problem}")
             found.extend(in_dir)
         elif path.exists():
             found.append(path)
@@ -191,6 +199,7 @@ class _Builder(StepBuilder):
                     f"a plain config directory is for one MTA implementation, but {why}: write "
                     f"config: {{{runs_on[0]}: {config}}} (a directory per implementation), or restrict "
                     f"the scenario to one implementation with mta: [{runs_on[0]}]"))
+            self.check_main_file(directory, runs_on[0], config, (*here, "config"))
             return {runs_on[0]: directory}
         dirs: dict[str, Path] = {}
         for mta, name in config.items():
@@ -198,15 +207,28 @@ class _Builder(StepBuilder):
             if mta not in runs_on:
                 raise self.fail(self.at_key(*here, "config", mta),
                                 f"the {mta} configuration is never used: {self.why_runs_on(here, role, role_mta)}")
+            self.check_main_file(dirs[mta], mta, name, (*here, "config", mta))
         return dirs
 
     def directory(self, name: str, path: JsonPath) -> Path:
-        directory = (self.base / name).resolve()
+        # Confined before anything else is said about it: "does not exist" would tell about the host.
+        directory = self.confined(name, "role config directory", self.at(*path))
         if not directory.is_dir():
             problem = "is not a directory" if directory.exists() else "does not exist"
             raise self.fail(self.at(*path), f"role config directory {name!r} {problem} "
                             f"(resolved to {directory})")
+        tree = config_tree_problem(directory, self.roots)
+        if tree is not None:
+            raise self.fail(self.at(*path), f"role config directory {name!r} {tree}")
         return directory
+
+    def check_main_file(self, directory: Path, mta: str, name: str, path: JsonPath) -> None:
+        """A directory without the implementation's main file would only show as an MTA that never
+        answers, a readiness timeout later."""
+        main_file = DRIVERS[mta].main_file
+        if main_file and not (directory / main_file).is_file():
+            raise self.fail(self.at(*path), f"role config directory {name!r} has no {main_file}, the main file "
+                            f"of every {mta} configuration (resolved to {directory})")
 
     def settings(
         self, here: JsonPath, role: str, role_mta: str | None, raw: dict[str, dict[str, Any]]

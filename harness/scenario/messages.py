@@ -7,11 +7,11 @@ import re
 from email import errors as email_errors
 from email import policy
 from email.parser import Parser
-from pathlib import Path
 from typing import Any
 
 from harness.scenario.checks import header_value_problem
 from harness.scenario.context import BuildContext
+from harness.scenario.inputs import MAX_MESSAGE_BYTES, InputRefused, read_limited
 from harness.scenario.model import Message
 from harness.scenario.validate import JsonPath
 
@@ -46,12 +46,14 @@ def build_message(ctx: BuildContext, here: JsonPath, spec: dict[str, Any] | None
 
 
 def _message_file(ctx: BuildContext, name: str, path: JsonPath) -> Message:
-    file = (ctx.base / name).resolve()
     mark = ctx.at(*path)
+    file = ctx.confined(name, "message file", mark)
     try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise ctx.fail(mark, f"message file {name!r} {_os_problem(exc, file)}") from None
+        raw = read_limited(file, MAX_MESSAGE_BYTES, "a message file")
+    except FileNotFoundError:
+        raise ctx.fail(mark, f"message file {name!r} does not exist (resolved to {file})") from None
+    except InputRefused as exc:
+        raise ctx.fail(mark, f"message file {name!r} {exc.problem}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -93,14 +95,6 @@ def _header_block_problem(defects: list[email_errors.MessageDefect], unixfrom: s
         return (f"line {number}: expected a header field 'Name: value' or the blank line before the body, "
                 f"got {shown!r}")
     return None
-
-
-def _os_problem(exc: OSError, file: Path) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return f"does not exist (resolved to {file})"
-    if isinstance(exc, IsADirectoryError):
-        return f"is a directory ({file})"
-    return f"cannot be read: {exc.strerror or exc}"
 
 
 def normalise_body(body: str) -> str:

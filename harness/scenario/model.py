@@ -235,8 +235,30 @@ class QueueStateStep:
     kind = "queue_state"
 
 
+@dataclass(frozen=True)
+class RoleFaultStep:
+    """A fault done to a role's container mid-scenario (harness.topology.faults)."""
+
+    role: str
+    action: str  # stop, start, restart, kill, pause, unpause, disconnect, reconnect
+    mark: Mark
+
+    kind = "fault"
+
+
+@dataclass(frozen=True)
+class DnsFaultStep:
+    """The scenario's DNS server answers SERVFAIL or NXDOMAIN for ``name`` and below, or normally again."""
+
+    name: str  # absolute, lower case
+    answer: str  # servfail, nxdomain, normal
+    mark: Mark
+
+    kind = "dns_fault"
+
+
 Step = (SmtpSessionStep | DeliveryStep | NoDeliveryStep | HopStep | NoConnectionStep | BounceStep
-        | NoBounceStep | QueueFlushStep | QueueStateStep)
+        | NoBounceStep | QueueFlushStep | QueueStateStep | RoleFaultStep | DnsFaultStep)
 
 
 # ``address_of: unreachable``: an address in the run's own network that nothing answers on, so MX

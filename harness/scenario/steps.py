@@ -7,6 +7,10 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+import dns.exception
+import dns.name
+
+from harness.dns.zones import HARNESS_ZONE
 from harness.scenario.checks import address_problem, ehlo_problem, mailbox_problem
 from harness.scenario.context import BuildContext
 from harness.scenario.messages import build_message
@@ -14,6 +18,7 @@ from harness.scenario.model import (
     UNREACHABLE_ROLE,
     BounceStep,
     DeliveryStep,
+    DnsFaultStep,
     DsnCheck,
     HeaderCheck,
     HopStep,
@@ -24,6 +29,7 @@ from harness.scenario.model import (
     QueueFlushStep,
     QueueStateStep,
     ReplyExpectation,
+    RoleFaultStep,
     SmtpSessionStep,
     Stage,
     Step,
@@ -48,6 +54,7 @@ DEFAULT_HOP_WITHIN_S = 15.0
 DEFAULT_NO_CONNECTION_WITHIN_S = 5.0
 DEFAULT_BOUNCE_WITHIN_S = 20.0
 DEFAULT_QUEUE_STATE_WITHIN_S = 15.0
+HARNESS_NAME = dns.name.from_text(HARNESS_ZONE)
 
 # The bounce step's expect keys -> the RFC 3464 per-recipient fields they check.
 DSN_FIELDS: dict[str, str] = {
@@ -124,6 +131,12 @@ class StepBuilder(BuildContext):
         if kind == "queue_flush":
             host = self.known_role(body["host"], *here, "host")
             return QueueFlushStep(host=host, mark=self.at(*here[:-1])), None
+        if kind == "fault":
+            role = self.known_role(body["role"], *here, "role")
+            return RoleFaultStep(role=role, action=body["action"], mark=self.at(*here[:-1])), None
+        if kind == "dns_fault":
+            return DnsFaultStep(name=self.fault_name(body["name"], (*here, "name")), answer=body["answer"],
+                                mark=self.at(*here[:-1])), None
         source = self.message_source(kind, here, body, ids)
         message_of: str | None = body.get("message_of")
         if kind == "hop":
@@ -137,6 +150,21 @@ class StepBuilder(BuildContext):
         if kind == "no_bounce":
             return self.no_bounce_step(here, body, message_of), source
         return self.queue_state_step(here, body, message_of), source
+
+    def fault_name(self, text: str, path: JsonPath) -> str:
+        """A dns_fault's name: a valid DNS name in a zone the scenario's server can serve, not the
+        server's own zone (the harness asks it whether the server answers)."""
+        try:
+            name = dns.name.from_text(text, origin=dns.name.root).canonicalize()
+        except dns.exception.DNSException as exc:
+            raise self.fail(self.at(*path), f"invalid DNS name {text!r}: {exc}") from None
+        if len(name.labels) < 3:
+            raise self.fail(self.at(*path), f"{text!r} is a top-level domain: a dns_fault names a domain "
+                            "(e.g. example.test) or a name below one")
+        if name == HARNESS_NAME or name.is_subdomain(HARNESS_NAME):
+            raise self.fail(self.at(*path), f"{text!r} is in {HARNESS_NAME}, the DNS server's own zone, "
+                            "which the harness needs to see the server answer")
+        return name.to_text()
 
     def message_source(self, kind: str, here: JsonPath, body: dict[str, Any], ids: MessageIds) -> int:
         message_of: str | None = body.get("message_of")

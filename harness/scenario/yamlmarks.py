@@ -1,6 +1,14 @@
 """YAML with source marks: the composed node tree turned into plain JSON-like data, with the mark of
 every value and key recorded by JSON path in a SourceMap. Duplicate keys, recursive aliases, tags and
-values outside JSON's types are ScenarioErrors at their node; nothing from PyYAML escapes."""
+values outside JSON's types are ScenarioErrors at their node; nothing from PyYAML escapes.
+
+The file is hostile input (see ``inputs``): it is read through ``read_limited`` (at most
+MAX_SCENARIO_BYTES, never a FIFO or a device), and the document may hold at most MAX_YAML_NODES values,
+counted while composing, then with every alias expanded before anything is converted (once per node, so
+a "billion laughs" file of a few hundred bytes is refused in milliseconds instead of expanding for
+minutes). Merge keys (``<<``) are resolved here, each merged mapping once, for the same reason (PyYAML's
+own flattening copies every merged entry again, for every mapping that merges it).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from harness.errors import ScenarioError, UsageError
+from harness.scenario.inputs import MAX_SCENARIO_BYTES, MAX_YAML_NODES, InputRefused, read_limited
 from harness.scenario.model import Mark
 from harness.scenario.validate import JsonPath, SourceMap
 
@@ -28,13 +37,11 @@ def read_yaml(path: Path) -> tuple[object, SourceMap]:
     ``path`` was given."""
     display = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_limited(path, MAX_SCENARIO_BYTES, "a scenario file")
     except FileNotFoundError:
         raise UsageError(f"no such scenario file: {display}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{display} is a directory, not a scenario file") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read scenario file {display}: {exc.strerror or exc}") from None
+    except InputRefused as exc:
+        raise ScenarioError(display, 1, 1, f"the scenario file {exc.problem}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -46,13 +53,14 @@ def read_yaml(path: Path) -> tuple[object, SourceMap]:
     loader: yaml.SafeLoader | None = None
     try:
         # The constructor already scans the text for characters YAML forbids.
-        loader = yaml.SafeLoader(text)
+        loader = _BoundedLoader(text, display)
         root = loader.get_single_node()
         if root is None:
             raise ScenarioError(display, 1, 1, "empty scenario file: expected a mapping with name, "
                                 "description and steps")
         walker = _Walker(loader, source)
         walker.check_duplicates(root, set())
+        walker.check_size(root)
         return walker.convert(root, (), set()), source
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -87,6 +95,34 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
     return f"{problem} ({context} at line {exc.context_mark.line + 1})"
 
 
+def _too_many(display: str, line: int, col: int, expanded: int | None = None) -> ScenarioError:
+    if expanded is not None:
+        return ScenarioError(display, line, col, f"this expands to {expanded} values once its aliases are expanded, "
+                             f"more than the {MAX_YAML_NODES} a scenario may hold (each alias repeats what its "
+                             "anchor holds)")
+    return ScenarioError(display, line, col, f"the YAML holds more than the {MAX_YAML_NODES} values a scenario "
+                         "may hold")
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader counting the nodes it composes (an alias counts once here; the walk counts
+    what it expands to)."""
+
+    def __init__(self, stream: str, display: str) -> None:
+        super().__init__(stream)
+        self.display = display
+        self.composed = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self.composed += 1
+        if self.composed > MAX_YAML_NODES:
+            event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
+            mark = event.start_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+            raise _too_many(self.display, line, col)
+        return super().compose_node(parent, index)
+
+
 class _Walker:
     """Turns the composed node tree into plain JSON-like data, recording marks by JSON path.
 
@@ -97,6 +133,8 @@ class _Walker:
     def __init__(self, loader: yaml.SafeLoader, source: SourceMap) -> None:
         self.loader = loader
         self.source = source
+        self.merged: dict[int, list[tuple[Node, Node]]] = {}  # a mapping's entries with merges resolved
+        self.sizes: dict[int, int] = {}  # values under a node, aliases expanded
 
     def mark(self, node: Node) -> Mark:
         return Mark(self.source.file, node.start_mark.line + 1, node.start_mark.column + 1)
@@ -131,6 +169,30 @@ class _Walker:
             for item in node.value:
                 self.check_duplicates(item, seen)
 
+    def check_size(self, root: Node) -> None:
+        """Refuse a document that would convert to more than MAX_YAML_NODES values, before converting it:
+        sizes are computed once per node (an anchored node however often it is aliased), so a "billion
+        laughs" file costs what its text costs. Reported at the smallest collection over the bound."""
+        self.size(root, set())
+
+    def size(self, node: Node, active: set[int]) -> int:
+        known = self.sizes.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(node, SequenceNode | MappingNode):
+            if id(node) in active:
+                raise self.error(node, "recursive YAML alias: a node cannot contain itself")
+            active.add(id(node))
+            children = node.value if isinstance(node, SequenceNode) else [v for _, v in self.entries(node, set())]
+            total += sum(self.size(child, active) for child in children)
+            active.discard(id(node))
+        if total > MAX_YAML_NODES:
+            mark = self.mark(node)
+            raise _too_many(mark.file, mark.line, mark.col, total)
+        self.sizes[id(node)] = total
+        return total
+
     def convert(self, node: Node, path: JsonPath, active: set[int]) -> object:
         self.source.values[path] = self.mark(node)
         if isinstance(node, ScalarNode):
@@ -146,13 +208,8 @@ class _Walker:
             if isinstance(node, MappingNode):
                 if node.tag != _MAP_TAG:
                     raise self.error(node, f"unsupported YAML tag {node.tag!r}")
-                # Flatten a copy so the shared (anchored) node keeps its own entries for other aliases.
-                flat = MappingNode(node.tag, list(node.value), node.start_mark, node.end_mark,
-                                   node.flow_style)
-                self.loader.flatten_mapping(flat)
                 result: dict[str, object] = {}
-                # Merged entries come first, so the mapping's own keys override them, as YAML specifies.
-                for key_node, value_node in flat.value:
+                for key_node, value_node in self.entries(node, set()):
                     key = self.key_text(key_node)
                     self.source.keys[(*path, key)] = self.mark(key_node)
                     result[key] = self.convert(value_node, (*path, key), active)
@@ -161,10 +218,47 @@ class _Walker:
         finally:
             active.discard(id(node))
 
+    def entries(self, node: MappingNode, merging: set[int]) -> list[tuple[Node, Node]]:
+        """The mapping's entries with its merge keys (``<<``) resolved as the merge key type specifies: a
+        merged mapping adds the keys the mapping does not have itself, and of a list of mappings the
+        earlier one wins. Merged entries come first, in the order merged (as PyYAML 6.0.3 orders them);
+        each key once. Nodes are not changed (PyYAML's ``flatten_mapping`` rewrites anchored nodes in
+        place), and each mapping is resolved once however many aliases merge it."""
+        done = self.merged.get(id(node))
+        if done is not None:
+            return done
+        if id(node) in merging:
+            raise self.error(node, "recursive YAML alias: a mapping cannot merge itself")
+        merging.add(id(node))
+        merged: dict[str, tuple[Node, Node]] = {}
+        own: list[tuple[Node, Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                own.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+            for source in sources:
+                if not isinstance(source, MappingNode) or source.tag != _MAP_TAG:
+                    raise self.error(source, "a merge key (<<) takes a mapping or a list of mappings")
+                for entry in self.entries(source, merging):
+                    merged.setdefault(self.key_text(entry[0]), entry)
+        merging.discard(id(node))
+        # The mapping's own keys win, at the place a merged key had.
+        for key_node, value_node in own:
+            merged[self.key_text(key_node)] = (key_node, value_node)
+        result = list(merged.values())
+        self.merged[id(node)] = result
+        return result
+
     def scalar(self, node: ScalarNode, path: JsonPath) -> object:
         if node.style is None:
             self.source.raw[path] = node.value
-        value = self.loader.construct_object(node)
+        try:
+            value = self.loader.construct_object(node)
+        except (ValueError, IndexError, KeyError, AttributeError, TypeError, OverflowError):
+            # PyYAML's constructors fail with these on a scalar whose explicit tag does not fit its text
+            # (`!!int ''`, `!!bool x`, `!!timestamp x`).
+            raise self.error(node, f"{node.value!r} is not a valid value for the YAML tag {node.tag!r}") from None
         if isinstance(value, datetime.date):
             # Nothing in the format is a date; `Date: 2024-01-01` means the text.
             return node.value

@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import requests
+import urllib3
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound
 
 from harness.errors import ImageBuildError
 from harness.report.progress import Progress
+from harness.topology.engine import BUILD_STALL_S, PULL_TIMEOUT_S, bounded
 from harness.topology.hostcmd import run_checked
 
 DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
@@ -224,7 +227,7 @@ class ImageStore:
             return DEBOOTSTRAP_IMAGE
         try:
             with self._progress.task(f"pulling base image {wanted}"):
-                self._client.images.pull(wanted)
+                bounded(lambda: self._client.images.pull(wanted), PULL_TIMEOUT_S, f"pulling {wanted}")
             return wanted
         except DockerException as exc:
             reason = _reason(exc)
@@ -252,7 +255,8 @@ class ImageStore:
             run_checked(["tar", "-C", str(root), "-cf", str(archive), "."], ImageBuildError)
             repo, tag = DEBOOTSTRAP_IMAGE.split(":")
             try:
-                self._client.api.import_image_from_file(str(archive), repository=repo, tag=tag)
+                bounded(lambda: self._client.api.import_image_from_file(str(archive), repository=repo, tag=tag),
+                        PULL_TIMEOUT_S, f"docker import of {DEBOOTSTRAP_IMAGE}")
             except DockerException as exc:
                 raise ImageBuildError(f"docker import of the debootstrap root file system failed: {exc}") from exc
 
@@ -344,11 +348,20 @@ class ImageStore:
                       steps: bool = True) -> None:
         """One build, its output read as it comes: the last lines go into the error when it fails.
         ``steps``: a progress line per Dockerfile step (one build at a time only: side by side they
-        would interleave)."""
+        would interleave). A build the engine says nothing about for BUILD_STALL_S is given up."""
         log: list[str] = []
+        try:
+            self._follow_build(context, tag, buildargs, digest, log, steps=steps)
+        except (OSError, requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            tail = "\n".join(log[-20:])
+            raise ImageBuildError(f"building {tag}: the Docker engine sent nothing for {BUILD_STALL_S:.0f} s or "
+                                  f"broke off ({type(exc).__name__}: {exc})\n{tail}") from exc
+
+    def _follow_build(self, context: BuildContext, tag: str, buildargs: dict[str, str], digest: str,
+                      log: list[str], *, steps: bool) -> None:
         stream: Iterable[dict[str, Any]] = self._client.api.build(
             fileobj=context.tar(), custom_context=True, tag=tag, buildargs=buildargs, rm=True, forcerm=True,
-            decode=True, labels={HASH_LABEL: digest},
+            decode=True, labels={HASH_LABEL: digest}, timeout=BUILD_STALL_S,
         )
         for chunk in stream:
             if self._abort.is_set():

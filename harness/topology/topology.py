@@ -25,6 +25,7 @@ from harness.errors import ConfigurationError, ContainerExitedError, Infrastruct
 from harness.mta.base import COMPLAINT
 from harness.report.progress import Progress
 from harness.scenario.model import UNREACHABLE_ROLE
+from harness.topology.engine import API_TIMEOUT_S
 from harness.topology.images import ImageStore
 from harness.topology.labels import ROLE_LABEL, remove_run, run_labels
 from harness.topology.mta import IMPLEMENTATIONS, MtaImplementation
@@ -37,6 +38,22 @@ HOST_OFFSETS = {DNS_ROLE: 2, "mx": 10, "relay": 11, "nomail": 12}
 # overlaps with its other networks, so two runs at once simply pick again.
 SUBNET_POOL = ipaddress.IPv4Network("172.28.0.0/14")
 READY_TIMEOUT_S = 30.0
+# Bounds on every container of a run. Measured during the bundled matrix on three implementations at
+# once (-j 3): an MTA peaks at 15 MB and 21 processes, the dns container at 40 MB (30 MB of it page
+# cache). A runaway MTA (a mail loop, a configuration that forks without end) is killed at the bound
+# instead of taking the engine's machine down with it (while starting: an infrastructure error, never a
+# configuration one, see start_roles). Swap is not a way around the memory bound.
+MEMORY_LIMIT = "256m"
+PIDS_LIMIT = 256
+# What NSD needs: switch to user nsd; dns-reload (root) signals it (KILL).
+DNS_CAPABILITIES = ("KILL", "SETGID", "SETUID")
+# Ports 25 and 53 are bound without NET_BIND_SERVICE: in the container's own network namespace every
+# port is unprivileged (Docker 20.10 and later do this by default; said here for the engines that don't).
+UNPRIVILEGED_PORTS = {"net.ipv4.ip_unprivileged_port_start": "0"}
+# setuid/setgid bits and file capabilities give a process nothing more (where the MTA allows it).
+NO_NEW_PRIVILEGES = "no-new-privileges"
+# testcontainers makes a client of its own per container and network: its calls are bounded as ours.
+ENGINE_CLIENT: dict[str, object] = {"timeout": API_TIMEOUT_S}
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,8 @@ class Host:
     container: DockerContainer
     # What the implementation's own configuration check said about this role (warnings), once started.
     check_warnings: tuple[str, ...] = ()
+    # The greeting code that says the role is ready (220; 521 for a host that accepts no mail).
+    ready_code: int = 220
 
     @property
     def container_id(self) -> str:
@@ -261,7 +280,7 @@ def _create_network(client: docker.DockerClient, run_id: str, labels: dict[str, 
             unreachable = unreachable_address(str(subnet), {gateway, *plan_addresses(plan, subnet).values()})
         except ValueError as exc:
             raise InfrastructureError(f"no address left for address_of: unreachable in {subnet}: {exc}") from exc
-        network = Network(docker_network_kw={
+        network = Network(docker_client_kw=ENGINE_CLIENT, docker_network_kw={
             "driver": "bridge",
             "internal": True,  # nothing inside can reach anything outside the run
             "labels": labels,
@@ -355,6 +374,7 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
         host.container.start()
         driver = plan_host.mta
         assert driver is not None
+        host.ready_code = driver.ready_code(plan_host.base_role)
         # The container's state is watched too: one that exits while starting (a configuration the
         # MTA refuses) is reported at once with its exit code and last log lines, not after the bound.
         try:
@@ -412,9 +432,31 @@ def configuration_error(plan: HostPlan, lines: Sequence[str], detail: str) -> Co
     return ConfigurationError(plan.role, cause, text)
 
 
+def limits(memory: str = MEMORY_LIMIT, pids: int = PIDS_LIMIT) -> dict[str, object]:
+    """Memory (swap included) and process bounds, as container create options."""
+    return {"mem_limit": memory, "memswap_limit": memory, "pids_limit": pids}
+
+
+def confinement(capabilities: Sequence[str], *, no_new_privileges: bool = True) -> dict[str, object]:
+    """Every capability dropped but ``capabilities``; no privilege gained through exec unless told."""
+    options: dict[str, object] = {"cap_drop": ["ALL"], "cap_add": sorted(capabilities)}
+    if no_new_privileges:
+        options["security_opt"] = [NO_NEW_PRIVILEGES]
+    return options
+
+
+def container_options(plan: HostPlan) -> dict[str, object]:
+    """The bounds and privileges of a role's container (the dns role's when ``plan.mta`` is None)."""
+    if plan.mta is None:
+        return {**limits(), **confinement(DNS_CAPABILITIES)}
+    return {**limits(), **confinement(plan.mta.capabilities, no_new_privileges=plan.mta.no_new_privileges)}
+
+
 def _container(network: Network, plan: HostPlan, image: str, address: str, labels: dict[str, str],
                *, dns: str | None) -> Host:
     kwargs: dict[str, object] = {
+        **container_options(plan),
+        "sysctls": UNPRIVILEGED_PORTS,
         "labels": {**labels, ROLE_LABEL: plan.role},
         "hostname": plan.hostname,
         # No network aliases: Docker's embedded resolver would answer them before our DNS server, and
@@ -423,7 +465,8 @@ def _container(network: Network, plan: HostPlan, image: str, address: str, label
     }
     if dns is not None:
         kwargs["dns"] = [dns]
-    container = (DockerContainer(image, name=f"mailflow-{labels['mailflow-harness.run']}-{plan.role}")
+    container = (DockerContainer(image, name=f"mailflow-{labels['mailflow-harness.run']}-{plan.role}",
+                                 docker_client_kw=ENGINE_CLIENT)
                  .with_network(network)
                  .with_kwargs(**kwargs))
     return Host(plan.role, plan.hostname, address, image, plan.mta.name if plan.mta else None, container)

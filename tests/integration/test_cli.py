@@ -171,6 +171,43 @@ def test_interrupt_removes_everything(engine: docker.DockerClient, tmp_path: Pat
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_repeated_interrupts_do_not_cut_the_cleanup_short(engine: docker.DockerClient, tmp_path: Path,
+                                                          first: int) -> None:
+    """Ctrl-C pressed again and again while the run removes its containers: no traceback, nothing left,
+    the exit code of the first signal."""
+    scenario = tmp_path / "slow.yaml"
+    scenario.write_text(SLOW)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "--compose", str(COMPOSE), "run", str(scenario),
+                             "--mta", "postfix,exim,opensmtpd"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    extra = 0
+    try:
+        deadline = time.monotonic() + 120
+        # Three topologies: removing them takes long enough for the signals to land in the cleanup.
+        while _own_objects(engine, proc.pid) < 15 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        assert _own_objects(engine, proc.pid) >= 15, "the run never started its containers"
+        time.sleep(1.0)
+        proc.send_signal(first)
+        for pause in (0.1, 0.3, 0.2):
+            time.sleep(pause)
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGINT)
+            extra += 1
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert extra >= 2, f"the cleanup ended before the repeated signals landed ({extra} sent):\n{err}"
+    assert proc.returncode == (130 if first == signal.SIGINT else 143), err
+    assert "Traceback" not in err, err
+    assert _own_objects(engine, proc.pid) == 0
+
+
 def test_leftovers_of_a_dead_process_are_reaped(engine: docker.DockerClient) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()

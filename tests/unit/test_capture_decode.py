@@ -555,11 +555,15 @@ def test_message_or_chunk_cut_off_by_the_end_of_the_connection() -> None:
 # -- a scenario's window on a shared topology ---------------------------------------------------------
 
 class _FixtureCapture:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, earlier: tuple[bytes, ...] = ()) -> None:
         self.data = data
+        self.earlier = earlier
 
     def read_pcap(self) -> bytes:
         return self.data
+
+    def read_pcaps(self) -> list[bytes]:
+        return [*self.earlier, self.data]
 
 
 def _window(start_wall: float) -> CapturedHops:
@@ -583,3 +587,17 @@ def test_timeline_shows_an_earlier_connection_only_for_transactions_in_the_windo
     assert [t.hop for t in late.sessions()] == ["relay->mx"]
     # Closed before the window: nothing at all.
     assert _window(at["QUIT"] + 10).sessions() == []
+
+
+def test_a_capture_started_again_keeps_what_it_had_captured() -> None:
+    """A role's container restarted (a fault step): its companion's file from before the restart still
+    counts, beside the new one (HopCapture.resume keeps it in ``earlier``)."""
+    before = pcap("nomail_521", "relay")
+    after = pcap("relay_mx_pipelined", "relay")
+    start = min(MANIFEST["cases"][c]["start_wall"] for c in ("nomail_521", "relay_mx_pipelined"))
+    hops = CapturedHops({"relay": _FixtureCapture(after, earlier=(before,))}, NAMES,  # type: ignore[dict-item]
+                        client_address=GATEWAY, start_wall=start)
+    assert sorted(t.hop for t in hops.sessions()) == ["relay->mx", "relay->nomail"]
+    only_new = CapturedHops({"relay": _FixtureCapture(after)}, NAMES,  # type: ignore[dict-item]
+                            client_address=GATEWAY, start_wall=start)
+    assert [t.hop for t in only_new.sessions()] == ["relay->mx"]

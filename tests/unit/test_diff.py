@@ -207,7 +207,9 @@ def test_markdown_is_a_table_of_scenario_implementation_before_after() -> None:
     assert "No behaviour changed." in diff_markdown(diff_results(before, before))
 
 
-def test_the_command_compares_two_results_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_compares_two_results_files(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the missing out/ is made only inside the working directory
     before = _results()
     old = _pick(before, "04-nullmx", "postfix")
     a, b, md = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "out" / "diff.md"

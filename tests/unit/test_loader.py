@@ -305,11 +305,11 @@ BAD: dict[str, tuple[str, int, int, str]] = {
     "unknown step kind": (
         HEAD + "  - smtpp:\n      host: mx\n", 4, 5,
         "unknown step kind 'smtpp' (expected one of: smtp, delivery, no_delivery, hop, no_connection, "
-        "bounce, no_bounce, queue_flush, queue_state)"),
+        "bounce, no_bounce, queue_flush, queue_state, fault, dns_fault)"),
     "step with two keys": (
         HEAD + "  - smtp: {host: mx, mail_from: a, rcpt_to: b}\n    delivery: {host: mx}\n", 4, 5,
         "exactly one key, the step kind (smtp, delivery, no_delivery, hop, no_connection, bounce, "
-        "no_bounce, queue_flush or queue_state), got a mapping with keys smtp, delivery"),
+        "no_bounce, queue_flush, queue_state, fault or dns_fault), got a mapping with keys smtp, delivery"),
     "empty smtp step": (
         HEAD + "  - smtp:\n", 4, 10, "expected an smtp step mapping"),
     "unknown key in smtp step": (
@@ -865,9 +865,12 @@ def test_missing_role_config_dir(tmp_path: Path) -> None:
     assert str(tmp_path / "nope" / "relay") in str(error)
 
 
-def test_role_config_dir_is_relative_to_the_scenario(tmp_path: Path) -> None:
+def test_role_config_dir_is_relative_to_the_scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "compose" / "relay").mkdir(parents=True)
+    (tmp_path / "compose" / "relay" / "main.cf").write_text("")
     (tmp_path / "scenarios").mkdir()
+    # ../compose leaves the scenario's directory: allowed because it stays inside the working directory.
+    monkeypatch.chdir(tmp_path)
     text = ROLES_HEAD + "  relay: {config: {postfix: ../compose/relay}}\nsteps:\n" + SMTP
     path = write(tmp_path, text, "scenarios/s.yaml")
     assert load_scenario(path).roles["relay"].config_dirs == {"postfix": (tmp_path / "compose" / "relay").resolve()}
@@ -875,6 +878,7 @@ def test_role_config_dir_is_relative_to_the_scenario(tmp_path: Path) -> None:
 
 def test_missing_role_config_dir_per_mta(tmp_path: Path) -> None:
     (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "main.cf").write_text("")
     (tmp_path / "file").write_text("")
     path = write(tmp_path, ROLES_HEAD + "  relay:\n    config: {postfix: p, exim: e}\nsteps:\n" + SMTP)
     error = load_error(path)
@@ -885,6 +889,7 @@ def test_missing_role_config_dir_per_mta(tmp_path: Path) -> None:
 
 def test_added_role_with_its_own_config(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "exim4.conf").write_text("")
     text = (ROLES_HEAD + "  backup-2: {like: nomail, config: {exim: b}, settings: {exim: {X: 1}}}\nsteps:\n"
             "  - smtp: {host: backup-2, mail_from: a, rcpt_to: b}\n")
     s = load_scenario(write(tmp_path, text))
@@ -964,7 +969,8 @@ def test_no_traceback_for_any_damaged_copy_of_a_valid_file(tmp_path: Path, fixtu
     text = {"full": FULL.read_text(), "flows": FLOWS.read_text(), "new keys": NEW_KEYS}[fixture]
     lines = text.splitlines(keepends=True)
     (tmp_path / "relay-config").mkdir()
-    (tmp_path / "relay-config" / "main.cf").write_bytes((FIXTURES / "relay-config" / "main.cf").read_bytes())
+    for main_file in ("main.cf", "exim4.conf"):
+        (tmp_path / "relay-config" / main_file).write_bytes((FIXTURES / "relay-config" / main_file).read_bytes())
     (tmp_path / "messages").mkdir()
     (tmp_path / "messages" / "hello.eml").write_bytes((FIXTURES / "messages" / "hello.eml").read_bytes())
     load_scenario(write(tmp_path, text))  # the undamaged copy loads
@@ -1295,6 +1301,8 @@ def test_plain_config_dir_for_two_implementations_is_an_error(tmp_path: Path) ->
 
 def test_plain_config_dir_for_the_one_implementation(tmp_path: Path) -> None:
     (tmp_path / "relay").mkdir()
+    (tmp_path / "relay" / "exim4.conf").write_text("")
+    (tmp_path / "relay" / "smtpd.conf").write_text("")
     text = "name: t\ndescription: d\nmta: exim\nroles:\n  relay: {config: relay}\nsteps:\n" + SMTP
     assert load_scenario(write(tmp_path, text)).roles["relay"].config_dirs == {"exim": (tmp_path / "relay").resolve()}
     text = "name: t\ndescription: d\nmta: [opensmtpd]\nroles:\n  relay: {config: relay}\nsteps:\n" + SMTP
@@ -1304,12 +1312,14 @@ def test_plain_config_dir_for_the_one_implementation(tmp_path: Path) -> None:
 
 def test_plain_config_dir_for_a_role_with_a_fixed_implementation(tmp_path: Path) -> None:
     (tmp_path / "mx").mkdir()
+    (tmp_path / "mx" / "exim4.conf").write_text("")
     text = ROLES_HEAD + "  mx: {config: mx, mta: exim}\nsteps:\n" + SMTP
     assert load_scenario(write(tmp_path, text)).roles["mx"].config_dirs == {"exim": (tmp_path / "mx").resolve()}
 
 
 def test_config_for_an_implementation_that_never_runs_the_role(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "main.cf").write_text("")
     path = write(tmp_path, "name: t\ndescription: d\nmta: postfix\nroles:\n  relay:\n"
                            "    config: {postfix: d, exim: d}\nsteps:\n" + SMTP)
     error = load_error(path)
@@ -1336,10 +1346,13 @@ def test_postfix_settings_need_a_main_cf_in_the_role_config(tmp_path: Path) -> N
     path = write(tmp_path, text)
     error = load_error(path)
     assert (error.line, error.col) == (5, 23)
-    assert error.detail.startswith("role config directory 'p' has no main.cf, which the role's postfix "
-                                   "settings are added to")
-    # Exim's settings are a file of their own: nothing is needed in the directory.
+    # main.cf is the main file of every Postfix configuration: missing, it is refused whether or not
+    # settings are added to it.
+    assert error.detail.startswith("role config directory 'p' has no main.cf, the main file of every postfix "
+                                   "configuration")
+    # Exim's settings are a file of their own: nothing but the main file is needed in the directory.
     (tmp_path / "p" / "main.cf").write_text("")
+    (tmp_path / "p" / "exim4.conf").write_text("")
     assert load_scenario(path).roles["relay"].settings == {"postfix": {"a": "b"}, "exim": {"A": "b"}}
 
 

@@ -52,7 +52,9 @@ def test_implementation_order_from_the_drivers() -> None:
         ["postfix", "exim", "opensmtpd", "aaa", "zzz"]
 
 
-def test_report_merges_into_the_same_report_as_one_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_merges_into_the_same_report_as_one_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the missing out/ is made only inside the working directory
     b, a = split(tmp_path)
     out = tmp_path / "out"
     code = main(["-q", "report", str(b), str(a), "--json", str(out / "merged.json"),

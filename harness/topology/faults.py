@@ -1,0 +1,79 @@
+"""Faults done to a role's container mid-scenario: stop, start, restart, kill, pause, unpause,
+disconnect and reconnect, through the Docker API. A role brought back (start, restart, unpause,
+reconnect) is back once it greets with its ready code again (an MTA) or answers (dns).
+
+``disconnect`` takes the container off the run's network: connections to its address then time out
+(no host answers), like a host that is down; ``stop`` keeps the address's neighbours but nothing
+listens. A started or restarted container has a new network namespace: its capture companion is
+started again in it (``HopCapture.resume``), keeping what it had captured."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from docker.errors import DockerException
+
+from harness.dns.preflight import wait_until_answering
+from harness.dns.zones import HARNESS_ZONE
+from harness.errors import HarnessError
+from harness.topology.readiness import wait_for_greeting
+from harness.topology.topology import Host, Topology
+
+__all__ = ["ACTIONS", "BRINGS_BACK", "NEW_NAMESPACE", "do_fault"]
+
+ACTIONS = ("stop", "start", "restart", "kill", "pause", "unpause", "disconnect", "reconnect")
+# After these the role must be usable again before the scenario goes on.
+BRINGS_BACK = frozenset({"start", "restart", "unpause", "reconnect"})
+# After these the container runs in a new network namespace: its capture companion must follow it.
+NEW_NAMESPACE = frozenset({"start", "restart"})
+STOP_TIMEOUT_S = 10  # what an MTA gets to end cleanly on SIGTERM before SIGKILL (docker stop -t)
+BACK_TIMEOUT_S = 30.0
+
+
+def do_fault(topology: Topology, role: str, action: str,
+             *, resume_capture: Callable[[Host], None] | None = None) -> str | None:
+    """Do ``action`` to ``role``; None when it is in that state, else what went wrong."""
+    host = topology.hosts[role]
+    try:
+        container = host.container.get_wrapped_container()
+        if action == "stop":
+            container.stop(timeout=STOP_TIMEOUT_S)
+        elif action == "kill":
+            container.kill()
+        elif action == "start":
+            container.start()
+        elif action == "restart":
+            container.restart(timeout=STOP_TIMEOUT_S)
+        elif action == "pause":
+            container.pause()
+        elif action == "unpause":
+            container.unpause()
+        elif action == "disconnect":
+            topology.client.networks.get(topology.network_name).disconnect(container)
+        elif action == "reconnect":
+            topology.client.networks.get(topology.network_name).connect(container, ipv4_address=host.address)
+        else:
+            raise AssertionError(f"the schema allows no fault action {action!r}")
+    except DockerException as exc:
+        return f"Docker refused to {action} {role}: {exc}"
+    if action in NEW_NAMESPACE and resume_capture is not None:
+        try:
+            resume_capture(host)
+        except HarnessError as exc:
+            return f"{role} {action}ed, but its capture could not follow it: {exc}"
+    if action in BRINGS_BACK:
+        return _back(host)
+    return None
+
+
+def _back(host: Host) -> str | None:
+    try:
+        if host.mta is None:
+            wait_until_answering(host.address, HARNESS_ZONE, timeout_s=BACK_TIMEOUT_S)
+        else:
+            wait_for_greeting(host.address, host.ready_code, what=f"{host.role} ({host.hostname})",
+                              timeout_s=BACK_TIMEOUT_S, logs=lambda: host.logs(tail=20),
+                              container=host.container.get_wrapped_container())
+    except HarnessError as exc:
+        return f"{host.role} did not come back: {exc}"
+    return None

@@ -1,0 +1,158 @@
+"""Fault steps without Docker: loaded with their marks, judged from their observation, kept off shared
+topologies, and a capture gap never read as "no connection"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.dns.zones import ResolvedRecord, faulted_zone_files, resolve_records, standard_records
+from harness.errors import ScenarioError
+from harness.expect.judge import judge
+from harness.expect.summary import summarize
+from harness.observe.observations import ConnectionObservation, FaultObservation, observation_from_json
+from harness.scenario.loader import load_scenario
+from harness.scenario.model import DnsFaultStep, Mark, NoConnectionStep, RoleFaultStep
+from harness.shard import topology_key
+
+MARK = Mark("f.yaml", 4, 5)
+
+FAULTED = """\
+name: faulted
+description: mx stopped and started again
+steps:
+  - fault: {role: mx, action: stop}
+  - smtp: {host: relay, mail_from: a@origin.test, rcpt_to: b@example.test}
+  - fault:
+      role: mx
+      action: start
+      per_mta:
+        exim: {reason: "only to show that a fault step can differ per implementation", action: restart}
+"""
+
+PLAIN = """\
+name: plain
+description: no fault
+steps:
+  - smtp: {host: relay, mail_from: a@origin.test, rcpt_to: b@example.test}
+"""
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_fault_steps_load_with_their_marks_and_overrides(tmp_path: Path) -> None:
+    scenario = load_scenario(_write(tmp_path, "f.yaml", FAULTED))
+    stop, _, start = scenario.steps
+    assert isinstance(stop, RoleFaultStep) and (stop.role, stop.action) == ("mx", "stop")
+    assert (stop.mark.line, stop.mark.col) == (4, 5)
+    assert isinstance(start, RoleFaultStep) and start.action == "start"
+    exim = scenario.overrides[2]["exim"].step
+    assert isinstance(exim, RoleFaultStep) and exim.action == "restart"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("action: stop}", "action: explode}"),
+    ("role: mx, action: stop", "role: backup, action: stop"),
+], ids=["unknown action", "unknown role"])
+def test_a_bad_fault_step_is_a_located_scenario_error(tmp_path: Path, change: str, message: str) -> None:
+    path = _write(tmp_path, "bad.yaml", FAULTED.replace(change, message))
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert caught.value.line == 4 and caught.value.exit_code == 2
+    assert "explode" in str(caught.value) or "backup" in str(caught.value)
+
+
+def test_a_fault_is_judged_on_what_docker_did() -> None:
+    step = RoleFaultStep("mx", "unpause", MARK)
+    done = FaultObservation("mx", "unpause", 1.0, 0.4)
+    assert judge(3, step, done) == []
+    refused = FaultObservation("mx", "unpause", 1.0, 0.0, "Docker refused to unpause mx: 409 not paused")
+    [failure] = judge(3, step, refused)
+    assert failure.expected == "mx unpaused and greeting" and "409 not paused" in failure.observed
+    assert "409 not paused" in summarize(step, refused)
+    assert observation_from_json(refused.to_json()) == refused
+
+
+def test_a_capture_gap_is_never_a_pass_for_no_connection() -> None:
+    step = NoConnectionStep(source="relay", mark=MARK, target="unreachable", domain=None, within_s=2)
+    seen_nothing = ConnectionObservation("relay", "unreachable", (), 2.0)
+    assert judge(4, step, seen_nothing) == []
+    gap = ConnectionObservation("relay", "unreachable", (), 2.0, "relay's container started again")
+    [failure] = judge(4, step, gap)
+    assert failure.observed.startswith("cannot be told: relay's container started again")
+    assert observation_from_json(gap.to_json()) == gap
+
+
+def test_a_scenario_with_a_fault_gets_a_topology_of_its_own(tmp_path: Path) -> None:
+    faulted = load_scenario(_write(tmp_path, "f.yaml", FAULTED))
+    other_faulted = load_scenario(_write(tmp_path, "g.yaml", FAULTED))
+    plain = load_scenario(_write(tmp_path, "p.yaml", PLAIN))
+    also_plain = load_scenario(_write(tmp_path, "q.yaml", PLAIN))
+    assert topology_key(plain, "postfix") == topology_key(also_plain, "postfix")
+    assert topology_key(faulted, "postfix") != topology_key(plain, "postfix")
+    assert topology_key(faulted, "postfix") != topology_key(other_faulted, "postfix")
+
+
+# -- DNS faults ------------------------------------------------------------------------------------------
+
+ADDRESSES = {"dns": "10.0.0.2", "mx": "10.0.0.10", "relay": "10.0.0.11", "nomail": "10.0.0.12"}
+
+
+def _standard() -> list[ResolvedRecord]:
+    return resolve_records(standard_records(ADDRESSES), ADDRESSES)
+
+
+def _zone_names(conf: str) -> list[str]:
+    return [line.split('"')[1] for line in conf.splitlines() if line.strip().startswith("name:")]
+
+
+def test_servfail_serves_a_zone_without_a_file_at_the_name() -> None:
+    files = faulted_zone_files(_standard(), {"example.test": "servfail"}, ns_address="10.0.0.2")
+    assert "example.test.zone" not in files  # the zone NSD cannot load answers SERVFAIL
+    conf = files["zones.conf"]
+    assert conf.count('name: "example.test."') == 1
+    assert '"/etc/nsd/harness/servfail/example.test.zone"' in conf
+    assert sorted(_zone_names(conf)) == ["example.test.", "harness.test.", "nullmx.test.", "origin.test.",
+                                         "sendonly.test."]
+
+
+def test_nxdomain_for_an_apex_serves_the_zone_above_it_with_only_soa_and_ns() -> None:
+    files = faulted_zone_files(_standard(), {"example.test": "nxdomain"}, ns_address="10.0.0.2")
+    assert "example.test" not in files["zones.conf"]
+    assert "mx.example.test" not in "".join(files.values())  # every name below it goes too
+    parent = [line for line in files["test.zone"].splitlines() if " IN " in line]
+    assert [line.split()[3] for line in parent] == ["SOA", "NS"]
+
+
+def test_nxdomain_below_an_apex_removes_only_that_name_and_below() -> None:
+    files = faulted_zone_files(_standard(), {"mx.example.test": "nxdomain"}, ns_address="10.0.0.2")
+    owners = [line.split()[0] for line in files["example.test.zone"].splitlines() if " IN " in line]
+    assert "mx.example.test." not in owners and "example.test." in owners and "test.zone" not in files
+
+
+def test_normal_is_no_fault() -> None:
+    plain = faulted_zone_files(_standard(), {}, ns_address="10.0.0.2")
+    assert faulted_zone_files(_standard(), {"example.test": "normal"}, ns_address="10.0.0.2") == plain
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("test", "top-level domain"), ("ns.harness.test", "the DNS server's own zone"), ("a..b", "invalid DNS name"),
+])
+def test_a_dns_fault_name_is_checked_at_load_time(tmp_path: Path, name: str, why: str) -> None:
+    text = PLAIN + f"  - dns_fault: {{name: \"{name}\", answer: servfail}}\n"
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(_write(tmp_path, "d.yaml", text))
+    assert why in str(caught.value) and caught.value.line == 5
+
+
+def test_a_scenario_with_a_dns_fault_gets_a_topology_of_its_own(tmp_path: Path) -> None:
+    text = PLAIN + "  - dns_fault: {name: example.test, answer: nxdomain}\n"
+    faulted = load_scenario(_write(tmp_path, "d.yaml", text))
+    step = faulted.steps[-1]
+    assert isinstance(step, DnsFaultStep) and step.name == "example.test."
+    assert topology_key(faulted, "exim") != topology_key(load_scenario(_write(tmp_path, "p.yaml", PLAIN)), "exim")
