@@ -57,8 +57,9 @@ from harness.scenario.model import (
 )
 from harness.smtp.client import run_session
 from harness.smtp.message import render_message
-from harness.smtp.transcript import Transcript
+from harness.smtp.transcript import Exchange, Transcript
 from harness.topology.faults import do_fault
+from harness.topology.readiness import container_state
 from harness.topology.topology import Host, Topology
 
 __all__ = ["ConnectionAttempt", "HopSource", "NoHops", "StepRunner"]
@@ -114,6 +115,7 @@ class StepRunner:
         # between the start and tcpdump listening again (a connection they made is still seen at an
         # MTA's end, not at an address nobody captures).
         self.recaptured: set[str] = set()
+        self.faulted: set[str] = set()  # roles a fault step acted on: their state is the scenario's doing
         # The dns_fault steps in force (name -> servfail or nxdomain), and who serves them.
         self.dns_faults: dict[str, str] = {}
         self.serve_dns_faults = serve_dns_faults
@@ -218,6 +220,14 @@ class StepRunner:
         message_bytes, message_id = render_message(step.message, mail_from=step.mail_from,
                                                    rcpt_to=step.rcpt_to, domain=domain)
         opened = self.clock()
+        down = self._not_serving(step.host)
+        if down is not None:
+            # Not a 30 s SMTP timeout: what the container is, at once, with its last lines.
+            exchange = Exchange(hop, number, "CONNECT", None, None, None, down, at_s=opened)
+            self.result.exchanges.append(exchange)
+            self.sent.append(SentMessage(step.id, hop, number, message_id, step.mail_from, step.rcpt_to, None,
+                                         message_bytes, None, opened))
+            return SessionObservation(hop, number, (exchange,), message_id)
         transcript = asyncio.run(run_session(
             self.topology.address(step.host), 25, step, hop=hop, session=number, clock=self.clock,
             message_bytes=message_bytes, message_id=message_id))
@@ -226,6 +236,27 @@ class StepRunner:
         self.sent.append(SentMessage(step.id, hop, number, message_id, step.mail_from, step.rcpt_to, envelope_id,
                                      message_bytes, transcript.first("END-OF-DATA"), opened))
         return SessionObservation(hop, number, tuple(transcript.exchanges), message_id)
+
+    def _not_serving(self, role: str) -> str | None:
+        """Why ``role``'s container cannot answer (exited, paused, removed) when no fault step of this
+        scenario made it so; None when it runs, or when a fault step stopped it on purpose (the session
+        then meets what a client would: a refused or unanswered connection)."""
+        if role in self.faulted:
+            return None
+        host = self.topology.hosts[role]
+        state = container_state(host.container.get_wrapped_container())
+        if state is None or state.status in ("running", "restarting", "created"):
+            return None
+        if state.status == "paused":
+            what = f"{role}'s container is paused (no fault step paused it)"
+        elif state.status == "removed":
+            what = f"{role}'s container was removed"
+        else:
+            what = f"{role}'s container {state.status} with code {state.exit_code}"
+            if state.oom_killed:
+                what += " (killed: out of memory)"
+        tail = host.logs(tail=10).strip() if state.status != "removed" else ""
+        return what + (f"; its last log lines:\n{tail}" if tail else "")
 
     def _message(self, message_of: str | None) -> SentMessage:
         for sent in reversed(self.sent):
@@ -297,6 +328,8 @@ class StepRunner:
     def fault(self, index: int, step: Step) -> Observation:
         assert isinstance(step, RoleFaultStep)
         at = self.clock()
+
+        self.faulted.add(step.role)
 
         def resume(host: Host) -> None:
             self.recaptured.add(host.role)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import docker
+
+from harness.topology.labels import PID_LABEL, ROLE_LABEL
 
 from .conftest import COMPOSE, ROOT
 
@@ -67,3 +70,44 @@ def test_a_paused_role_answers_nothing_until_unpaused(engine: docker.DockerClien
     assert failure["step"] == 2 and failure["stage"] == "CONNECT", failure
     steps = result["steps"]  # type: ignore[index]
     assert [s["status"] for s in steps] == ["passed", "failed", "passed", "passed"], steps
+
+
+DIES = """\
+name: mx dies while the scenario runs
+description: killed from outside (not by a fault step); the next session to it must say so at once
+mta: [postfix]
+steps:
+  - smtp: {host: relay, mail_from: alice@origin.test, rcpt_to: bob@example.test}
+  - queue_state: {host: relay, state: deferred, within: 8}
+  - smtp:
+      host: mx
+      mail_from: alice@origin.test
+      rcpt_to: bob@example.test
+      expect: {connect: 220}
+"""
+
+
+def test_a_role_that_died_is_reported_as_what_it_is(engine: docker.DockerClient, tmp_path: Path) -> None:
+    scenario = tmp_path / "dies.yaml"
+    scenario.write_text(DIES)
+    out = tmp_path / "r.json"
+    run = subprocess.Popen([sys.executable, "-m", "harness", "--compose", str(COMPOSE), "run", str(scenario),
+                            "--json", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    killed = False
+    mine = f"{PID_LABEL}={run.pid}"
+    # Captures start once the MTAs greet; a moment later the first session is over and the 8 s wait on.
+    while not engine.containers.list(filters={"label": [f"{ROLE_LABEL}=mx-capture", mine]}):
+        assert time.monotonic() < deadline and run.poll() is None, "the topology did not start"
+        time.sleep(0.2)
+    time.sleep(2)
+    for container in engine.containers.list(filters={"label": [f"{ROLE_LABEL}=mx", mine]}):
+        container.kill()
+        killed = True
+    output, _ = run.communicate(timeout=300)
+    assert killed, output
+    result = json.loads(out.read_text())["scenarios"][0]
+    last = result["steps"][-1]
+    assert last["status"] == "failed", last
+    assert "mx's container exited with code 137" in output, output
+    assert result["steps"][-1]["observation"]["exchanges"][0]["at_s"] > 0
