@@ -168,6 +168,9 @@ def _steps(result: ScenarioResult) -> str:
     for s in result.steps:
         status = s.status if s.status in _VERDICTS else "unknown"
         override = f'<br><span class="override">override: {_text(s.override)}</span>' if s.override else ""
+        if s.reproduce:
+            override += (f'<details class="replay"><summary>replay by hand (harness up, then swaks)</summary>'
+                         f'<pre>{_text(s.reproduce)}</pre></details>')
         rows.append(f'<tr class="step {status}" data-step="{s.step}"><td>{s.step}</td><td>{_text(s.kind)}</td>'
                     f'<td class="status">{_text(s.status)}</td><td>{_text(s.summary)}{override}</td></tr>')
     return ('<table class="steps">\n<tr><th>step</th><th>kind</th><th>status</th><th>observed</th></tr>\n'

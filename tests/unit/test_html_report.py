@@ -307,3 +307,14 @@ def test_html_is_in_the_help_of_run_and_report(capsys: pytest.CaptureFixture[str
         with pytest.raises(SystemExit):
             build_parser().parse_args([command, "--help"])
         assert "--html FILE" in capsys.readouterr().out
+
+
+def test_a_failed_client_steps_replay_is_in_the_page(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from harness.expect.results import ScenarioResult, StepOutcome
+
+    step = StepOutcome(1, "smtp", "failed", "RCPT 556", reproduce="eval \"$(harness up s.yaml --env)\"\nswaks <x>")
+    page = html_report([replace(ScenarioResult("s.yaml", "s", status="failed"), steps=[step])])
+    assert '<details class="replay">' in page
+    assert "swaks &lt;x&gt;" in page and "<x>" not in page
