@@ -154,16 +154,26 @@ class SharedTopology:
         zones = self._zones(plan)
         if dict(zones.files) == self.served:
             return  # the same records as the scenario before: nothing to reload
-        dns = self.topology.hosts["dns"]
-        dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in zones.files.items()})
         if zones.files.get("zones.conf") != self.served.get("zones.conf"):
-            # NSD takes new zones only at start: restart the dns container (same address).
-            dns.container.get_wrapped_container().restart(timeout=2)
-            wait_until_answering(dns.address, zones.probe_zone, timeout_s=DNS_READY_TIMEOUT_S)
+            self._restart_dns(zones.files, zones.probe_zone)
         else:
+            dns = self.topology.hosts[DNS_ROLE]
+            dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in zones.files.items()})
             HostCommands(dns)(["dns-reload"])
-        self.served = dict(zones.files)
+            self.served = dict(zones.files)
         self._records_served(plan)
+
+    def _restart_dns(self, files: Mapping[str, str], probe_zone: str) -> None:
+        """Write ``files`` and restart the dns container (same address): NSD takes a new zones.conf only
+        at start. Back once it answers ``probe_zone``."""
+        dns = self.topology.hosts[DNS_ROLE]
+        dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in files.items()})
+        try:
+            dns.container.get_wrapped_container().restart(timeout=2)
+        except DockerException as exc:
+            raise InfrastructureError(f"could not restart the dns container: {exc}") from exc
+        wait_until_answering(dns.address, probe_zone, timeout_s=DNS_READY_TIMEOUT_S)
+        self.served = dict(files)
 
     def serve_dns_faults(self, plan: ScenarioPlan, faults: Mapping[str, str]) -> None:
         """The scenario's zones with ``faults`` (dns_fault steps) in force: written, and the dns
@@ -171,14 +181,8 @@ class SharedTopology:
         addresses = {role: host.address for role, host in self.topology.hosts.items()}
         self._zones(plan)  # plan.records: the scenario's records, resolved
         files = faulted_zone_files(plan.records, faults, ns_address=addresses[DNS_ROLE], serial=int(time.time()))
-        dns = self.topology.hosts[DNS_ROLE]
-        dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in files.items()})
-        try:
-            dns.container.get_wrapped_container().restart(timeout=2)
-        except DockerException as exc:
-            raise InfrastructureError(f"could not restart the dns container: {exc}") from exc
-        wait_until_answering(dns.address, HARNESS_ZONE, timeout_s=DNS_READY_TIMEOUT_S)
-        self.served = files
+        # Probed on the server's own zone: the scenario's may be the one that fails on purpose.
+        self._restart_dns(files, HARNESS_ZONE)
 
     def _records_served(self, plan: ScenarioPlan) -> None:
         """NSD reloads in the background: wait until every declared record answers as declared."""

@@ -247,14 +247,8 @@ class StepRunner:
         state = container_state(host.container.get_wrapped_container())
         if state is None or state.status in ("running", "restarting", "created"):
             return None
-        if state.status == "paused":
-            what = f"{role}'s container is paused (no fault step paused it)"
-        elif state.status == "removed":
-            what = f"{role}'s container was removed"
-        else:
-            what = f"{role}'s container {state.status} with code {state.exit_code}"
-            if state.oom_killed:
-                what += " (killed: out of memory)"
+        what = f"{role}'s container {state.describe()}" + (" (no fault step paused it)" if state.status == "paused"
+                                                           else "")
         tail = host.logs(tail=10).strip() if state.status != "removed" else ""
         return what + (f"; its last log lines:\n{tail}" if tail else "")
 

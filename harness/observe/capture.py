@@ -91,13 +91,25 @@ class HopCapture:
             self.container.start()
         except DockerException as exc:
             raise CaptureError(f"could not start the capture companion of {self.host.role}: {exc}") from exc
+        self.listening_after_s = self._wait_listening(started, timeout_s, heard=0)
+        return self.listening_after_s
+
+    def _log(self) -> str:
+        try:
+            return bytes(self.container.get_wrapped_container().logs(stdout=True, stderr=True)).decode(
+                "utf-8", "replace")
+        except DockerException as exc:
+            raise CaptureError(f"capture companion of {self.host.role}: {exc}") from exc
+
+    def _wait_listening(self, started: float, timeout_s: float, *, heard: int) -> float:
+        """Wait until tcpdump's log has more than ``heard`` "listening on" lines (a restart keeps the
+        earlier ones); the seconds since ``started``."""
         wrapped = self.container.get_wrapped_container()
         while True:
+            log = self._log()
+            if log.count(LISTENING) > heard:
+                return time.monotonic() - started
             try:
-                log = bytes(wrapped.logs(stdout=True, stderr=True)).decode("utf-8", "replace")
-                if LISTENING in log:
-                    self.listening_after_s = time.monotonic() - started
-                    return self.listening_after_s
                 wrapped.reload()
                 status = wrapped.status
             except DockerException as exc:
@@ -117,27 +129,15 @@ class HopCapture:
     def resume(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Follow the MTA into the new network namespace its container got from a start or restart:
         keep what was captured so far, start tcpdump again and wait until it listens."""
-        wrapped = self.container.get_wrapped_container()
         with contextlib.suppress(CaptureError):  # nothing captured yet, or the file is gone: nothing to keep
             self.earlier.append(self.read_pcap())
+        heard = self._log().count(LISTENING)
+        started = time.monotonic()
         try:
-            heard = bytes(wrapped.logs(stdout=True, stderr=True)).decode("utf-8", "replace").count(LISTENING)
-            wrapped.restart(timeout=1)
+            self.container.get_wrapped_container().restart(timeout=1)
         except DockerException as exc:
             raise CaptureError(f"could not restart the capture companion of {self.host.role}: {exc}") from exc
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                log = bytes(wrapped.logs(stdout=True, stderr=True)).decode("utf-8", "replace")
-            except DockerException as exc:
-                raise CaptureError(f"capture companion of {self.host.role}: {exc}") from exc
-            if log.count(LISTENING) > heard:
-                return
-            if time.monotonic() > deadline:
-                raise ReadinessTimeoutError(f"the capture companion of {self.host.role} did not listen again "
-                                            f"within {timeout_s:.0f} s\n--- its log ---\n{log.strip()}")
-            if CANCELLED.wait(0.02):
-                raise KeyboardInterrupt("the run was interrupted")
+        self._wait_listening(started, timeout_s, heard=heard)
 
     def read_pcaps(self) -> list[bytes]:
         """Every capture file of this companion: those kept from before a restart, then the current one."""

@@ -41,6 +41,21 @@ class ContainerState:
     def ended(self) -> bool:
         return self.status in ENDED
 
+    def describe(self, ran_s: float | None = None) -> str:
+        """What happened to it, for people: "exited with code 137 after 2.3 s (killed: out of memory)";
+        ``ran_s`` when the engine gave no run time."""
+        if self.status == "removed":
+            return "was removed"
+        if self.status == "paused":
+            return "is paused"
+        ran = self.ran_s if self.ran_s is not None else ran_s
+        how = f"{self.status} with code {self.exit_code}" + (f" after {ran:.1f} s" if ran is not None else "")
+        if self.oom_killed:
+            how += " (killed: out of memory)"
+        if self.error:
+            how += f" ({self.error})"
+        return how
+
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
 
@@ -96,15 +111,7 @@ class _ExitWatch:
         state = container_state(self._container)
         if state is None or not state.ended:
             return
-        if state.status == "removed":
-            how = "was removed"
-        else:
-            ran = state.ran_s if state.ran_s is not None else now - self._started
-            how = f"exited with code {state.exit_code} after {ran:.1f} s"
-            if state.oom_killed:
-                how += " (killed: out of memory)"
-            if state.error:
-                how += f" ({state.error})"
+        how = state.describe(now - self._started)
         tail, log = "", ""
         if self._logs is not None and state.status != "removed":
             log = self._logs().rstrip()
