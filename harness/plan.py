@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.dns.served import addresses_serving
 from harness.dns.zones import (
     ROLE_HOSTNAMES,
     STANDARD_MARK,
@@ -40,18 +41,9 @@ class ScenarioPlan:
         files["zones.conf"] = nsd_zones_conf(zones)
         return ZoneSetup(files=files, probe_zone="example.test.")
 
-
     def domain_addresses(self, domain: str) -> set[str]:
-        """Addresses that serve ``domain``: its MX hosts' A records and its own (a fallback an MTA
-        might wrongly use). Empty for a null MX domain with no A record."""
-        name = domain.rstrip(".").lower() + "."
-        targets = {name}
-        for r in self.records:
-            if r.name == name and r.rtype == "MX":
-                target = r.rdata.split()[-1].lower()
-                if target != ".":
-                    targets.add(target if target.endswith(".") else target + ".")
-        return {r.rdata for r in self.records if r.rtype in ("A", "AAAA") and r.name in targets}
+        """Addresses that serve ``domain`` by the scenario's records (harness.dns.served)."""
+        return addresses_serving(self.records, domain)
 
 
 def role_changes(scenario: Scenario | None, mta: str) -> dict[str, RoleChange]:

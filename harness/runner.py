@@ -24,8 +24,15 @@ import docker
 from docker.errors import DockerException
 
 from harness.dns.preflight import check_records, wait_until_answering
-from harness.dns.zones import HARNESS_ZONE, faulted_zone_files
-from harness.errors import ConfigurationError, DnsPreflightError, HarnessError, InfrastructureError
+from harness.dns.served import DNSDIST_CONF, ServedDns
+from harness.dns.zones import HARNESS_ZONE, ResolvedRecord
+from harness.errors import (
+    ConfigurationError,
+    DnsPreflightError,
+    HarnessError,
+    InfrastructureError,
+    ReadinessTimeoutError,
+)
 from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, ScenarioResult
 from harness.mta import DRIVERS
 from harness.observe.capture import CAPTURE_IMAGE, start_captures
@@ -40,6 +47,7 @@ from harness.scenario.model import Scenario
 from harness.shard import topology_key
 from harness.topology.images import ImageStore
 from harness.topology.labels import debugging_lines, new_run_id, reap_abandoned, run_containers, run_labels
+from harness.topology.readiness import container_state
 from harness.topology.topology import (
     DNS_ROLE,
     Host,
@@ -157,46 +165,63 @@ class SharedTopology:
         if zones.files.get("zones.conf") != self.served.get("zones.conf"):
             self._restart_dns(zones.files, zones.probe_zone)
         else:
-            dns = self.topology.hosts[DNS_ROLE]
-            dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in zones.files.items()})
-            HostCommands(dns)(["dns-reload"])
-            self.served = dict(zones.files)
-        self._records_served(plan)
+            self._reload_dns(zones.files)
+        self._wait_served(plan.records)
+
+    def _reload_dns(self, files: Mapping[str, str]) -> None:
+        """Write ``files`` and have NSD reload its zones: the server never stops answering."""
+        dns = self.topology.hosts[DNS_ROLE]
+        dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in files.items()})
+        HostCommands(dns)(["dns-reload"])
+        self.served = dict(files)
 
     def _restart_dns(self, files: Mapping[str, str], probe_zone: str) -> None:
         """Write ``files`` and restart the dns container (same address): NSD takes a new zones.conf only
-        at start. Back once it answers ``probe_zone``."""
+        at start, and dnsdist is started or not by what dnsdist.conf says. Back once it answers
+        ``probe_zone``."""
         dns = self.topology.hosts[DNS_ROLE]
         dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in files.items()})
         try:
-            dns.container.get_wrapped_container().restart(timeout=2)
+            # At once (SIGKILL): the server keeps no state worth a clean end, and dnsdist as PID 1 lets
+            # SIGTERM wait out the whole grace period.
+            dns.container.get_wrapped_container().restart(timeout=0)
         except DockerException as exc:
             raise InfrastructureError(f"could not restart the dns container: {exc}") from exc
-        wait_until_answering(dns.address, probe_zone, timeout_s=DNS_READY_TIMEOUT_S)
+        try:
+            wait_until_answering(dns.address, probe_zone, timeout_s=DNS_READY_TIMEOUT_S)
+        except ReadinessTimeoutError as exc:
+            # Its own words say why (a zone NSD refused, dnsdist's configuration).
+            state = container_state(dns.container.get_wrapped_container())
+            how = f"; the dns container {state.describe()}" if state is not None and state.ended else ""
+            raise ReadinessTimeoutError(f"{exc}{how}; its last log lines:\n" + dns.logs(tail=12).rstrip()) from None
         self.served = dict(files)
 
-    def serve_dns_faults(self, plan: ScenarioPlan, faults: Mapping[str, str]) -> None:
-        """The scenario's zones with ``faults`` (dns_fault steps) in force: written, and the dns
-        container restarted (NSD reads zones.conf only at start) until it answers its own zone."""
-        addresses = {role: host.address for role, host in self.topology.hosts.items()}
-        self._zones(plan)  # plan.records: the scenario's records, resolved
-        files = faulted_zone_files(plan.records, faults, ns_address=addresses[DNS_ROLE], serial=int(time.time()))
-        # Probed on the server's own zone: the scenario's may be the one that fails on purpose.
-        self._restart_dns(files, HARNESS_ZONE)
+    def serve_dns(self, served: ServedDns) -> None:
+        """What a scenario's dns_fault and dns_change steps made of its DNS: written, then a reload when
+        only zone contents changed, or a restart. Done when every record no fault touches answers as
+        declared."""
+        dns = self.topology.hosts[DNS_ROLE]
+        files = served.files(ns_address=dns.address, serial=int(time.time()))
+        if any(files.get(name, "") != self.served.get(name, "") for name in ("zones.conf", DNSDIST_CONF)):
+            # Probed on the server's own zone: the scenario's may be the one that fails on purpose.
+            self._restart_dns(files, HARNESS_ZONE)
+        else:
+            self._reload_dns(files)
+        self._wait_served(served.answering())
 
-    def _records_served(self, plan: ScenarioPlan) -> None:
-        """NSD reloads in the background: wait until every declared record answers as declared."""
+    def _wait_served(self, records: Sequence[ResolvedRecord]) -> None:
+        """NSD reloads in the background: wait until every record in ``records`` answers as declared."""
         server = self.topology.address("dns")
 
         def served() -> bool:
             try:
-                check_records(server, plan.records, timeout_s=1.0)
+                check_records(server, records, timeout_s=1.0)
             except DnsPreflightError:
                 return False
             return True
 
         if not poll_until(DNS_RELOAD_TIMEOUT_S, served, interval=0.05):
-            check_records(server, plan.records)  # raises, naming the record that is not served
+            check_records(server, records)  # raises, naming the record that is not served
 
     def close(self, *, keep: bool) -> None:
         if keep:
@@ -219,8 +244,8 @@ def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mt
     hops = shared.hops.since(shared.window_start)
     try:
         StepRunner(shared.topology, scenario, result, started, mta=mta, hops=hops,
-                   domain_addresses=plan.domain_addresses, mail_events=shared.mail_events,
-                   serve_dns_faults=lambda faults: shared.serve_dns_faults(plan, faults)).run_all()
+                   dns=ServedDns(list(plan.records)), mail_events=shared.mail_events,
+                   serve_dns=shared.serve_dns).run_all()
         result.status = FAILED if result.failures else PASSED
     except HarnessError as exc:
         result.status, result.error = ERROR, str(exc)

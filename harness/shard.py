@@ -82,9 +82,9 @@ def topology_key(scenario: Scenario, mta: str) -> TopologyKey:
         if role in standard and c.config_dir is None and not settings and c.like is None and role_mta is None:
             continue
         roles.append((role, _path_text(c.config_dir), settings, c.like, role_mta))
-    if any(step.kind in ("fault", "dns_fault") for step in scenario.steps):
-        # A fault (a role stopped, paused, disconnected) is not something the reset between two
-        # scenarios undoes: such a scenario gets a topology of its own.
+    if any(step.kind in ("fault", "dns_fault", "dns_change") for step in scenario.steps):
+        # A fault (a role stopped, paused, disconnected; DNS failing or changed) is not something the
+        # reset between two scenarios is built to undo: such a scenario gets a topology of its own.
         roles.append(("fault", _path_text(scenario.path), (), None, None))
     return (mta, tuple(roles))
 

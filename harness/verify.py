@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
+from harness.dns.served import ServedDns
+from harness.dns.zones import resolve_records
 from harness.errors import HarnessError
 from harness.expect.judge import judge
 from harness.expect.results import FAILED, PASSED, SKIPPED, ScenarioResult, StepOutcome
@@ -41,8 +43,10 @@ from harness.observe.polling import CANCELLED, POLL_INTERVAL_S, poll_until
 from harness.observe.queue import flush, queue_entries
 from harness.report.reproduce import reproduction
 from harness.scenario.model import (
+    UNREACHABLE_ROLE,
     BounceStep,
     DeliveryStep,
+    DnsChangeStep,
     DnsFaultStep,
     HopStep,
     NoBounceStep,
@@ -97,16 +101,19 @@ class NoHops:
 class StepRunner:
     def __init__(self, topology: Topology, scenario: Scenario, result: ScenarioResult, started: float,
                  *, mta: str, hops: HopSource | None = None,
-                 domain_addresses: Callable[[str], set[str]] | None = None,
+                 dns: ServedDns | None = None,
                  mail_events: Mapping[str, threading.Event] | None = None,
-                 serve_dns_faults: Callable[[Mapping[str, str]], None] | None = None) -> None:
+                 serve_dns: Callable[[ServedDns], None] | None = None) -> None:
         self.topology = topology
         self.scenario = scenario
         self.result = result
         self.started = started
         self.mta = mta
         self.hops: HopSource = hops or NoHops()
-        self.domain_addresses = domain_addresses or (lambda domain: set())
+        # What the scenario's DNS server serves, as its dns_fault and dns_change steps leave it, and who
+        # makes the server serve it.
+        self.dns = dns if dns is not None else ServedDns([])
+        self.serve_dns = serve_dns
         self.sent: list[SentMessage] = []
         # Per host: set when a file is written under its mail root (MailWatch), to end waits early.
         self.mail_events = dict(mail_events or {})
@@ -116,9 +123,6 @@ class StepRunner:
         # MTA's end, not at an address nobody captures).
         self.recaptured: set[str] = set()
         self.faulted: set[str] = set()  # roles a fault step acted on: their state is the scenario's doing
-        # The dns_fault steps in force (name -> servfail or nxdomain), and who serves them.
-        self.dns_faults: dict[str, str] = {}
-        self.serve_dns_faults = serve_dns_faults
 
     def clock(self) -> float:
         return time.monotonic() - self.started
@@ -149,7 +153,7 @@ class StepRunner:
             SmtpSessionStep: self.smtp, DeliveryStep: self.mailbox, NoDeliveryStep: self.mailbox,
             HopStep: self.hop, NoConnectionStep: self.no_connection, BounceStep: self.bounces,
             NoBounceStep: self.bounces, QueueFlushStep: self.queue_flush, QueueStateStep: self.queue_state,
-            RoleFaultStep: self.fault, DnsFaultStep: self.dns_fault,
+            RoleFaultStep: self.fault, DnsFaultStep: self.dns_fault, DnsChangeStep: self.dns_change,
         }
         return observers[type(step)](index, step)
 
@@ -335,19 +339,35 @@ class StepRunner:
     def dns_fault(self, index: int, step: Step) -> Observation:
         assert isinstance(step, DnsFaultStep)
         at = self.clock()
-        if step.answer == "normal":
-            self.dns_faults.pop(step.name, None)
-        else:
-            self.dns_faults[step.name] = step.answer
-        error = None
-        if self.serve_dns_faults is None:
-            error = "this run has no DNS server the harness may change"
-        else:
-            try:
-                self.serve_dns_faults(dict(self.dns_faults))
-            except HarnessError as exc:
-                error = str(exc)
-        return FaultObservation(step.name, step.answer, at, self.clock() - at, error)
+        self.dns.fault(step.name, step.rtype, step.answer)
+        what = f"{step.name} {step.rtype}" if step.rtype else step.name
+        error = self._serve_dns()
+        return FaultObservation(what, step.answer, at, self.clock() - at, error)
+
+    def dns_change(self, index: int, step: Step) -> Observation:
+        assert isinstance(step, DnsChangeStep)
+        at = self.clock()
+        addresses = {role: host.address for role, host in self.topology.hosts.items()}
+        if self.topology.unreachable is not None:
+            addresses[UNREACHABLE_ROLE] = self.topology.unreachable
+        changed = ", ".join(sorted({f"{r.name.rstrip('.')} {r.rtype}" for r in step.replace}
+                                   | {f"{n.rstrip('.')} {t}" for n, t in step.remove}))
+        try:
+            self.dns.change(resolve_records(step.replace, addresses), step.remove)
+        except HarnessError as exc:  # checked at load time with stand-in addresses: not expected here
+            return FaultObservation(changed, "changed", at, self.clock() - at, str(exc))
+        error = self._serve_dns()
+        return FaultObservation(changed, "changed", at, self.clock() - at, error)
+
+    def _serve_dns(self) -> str | None:
+        """Make the DNS server serve ``self.dns``; None when it does, else why not."""
+        if self.serve_dns is None:
+            return "this run has no DNS server the harness may change"
+        try:
+            self.serve_dns(self.dns)
+        except HarnessError as exc:
+            return str(exc)
+        return None
 
     # -- queues ----------------------------------------------------------------------------------------
     def queue_flush(self, index: int, step: Step) -> Observation:
@@ -388,7 +408,7 @@ class StepRunner:
             what = step.target
         else:
             assert step.domain is not None
-            addresses = self.domain_addresses(step.domain)
+            addresses = self.dns.domain_addresses(step.domain)
             what = f"any address serving {step.domain}" if addresses else \
                 f"anything (no address serves {step.domain})"
 

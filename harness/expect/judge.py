@@ -29,6 +29,7 @@ from harness.observe.observations import (
 from harness.scenario.model import (
     BounceStep,
     DeliveryStep,
+    DnsChangeStep,
     DnsFaultStep,
     HopStep,
     NoBounceStep,
@@ -51,7 +52,7 @@ def judge(index: int, step: Step, observation: Observation) -> list[Failure]:
         SmtpSessionStep: _smtp, HopStep: _hop, DeliveryStep: _delivery, NoDeliveryStep: _no_delivery,
         BounceStep: _bounce, NoBounceStep: _no_bounce, QueueStateStep: _queue_state,
         NoConnectionStep: _no_connection, QueueFlushStep: _flush, RoleFaultStep: _fault,
-        DnsFaultStep: _dns_fault,
+        DnsFaultStep: _dns_fault, DnsChangeStep: _dns_change,
     }
     return judges[type(step)](index, step, observation)
 
@@ -185,7 +186,15 @@ _FAULT_DONE = {"stop": "stopped", "start": "started and greeting", "restart": "r
 def _dns_fault(index: int, step: DnsFaultStep, obs: FaultObservation) -> list[Failure]:
     if obs.error is None:
         return []
-    return [Failure(index, "dns_fault", None, f"the DNS server answering {step.answer} for {step.name}",
+    what = f"{step.rtype} queries for {step.name}" if step.rtype else step.name
+    return [Failure(index, "dns_fault", None, f"the DNS server answering {step.answer} for {what}",
+                    obs.error, step.mark)]
+
+
+def _dns_change(index: int, step: DnsChangeStep, obs: FaultObservation) -> list[Failure]:
+    if obs.error is None:
+        return []
+    return [Failure(index, "dns_change", None, f"the DNS server answering the changed records ({obs.role})",
                     obs.error, step.mark)]
 
 

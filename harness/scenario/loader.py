@@ -17,14 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from harness.dns.zones import ROLE_HOSTNAMES, render_zones, resolve_records, standard_records
 from harness.errors import ScenarioError, UsageError
 from harness.mta import DRIVERS
-from harness.scenario.checks import rdata_problem
 from harness.scenario.context import KNOWN_MTAS, STANDARD_ROLES, one_of
 from harness.scenario.inputs import config_tree_problem, outside_problem, trusted_roots
 from harness.scenario.messages import DEFAULT_BODY
-from harness.scenario.model import UNREACHABLE_ROLE, DnsRecord, RoleOverride, Scenario
+from harness.scenario.model import UNREACHABLE_ROLE, RoleOverride, Scenario
 from harness.scenario.steps import DEFAULT_EHLO, DSN_FIELDS, StepBuilder, build_steps
 from harness.scenario.validate import JsonPath, SourceMap, load_schema, schema_path, validate_document
 from harness.scenario.yamlmarks import read_yaml
@@ -43,7 +41,6 @@ __all__ = [
 ]
 
 SCENARIO_SUFFIXES = (".yaml", ".yml")
-DEFAULT_TTL = 300
 # OpenSMTPD's smtpd.conf has no macro or override mechanism the harness could write settings into.
 MTAS_WITHOUT_SETTINGS = tuple(name for name, impl in DRIVERS.items() if impl.settings_file is None)
 
@@ -55,10 +52,6 @@ _NOT_ROLES = {
     UNREACHABLE_ROLE: f"'{UNREACHABLE_ROLE}' names the address in the run's network that nothing answers "
                       f"on (address_of: {UNREACHABLE_ROLE}), not a role: choose another name",
 }
-
-# Stand-in container addresses for checking the zones at load time; the real ones differ per run, the
-# verdict on the records does not (every address is an IPv4 address in the run's /24).
-_CHECK_NET = "192.0.2."
 
 
 def scenario_files(paths: Sequence[Path]) -> list[Path]:
@@ -113,8 +106,10 @@ class _Builder(StepBuilder):
         self.mta_list = self.mtas(data.get("mta"))
         roles = self.role_overrides(data.get("roles", {}))
         self.roles = STANDARD_ROLES + tuple(r for r in roles if r not in STANDARD_ROLES)
-        dns = tuple(self.dns_record(i, rec) for i, rec in enumerate(data.get("dns", [])))
-        self.check_zones(dns)
+        dns = tuple(self.dns_record(("dns", i), rec) for i, rec in enumerate(data.get("dns", [])))
+        if dns:
+            self.check_zones(dns)
+        self.records = dns
         steps, overrides = build_steps(self, data["steps"], name)
         return Scenario(
             path=self.path,
@@ -259,56 +254,3 @@ class _Builder(StepBuilder):
                 raise self.fail(self.at(*path), f"role config directory {directory.name!r} has no "
                                 f"{impl.settings_file}, which the role's {mta} settings are added to "
                                 f"(resolved to {directory})")
-
-    # --- DNS ---
-
-    def dns_record(self, index: int, rec: dict[str, Any]) -> DnsRecord:
-        here = ("dns", index)
-        rtype: str = rec["type"]
-        value: str | None = rec.get("value")
-        address_of: str | None = rec.get("address_of")
-        if value is None and address_of is None:
-            raise self.fail(self.at(*here), "missing required key 'value' (or 'address_of') in DNS record")
-        if value is not None and address_of is not None:
-            raise self.fail(self.at_key(*here, "address_of"),
-                            "a DNS record takes either 'value' or 'address_of', not both")
-        if address_of is not None:
-            if rtype != "A":
-                raise self.fail(self.at_key(*here, "address_of"),
-                                f"'address_of' is only for A records (the run's network is IPv4), "
-                                f"not {rtype} records")
-            if address_of != UNREACHABLE_ROLE and address_of not in self.roles:
-                raise self.fail(self.at(*here, "address_of"), f"unknown role {address_of!r} in address_of "
-                                f"(expected one of: {', '.join(self.roles)}, or {UNREACHABLE_ROLE} for an "
-                                "address nothing answers on)")
-        if value is not None:
-            self.check(rdata_problem(rtype, value), *here, "value")
-        return DnsRecord(
-            name=rec["name"],
-            rtype=rtype,
-            value=value,
-            address_of=address_of,
-            ttl=rec.get("ttl", DEFAULT_TTL),
-            mark=self.at(*here),
-        )
-
-    def check_zones(self, records: tuple[DnsRecord, ...]) -> None:
-        """Render the zones as a run would (zones.resolve_records and render_zones, with stand-in
-        addresses): names, placement and conflicts with each other and the standard records."""
-        if not records:
-            return
-        hosts = [*ROLE_HOSTNAMES, *(r for r in self.roles if r not in ROLE_HOSTNAMES), UNREACHABLE_ROLE]
-        addresses = {role: f"{_CHECK_NET}{i}" for i, role in enumerate(hosts, start=2)}
-        standard = standard_records({role: addresses[role] for role in ROLE_HOSTNAMES})
-        # Added roles are named <role>.hosts.test, as topology.standard_plan names them.
-        mark = standard[0].mark
-        added = [DnsRecord(f"{role}.hosts.test.", "A", None, role, 60, mark)
-                 for role in self.roles if role not in ROLE_HOSTNAMES]
-        try:
-            render_zones(resolve_records([*standard, *added, *records], addresses), ns_address=addresses["dns"])
-        except ScenarioError as exc:
-            if exc.path != self.source.file:
-                # Blamed on a generated record: the scenario's records are what make the zones wrong.
-                where = self.at("dns")
-                raise self.fail(where, exc.detail) from None
-            raise

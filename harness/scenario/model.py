@@ -248,17 +248,31 @@ class RoleFaultStep:
 
 @dataclass(frozen=True)
 class DnsFaultStep:
-    """The scenario's DNS server answers SERVFAIL or NXDOMAIN for ``name`` and below, or normally again."""
+    """The scenario's DNS server answers SERVFAIL or NXDOMAIN, or nothing, for ``name`` and below (for
+    queries of ``rtype`` only, or of every type), or normally again."""
 
     name: str  # absolute, lower case
-    answer: str  # servfail, nxdomain, normal
+    answer: str  # servfail, nxdomain, timeout, normal
     mark: Mark
+    rtype: str | None = None
 
     kind = "dns_fault"
 
 
+@dataclass(frozen=True)
+class DnsChangeStep:
+    """The scenario's records changed mid-scenario: each (name, type) in ``replace`` gets exactly its
+    records there, each (name, type) in ``remove`` (absolute lower-case name) none."""
+
+    replace: tuple[DnsRecord, ...]
+    remove: tuple[tuple[str, str], ...]
+    mark: Mark
+
+    kind = "dns_change"
+
+
 Step = (SmtpSessionStep | DeliveryStep | NoDeliveryStep | HopStep | NoConnectionStep | BounceStep
-        | NoBounceStep | QueueFlushStep | QueueStateStep | RoleFaultStep | DnsFaultStep)
+        | NoBounceStep | QueueFlushStep | QueueStateStep | RoleFaultStep | DnsFaultStep | DnsChangeStep)
 
 
 # ``address_of: unreachable``: an address in the run's own network that nothing answers on, so MX

@@ -4,6 +4,7 @@ express (roles, message_of, regular expressions, envelope values, recipients of 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,12 +13,12 @@ import dns.name
 
 from harness.dns.zones import HARNESS_ZONE
 from harness.scenario.checks import address_problem, ehlo_problem, mailbox_problem
-from harness.scenario.context import BuildContext
 from harness.scenario.messages import build_message
 from harness.scenario.model import (
     UNREACHABLE_ROLE,
     BounceStep,
     DeliveryStep,
+    DnsChangeStep,
     DnsFaultStep,
     DsnCheck,
     HeaderCheck,
@@ -35,6 +36,7 @@ from harness.scenario.model import (
     Step,
     StepOverride,
 )
+from harness.scenario.records import RecordBuilder
 from harness.scenario.validate import JsonPath
 
 __all__ = [
@@ -55,6 +57,7 @@ DEFAULT_NO_CONNECTION_WITHIN_S = 5.0
 DEFAULT_BOUNCE_WITHIN_S = 20.0
 DEFAULT_QUEUE_STATE_WITHIN_S = 15.0
 HARNESS_NAME = dns.name.from_text(HARNESS_ZONE)
+_FAULT_LABEL = re.compile(rb"[a-z0-9_-]+")
 
 # The bounce step's expect keys -> the RFC 3464 per-recipient fields they check.
 DSN_FIELDS: dict[str, str] = {
@@ -116,7 +119,7 @@ def build_steps(
     return tuple(steps), overrides
 
 
-class StepBuilder(BuildContext):
+class StepBuilder(RecordBuilder):
     """Builds one step model from its schema-valid mapping; ``here`` is the path of the step's body
     (``("steps", index, kind)``)."""
 
@@ -136,7 +139,9 @@ class StepBuilder(BuildContext):
             return RoleFaultStep(role=role, action=body["action"], mark=self.at(*here[:-1])), None
         if kind == "dns_fault":
             return DnsFaultStep(name=self.fault_name(body["name"], (*here, "name")), answer=body["answer"],
-                                mark=self.at(*here[:-1])), None
+                                rtype=body.get("type"), mark=self.at(*here[:-1])), None
+        if kind == "dns_change":
+            return self.dns_change_step(here, body), None
         source = self.message_source(kind, here, body, ids)
         message_of: str | None = body.get("message_of")
         if kind == "hop":
@@ -158,6 +163,10 @@ class StepBuilder(BuildContext):
             name = dns.name.from_text(text, origin=dns.name.root).canonicalize()
         except dns.exception.DNSException as exc:
             raise self.fail(self.at(*path), f"invalid DNS name {text!r}: {exc}") from None
+        if not all(_FAULT_LABEL.fullmatch(label) for label in name.labels[:-1]):
+            # The name goes into NSD's and dnsdist's configuration files: nothing there needs quoting.
+            raise self.fail(self.at(*path), f"{text!r}: a dns_fault name may only have letters, digits, "
+                            "'-' and '_' in its labels")
         if len(name.labels) < 3:
             raise self.fail(self.at(*path), f"{text!r} is a top-level domain: a dns_fault names a domain "
                             "(e.g. example.test) or a name below one")
@@ -165,6 +174,13 @@ class StepBuilder(BuildContext):
             raise self.fail(self.at(*path), f"{text!r} is in {HARNESS_NAME}, the DNS server's own zone, "
                             "which the harness needs to see the server answer")
         return name.to_text()
+
+    def dns_change_step(self, here: JsonPath, body: dict[str, Any]) -> DnsChangeStep:
+        replace = tuple(self.dns_record((*here, "set", i), rec) for i, rec in enumerate(body.get("set", [])))
+        remove = tuple((self.record_name(rec["name"], (*here, "remove", i, "name")), rec["type"])
+                       for i, rec in enumerate(body.get("remove", [])))
+        self.change_records(replace, remove, here)
+        return DnsChangeStep(replace=replace, remove=remove, mark=self.at(*here[:-1]))
 
     def message_source(self, kind: str, here: JsonPath, body: dict[str, Any], ids: MessageIds) -> int:
         message_of: str | None = body.get("message_of")

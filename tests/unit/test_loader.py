@@ -305,11 +305,11 @@ BAD: dict[str, tuple[str, int, int, str]] = {
     "unknown step kind": (
         HEAD + "  - smtpp:\n      host: mx\n", 4, 5,
         "unknown step kind 'smtpp' (expected one of: smtp, delivery, no_delivery, hop, no_connection, "
-        "bounce, no_bounce, queue_flush, queue_state, fault, dns_fault)"),
+        "bounce, no_bounce, queue_flush, queue_state, fault, dns_fault, dns_change)"),
     "step with two keys": (
         HEAD + "  - smtp: {host: mx, mail_from: a, rcpt_to: b}\n    delivery: {host: mx}\n", 4, 5,
         "exactly one key, the step kind (smtp, delivery, no_delivery, hop, no_connection, bounce, "
-        "no_bounce, queue_flush, queue_state, fault or dns_fault), got a mapping with keys smtp, delivery"),
+        "no_bounce, queue_flush, queue_state, fault, dns_fault or dns_change), got a mapping with keys smtp, delivery"),
     "empty smtp step": (
         HEAD + "  - smtp:\n", 4, 10, "expected an smtp step mapping"),
     "unknown key in smtp step": (

@@ -1,0 +1,146 @@
+"""The scenario's DNS server under dns_fault and dns_change steps, asked directly with dnspython: a
+fault for one type leaves the other types answering, a timeout is no answer at all, every faulted
+query is logged with its answer, a lifted fault leaves NSD alone again, and a changed record is
+served by a reload (the container is not restarted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from harness.dns.served import ServedDns
+from harness.dns.zones import resolve_records
+from harness.plan import ScenarioPlan, plan_scenario
+from harness.runner import RunContext, SharedTopology
+from harness.scenario.model import DnsRecord, Mark
+
+from .conftest import COMPOSE, ROOT, SCENARIOS
+
+MARK = Mark("t.yaml", 1, 1)
+
+
+@pytest.fixture(scope="module")
+def topology(run_context: RunContext) -> Iterator[tuple[SharedTopology, ScenarioPlan]]:
+    plan = plan_scenario(None, COMPOSE, mta="postfix")
+    shared = SharedTopology(run_context, plan)
+    try:
+        yield shared, plan
+    finally:
+        shared.close(keep=False)
+
+
+def _ask(server: str, name: str, rtype: str, timeout: float = 2.0) -> dns.message.Message | None:
+    try:
+        return dns.query.udp(dns.message.make_query(name, rtype), server, timeout=timeout)
+    except dns.exception.Timeout:
+        return None
+
+
+def _started_at(shared: SharedTopology) -> str:
+    container = shared.topology.hosts["dns"].container.get_wrapped_container()
+    container.reload()
+    return str(container.attrs["State"]["StartedAt"])
+
+
+def test_faults_by_type_and_timeouts_then_normal_again(topology: tuple[SharedTopology, ScenarioPlan]) -> None:
+    shared, plan = topology
+    server = shared.topology.address("dns")
+    served = ServedDns(list(plan.records))
+    served.fault("example.test.", "MX", "servfail")
+    served.fault("origin.test.", None, "timeout")
+    served.fault("mx.example.test.", "AAAA", "nxdomain")
+    shared.serve_dns(served)
+
+    mx = _ask(server, "example.test", "MX")
+    assert mx is not None and mx.rcode() == dns.rcode.SERVFAIL
+    a = _ask(server, "mx.example.test", "A")  # same name, another type: NSD's answer, untouched
+    assert a is not None and a.rcode() == dns.rcode.NOERROR and a.flags & dns.flags.AA
+    assert [r.address for r in a.answer[0]] == [shared.topology.address("mx")]
+    aaaa = _ask(server, "mx.example.test", "AAAA")
+    assert aaaa is not None and aaaa.rcode() == dns.rcode.NXDOMAIN
+    assert _ask(server, "relay.origin.test", "A") is None  # below the name: dropped too
+    assert _ask(server, "origin.test", "MX") is None
+    sendonly = _ask(server, "sendonly.test", "MX")
+    assert sendonly is not None and sendonly.rcode() == dns.rcode.NOERROR
+
+    logs = shared.topology.hosts["dns"].logs(tail=50)
+    assert "dns_fault: example.test. type 15" in logs and "SERVFAIL" in logs, logs
+    assert "dns_fault: relay.origin.test. type 1" in logs and "no answer (dropped)" in logs, logs
+
+    served.fault("example.test.", None, "normal")
+    served.fault("origin.test.", None, "normal")
+    served.fault("mx.example.test.", None, "normal")
+    shared.serve_dns(served)
+    again = _ask(server, "example.test", "MX")
+    # NSD alone again: dnsdist sets RA on what it passes on, NSD (authoritative only) never does.
+    assert again is not None and again.rcode() == dns.rcode.NOERROR and not again.flags & dns.flags.RA
+    assert _ask(server, "origin.test", "MX") is not None
+
+
+def test_a_changed_record_is_served_by_a_reload(topology: tuple[SharedTopology, ScenarioPlan]) -> None:
+    shared, plan = topology
+    server = shared.topology.address("dns")
+    served = ServedDns(list(plan.records))
+    addresses = {role: h.address for role, h in shared.topology.hosts.items()}
+    before = _started_at(shared)
+    changed = [DnsRecord("example.test", "MX", "20 nomail.sendonly.test.", None, 60, MARK),
+               DnsRecord("new.example.test", "A", None, "relay", 60, MARK)]
+    served.change(resolve_records(changed, addresses), [("mx.example.test.", "A")])
+    shared.serve_dns(served)
+
+    mx = _ask(server, "example.test", "MX")
+    assert mx is not None and [r.to_text() for r in mx.answer[0]] == ["20 nomail.sendonly.test."]
+    new = _ask(server, "new.example.test", "A")
+    assert new is not None and [r.address for r in new.answer[0]] == [addresses["relay"]]
+    gone = _ask(server, "mx.example.test", "A")
+    assert gone is not None and gone.rcode() == dns.rcode.NXDOMAIN
+    assert _started_at(shared) == before  # reloaded, never stopped answering
+
+
+def _without(text: str, step_start: str) -> str:
+    """``text`` (a bundled scenario) without its steps that begin with ``step_start``."""
+    lines, out, skipping = text.splitlines(keepends=True), [], False
+    for line in lines:
+        if line.startswith("  - "):
+            skipping = line.startswith(step_start)
+        if not skipping:
+            out.append(line)
+    return "".join(out)
+
+
+@pytest.mark.parametrize(("scenario", "removed", "must_fail"), [
+    # Without the MX fault the relay delivers at once: "deferred" and "no connection to mx" must fail.
+    ("24-dns-mx-servfail-no-fallback-to-a.yaml", "  - dns_fault:", {"queue_state", "no_connection"}),
+    # Without the second change the MX stays dead: nothing can arrive at mx.
+    ("26-mx-changed-mid-scenario-delivered-once.yaml", "  - dns_change:\n      set:\n        - {name: example.test, "
+     "type: MX, value: \"10 mx", {"delivery", "hop"}),
+])
+def test_the_dns_scenarios_fail_without_their_dns_steps(engine: object, tmp_path: Path, scenario: str, removed: str,
+                                                         must_fail: set[str]) -> None:
+    text = (SCENARIOS / scenario).read_text()
+    if "\n" in removed:  # a step told apart by its body: drop that one only
+        assert removed in text
+        mutated = text.replace(removed, "  - _removed:", 1)
+        mutated = _without(mutated, "  - _removed:")
+    else:
+        mutated = _without(text, removed)
+    assert mutated != text
+    path = tmp_path / scenario
+    path.write_text(mutated)
+    out = tmp_path / "r.json"
+    done = subprocess.run([sys.executable, "-m", "harness", "--compose", str(COMPOSE), "run", str(path),
+                           "--mta", "postfix", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = {f["kind"] for f in json.loads(out.read_text())["scenarios"][0]["failures"]}
+    assert must_fail <= failed, (failed, done.stdout)
