@@ -339,6 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 signal.signal(sig, handler)
 
 
+def _engine_timeout(exc: BaseException) -> bool:
+    """An engine call that ran past its bound (the SDK raises requests' Timeout, not a DockerException)."""
+    import requests
+
+    return isinstance(exc, requests.exceptions.Timeout)
+
+
 def _main(args: argparse.Namespace) -> int:
     try:
         from harness import commands  # imported late: it pulls in docker and testcontainers
@@ -350,7 +357,15 @@ def _main(args: argparse.Namespace) -> int:
     except HarnessError as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Exception:  # a bug: say so plainly, keep the traceback for the report, clean up
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for the report, clean up
+        if _engine_timeout(exc):
+            # Not a bug of ours: every engine call is bounded, and this one ran past its bound.
+            _shield()
+            cleaned = commands.cleanup_own_runs()
+            print(f"harness: the Docker engine did not answer a call in time ({exc}); it may hang on a "
+                  f"container (see `docker ps`); removed {cleaned} container(s)/network(s) of this process",
+                  file=sys.stderr)
+            return EXIT_INFRA
         import traceback
 
         _shield()

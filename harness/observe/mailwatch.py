@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import docker
 from docker.errors import DockerException
@@ -15,6 +16,8 @@ from docker.errors import DockerException
 from harness.observe.maildir import MAIL_ROOT
 
 __all__ = ["MailWatch"]
+
+START_TIMEOUT_S = 5.0
 
 
 class MailWatch:
@@ -26,10 +29,15 @@ class MailWatch:
         self._container_id = container_id
         self._what = what
         self.running = False
+        self._started = threading.Event()
         self._thread = threading.Thread(target=self._follow, name=f"mailwatch-{what}", daemon=True)
 
     def start(self) -> MailWatch:
+        """Start the watch; back once its process runs in the container (or could not be started). A
+        fault step's pause must not freeze the container while runc is still starting that process:
+        the exec would never finish, and the engine would hang on the container."""
         self._thread.start()
+        self._started.wait(START_TIMEOUT_S)
         return self
 
     def _follow(self) -> None:
@@ -39,8 +47,13 @@ class MailWatch:
                                                            "-e", "moved_to", "--format", "%w%f", MAIL_ROOT],
                                       stdout=True, stderr=False)["Id"]
             stream = api.exec_start(exec_id, stream=True)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not api.exec_inspect(exec_id).get("Pid") and time.monotonic() < deadline:
+                time.sleep(0.02)
         except DockerException:
             return  # no watch: waits fall back to their poll interval
+        finally:
+            self._started.set()
         self.running = True
         with contextlib.suppress(DockerException, OSError, ValueError):
             for _chunk in stream:

@@ -9,9 +9,11 @@ started again in it (``HopCapture.resume``), keeping what it had captured."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from docker.errors import DockerException
+from docker.models.containers import Container
 
 from harness.dns.preflight import wait_until_answering
 from harness.dns.zones import HARNESS_ZONE
@@ -28,6 +30,7 @@ BRINGS_BACK = frozenset({"start", "restart", "unpause", "reconnect"})
 NEW_NAMESPACE = frozenset({"start", "restart"})
 STOP_TIMEOUT_S = 10  # what an MTA gets to end cleanly on SIGTERM before SIGKILL (docker stop -t)
 BACK_TIMEOUT_S = 30.0
+EXEC_SETTLE_S = 2.0
 
 
 def do_fault(topology: Topology, role: str, action: str,
@@ -45,6 +48,7 @@ def do_fault(topology: Topology, role: str, action: str,
         elif action == "restart":
             container.restart(timeout=STOP_TIMEOUT_S)
         elif action == "pause":
+            _no_exec_starting(container)
             container.pause()
         elif action == "unpause":
             container.unpause()
@@ -64,6 +68,20 @@ def do_fault(topology: Topology, role: str, action: str,
     if action in BRINGS_BACK:
         return _back(host)
     return None
+
+
+def _no_exec_starting(container: Container) -> None:
+    """Wait (at most EXEC_SETTLE_S) until no exec in the container is between created and running. A
+    pause that freezes runc's init of an exec leaves that exec unfinished for ever, and the engine then
+    hangs on the container (unpause and removal included) until its cgroup is thawed by hand."""
+    api = container.client.api
+    deadline = time.monotonic() + EXEC_SETTLE_S
+    while time.monotonic() < deadline:
+        ids = api.inspect_container(container.id).get("ExecIDs") or []
+        states = [api.exec_inspect(i) for i in ids]
+        if all(s.get("Pid") or s.get("ExitCode") is not None for s in states):
+            return
+        time.sleep(0.05)
 
 
 def _back(host: Host) -> str | None:

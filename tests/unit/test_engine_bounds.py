@@ -160,3 +160,41 @@ def test_a_build_the_engine_goes_silent_on_is_given_up(tmp_path: Path, monkeypat
     finally:
         server.close()
         path.unlink(missing_ok=True)
+
+
+def test_an_engine_call_past_its_bound_is_exit_3_without_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Seen for real: the engine hung on a container whose exec a pause had frozen; a removal ran into
+    # the SDK's 90 s read bound. That is the engine's trouble, reported as such, not as a harness bug.
+    import requests
+
+    from harness import cli, commands
+
+    def hangs(args: object) -> int:
+        raise requests.exceptions.ReadTimeout("Read timed out. (read timeout=90.0)")
+
+    monkeypatch.setattr(commands, "dispatch", hangs)
+    monkeypatch.setattr(commands, "cleanup_own_runs", lambda: 0)
+    assert cli.main(["validate", "scenarios"]) == EXIT_INFRA
+    err = capsys.readouterr().err
+    assert "the Docker engine did not answer a call in time (Read timed out" in err
+    assert "Traceback" not in err and "internal error" not in err
+
+
+def test_leftovers_the_engine_will_not_remove_do_not_stop_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+
+    from harness.topology import labels
+
+    runs = [labels.RunLeftovers(run_id=r, pid=None, machine="", kept=False, containers=(), networks=())
+            for r in ("stuck", "fine")]
+    monkeypatch.setattr(labels, "list_runs", lambda client: runs)
+    monkeypatch.setattr(labels.RunLeftovers, "owner_gone", lambda self: True)
+
+    def remove(client: object, run_id: str) -> int:
+        if run_id == "stuck":
+            raise requests.exceptions.ReadTimeout("Read timed out.")
+        return 3
+
+    monkeypatch.setattr(labels, "remove_run", remove)
+    assert labels.reap_abandoned(object()) == ["fine"]  # type: ignore[arg-type]

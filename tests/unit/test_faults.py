@@ -156,3 +156,27 @@ def test_a_scenario_with_a_dns_fault_gets_a_topology_of_its_own(tmp_path: Path) 
     step = faulted.steps[-1]
     assert isinstance(step, DnsFaultStep) and step.name == "example.test."
     assert topology_key(faulted, "exim") != topology_key(load_scenario(_write(tmp_path, "p.yaml", PLAIN)), "exim")
+
+
+def test_a_pause_waits_for_an_exec_still_being_started() -> None:
+    # A pause that freezes runc's init of an exec hangs the engine on the container for good: the
+    # fault waits until every exec runs (has a Pid) or has ended, for a bounded moment.
+    from types import SimpleNamespace
+
+    from harness.topology import faults
+
+    polls: list[int] = []
+
+    class Api:
+        def inspect_container(self, container_id: str) -> dict[str, object]:
+            return {"ExecIDs": ["watch", "done"]}
+
+        def exec_inspect(self, exec_id: str) -> dict[str, object]:
+            if exec_id == "done":
+                return {"Pid": 0, "ExitCode": 0}
+            polls.append(1)
+            return {"Pid": 4242 if len(polls) >= 3 else 0, "ExitCode": None}
+
+    container = SimpleNamespace(id="c", client=SimpleNamespace(api=Api()))
+    faults._no_exec_starting(container)  # type: ignore[arg-type]
+    assert len(polls) == 3  # waited through two looks at a starting exec, no longer
