@@ -30,9 +30,11 @@ from harness.dns.zones import (
     zone_origin,
 )
 
-__all__ = ["DNSDIST_CONF", "DnsFault", "ServedDns", "addresses_serving", "dnsdist_conf"]
+__all__ = ["DNSDIST_CONF", "FAULT_LOG_PREFIX", "DnsFault", "ServedDns", "addresses_serving", "dnsdist_conf"]
 
 DNSDIST_CONF = "dnsdist.conf"
+# How each query a dnsdist rule answered is logged (docker logs of the dns role; reports show them).
+FAULT_LOG_PREFIX = "dns_fault: "
 # Where NSD listens while dnsdist answers on port 53 (compose/dns/dns-start).
 NSD_BEHIND = "127.0.0.1:5300"
 # Fault names go into dnsdist's Lua configuration: the loader admits only these characters.
@@ -137,7 +139,7 @@ def dnsdist_conf(faults: Sequence[DnsFault], *, serial: int = 1) -> str:
         "  local rule = SuffixMatchNodeRule(names, true)",
         "  if qtype ~= nil then rule = AndRule({rule, QTypeRule(qtype)}) end",
         "  addAction(rule, LuaAction(function(dq)",
-        '    print(string.format("dns_fault: %s type %d from %s: %s", dq.qname:toString(), dq.qtype,',
+        f'    print(string.format("{FAULT_LOG_PREFIX}%s type %d from %s: %s", dq.qname:toString(), dq.qtype,',
         "                        dq.remoteaddr:toStringWithPort(), answer))",
         "    io.stdout:flush()  -- docker logs shows it now, not when a buffer fills",
         "    return DNSAction.None, \"\"",

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from docker.errors import DockerException
 
+from harness.dns.served import FAULT_LOG_PREFIX
 from harness.smtp.transcript import Exchange
 from harness.topology.topology import Host
 
@@ -54,7 +55,10 @@ def notable(lines: Sequence[str], ids: Iterable[str]) -> list[str]:
     """The lines that explain: severe ones and those naming one of ``ids`` (order kept, at most
     MAX_LINES, the last line saying how many were left out)."""
     wanted = [i for i in ids if i]
-    kept = [line for line in lines if _SEVERE.search(line) or any(i in line for i in wanted)]
+    return _capped([line for line in lines if _SEVERE.search(line) or any(i in line for i in wanted)])
+
+
+def _capped(kept: list[str]) -> list[str]:
     if len(kept) > MAX_LINES:
         left = len(kept) - MAX_LINES
         kept = [*kept[:MAX_LINES], f"... {left} more line(s): docker logs of the role's container"]
@@ -88,13 +92,17 @@ def read_window(host: Host, since_wall: float) -> list[str]:
 
 
 def role_logs(hosts: Mapping[str, Host], since_wall: float, exchanges: Iterable[Exchange]) -> dict[str, list[str]]:
-    """Per MTA role, the notable lines of the window (roles with none are left out)."""
+    """Per role, the notable lines of the window (roles with none are left out)."""
     ids = queue_ids(exchanges)
     out = {}
     for role, host in hosts.items():
         if host.mta is None:
-            continue
-        lines = notable(read_window(host, since_wall), ids)
+            # The dns role: every query a dns_fault step answered (who asked what, and what it got),
+            # and NSD's or dnsdist's own complaints.
+            lines = _capped([line for line in read_window(host, since_wall)
+                             if line.startswith(FAULT_LOG_PREFIX) or _SEVERE.search(line)])
+        else:
+            lines = notable(read_window(host, since_wall), ids)
         if lines:
             out[role] = lines
     return out

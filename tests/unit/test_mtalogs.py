@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from harness.observe.mtalogs import MAX_LINES, _parse, notable, queue_ids
 from harness.smtp.transcript import Exchange
 
@@ -47,3 +49,20 @@ def test_docker_timestamps_select_the_window() -> None:
            b"2026-11-30T13:00:03.000000001Z \n")
     start = 1796043601.0  # 2026-11-30T13:00:01Z
     assert _parse(raw, start) == ["fatal: in the window"]
+
+
+def test_the_dns_roles_lines_say_which_queries_a_dns_fault_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from harness.observe import mtalogs
+
+    dns_lines = ["Added downstream server 127.0.0.1:5300", "Listening on 0.0.0.0:53",
+                 "dns_fault: example.test. type 15 from 172.28.246.11:40184: SERVFAIL",
+                 "[2026-11-30 19:11:22.105] nsd[22]: error: zone example.test. could not be read",
+                 "[2026-11-30 19:11:22.105] nsd[22]: info: zone origin.test read with success"]
+    relay_lines = ["postfix/smtpd[1]: connect from unknown[10.0.0.1]", "postfix/smtp[2]: warning: no MX host"]
+    logs = {"dns": dns_lines, "relay": relay_lines}
+    monkeypatch.setattr(mtalogs, "read_window", lambda host, since: logs[host.role])
+    hosts = {"dns": SimpleNamespace(role="dns", mta=None), "relay": SimpleNamespace(role="relay", mta="postfix")}
+    found = mtalogs.role_logs(hosts, 0.0, [])  # type: ignore[arg-type]
+    assert found == {"dns": [dns_lines[2], dns_lines[3]], "relay": [relay_lines[1]]}
