@@ -345,6 +345,8 @@ def cmd_up(args: argparse.Namespace, progress: Progress) -> int:
     ctx.reap()
     plan = plan_scenario(scenario, ctx.compose_dir, mta=args.mta)
     topology = bring_up(ctx, plan, run_id=new_run_id(), keep_label=True)
+    # The topology outlives this process; the keys on the host must not (its containers keep theirs).
+    topology.forget_keys()
     hosts = describe(topology)
     if args.env:
         from harness.report.reproduce import env_lines

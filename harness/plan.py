@@ -4,7 +4,7 @@ zones the dns container serves."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.dns.served import addresses_serving
@@ -58,6 +58,9 @@ def role_changes(scenario: Scenario | None, mta: str) -> dict[str, RoleChange]:
             like=override.like,
             mta=override.mta,
         )
+    for role, tls in scenario.tls.items():
+        # A role offering TLS is a changed role even when nothing else about it changes.
+        changes[role] = replace(changes.get(role, RoleChange()), tls=tls)
     return changes
 
 

@@ -225,6 +225,8 @@ class SharedTopology:
 
     def close(self, *, keep: bool) -> None:
         if keep:
+            # Kept for poking at: the containers keep their keys, the host forgets its copies now.
+            self.topology.forget_keys()
             for line in debugging_lines(self.run_id, run_containers(self.ctx.client, self.run_id)):
                 self.ctx.progress.line(line)
             return

@@ -75,10 +75,14 @@ def topology_key(scenario: Scenario, mta: str) -> TopologyKey:
     change is empty for ``mta`` (settings given for another implementation only, or its own ``mta:``
     being the one under test) is the standard role, and left out."""
     standard = DRIVERS[mta].roles if mta in DRIVERS else ROLES
-    roles = []
+    roles: list[tuple[str, str | None, tuple[tuple[str, str], ...], str | None, str | None]] = []
     for role, c in sorted(role_changes(scenario, mta).items()):
         role_mta = c.mta if c.mta != mta else None  # `mta: postfix` with Postfix under test: no change
         settings = tuple(sorted((str(k), str(v)) for k, v in c.settings.items()))
+        if c.tls is not None:
+            # Its own entry, so a key without TLS roles is what it always was.
+            roles.append((f"tls:{role}", None, (("certificate", c.tls.certificate),
+                                                 ("require", "yes" if c.tls.require else "no")), None, None))
         if role in standard and c.config_dir is None and not settings and c.like is None and role_mta is None:
             continue
         roles.append((role, _path_text(c.config_dir), settings, c.like, role_mta))

@@ -59,7 +59,7 @@ from harness.scenario.model import (
     SmtpSessionStep,
     Step,
 )
-from harness.smtp.client import run_session
+from harness.smtp.client import TlsTrust, run_session
 from harness.smtp.message import render_message
 from harness.smtp.transcript import Exchange, Transcript
 from harness.topology.faults import do_fault
@@ -232,9 +232,12 @@ class StepRunner:
             self.sent.append(SentMessage(step.id, hop, number, message_id, step.mail_from, step.rcpt_to, None,
                                          message_bytes, None, opened))
             return SessionObservation(hop, number, (exchange,), message_id)
+        # The client trusts the run's CA only, and checks the certificate names the role's host.
+        trust = TlsTrust(self.topology.tls.ca_pem if self.topology.tls is not None else None,
+                         self.topology.hosts[step.host].hostname)
         transcript = asyncio.run(run_session(
             self.topology.address(step.host), 25, step, hop=hop, session=number, clock=self.clock,
-            message_bytes=message_bytes, message_id=message_id))
+            message_bytes=message_bytes, message_id=message_id, trust=trust))
         self.result.exchanges.extend(transcript.exchanges)
         envelope_id = next((o.partition("=")[2] for o in step.mail_options if o.upper().startswith("ENVID=")), None)
         self.sent.append(SentMessage(step.id, hop, number, message_id, step.mail_from, step.rcpt_to, envelope_id,

@@ -24,6 +24,7 @@ from harness.scenario.model import (
     ReplyExpectation,
     SmtpSessionStep,
     Step,
+    TlsExpectation,
 )
 
 NEVER = "^mailflow-harness mutation: matches nothing$"
@@ -54,6 +55,17 @@ def _stage_mutants(step: SmtpSessionStep | HopStep) -> list[tuple[str, Step]]:
     for rcpt, exp in step.expect_rcpt.items():
         for what, mutated in _reply_mutants(exp):
             out.append((f"rcpt <{rcpt}>: {what}", replace(step, expect_rcpt={**step.expect_rcpt, rcpt: mutated})))
+    if isinstance(step, SmtpSessionStep) and step.expect_tls is not None:
+        for what, tls in _tls_mutants(step.expect_tls):
+            out.append((f"tls: {what}", replace(step, expect_tls=tls)))
+    return out
+
+
+def _tls_mutants(exp: TlsExpectation) -> list[tuple[str, TlsExpectation]]:
+    other = "failed" if exp.outcome == "established" else "established"
+    out = [(f"{exp.outcome} -> {other}", replace(exp, outcome=other, reason=None))]
+    if exp.reason is not None:
+        out.append((f"reason /{exp.reason}/ -> never", replace(exp, reason=NEVER)))
     return out
 
 

@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping, Sequence
 
 from harness.expect.results import Failure
-from harness.scenario.model import Mark, ReplyExpectation, SmtpSessionStep, Stage
-from harness.smtp.transcript import Exchange, Transcript, address_in
+from harness.scenario.model import Mark, ReplyExpectation, SmtpSessionStep, Stage, TlsExpectation
+from harness.smtp.transcript import Exchange, Transcript, address_in, outcome_word, tls_outcome
 
 
 def no_reply_outcome(exchange: Exchange) -> str | None:
@@ -95,8 +95,25 @@ def check_stages(index: int, kind: str, expect: Mapping[Stage, ReplyExpectation]
 
 
 def check_session(index: int, step: SmtpSessionStep, transcript: Transcript) -> list[Failure]:
-    return check_stages(index, "smtp", step.expect, step.expect_rcpt, step.rcpt_to, transcript, step.mark)
+    failures = check_stages(index, "smtp", step.expect, step.expect_rcpt, step.rcpt_to, transcript, step.mark)
+    if step.expect_tls is not None:
+        failures.extend(check_tls(index, step.expect_tls, transcript, step.mark))
+    return failures
+
+
+def check_tls(index: int, expectation: TlsExpectation, transcript: Transcript, mark: Mark) -> list[Failure]:
+    """The client's handshake (its TLS exchange) against ``expect.tls``; no handshake is "not reached"."""
+    exchange = transcript.first("TLS")
+    if exchange is None:
+        return [Failure(index, "smtp", "TLS", str(expectation), f"not reached ({_last_reached(transcript)})",
+                        expectation.mark or mark, transcript.hop, transcript.session)]
+    matches = tls_outcome(exchange.text) == expectation.outcome and (
+        expectation.reason is None or re.search(expectation.reason, exchange.text) is not None)
+    if matches:
+        return []
+    return [Failure(index, "smtp", "TLS", str(expectation), exchange.text, expectation.mark or mark,
+                    transcript.hop, transcript.session)]
 
 
 def session_summary(transcript: Transcript) -> str:
-    return ", ".join(f"{e.command} {e.code if e.code is not None else 'closed'}" for e in transcript.exchanges)
+    return ", ".join(f"{e.command} {outcome_word(e)}" for e in transcript.exchanges)

@@ -15,13 +15,13 @@ from harness.observe.observations import (
     SessionObservation,
 )
 from harness.scenario.model import Step
-from harness.smtp.transcript import Exchange
+from harness.smtp.transcript import Exchange, outcome_word
 
 __all__ = ["exchanges_summary", "summarize"]
 
 
 def exchanges_summary(exchanges: tuple[Exchange, ...] | list[Exchange]) -> str:
-    return ", ".join(f"{e.command} {e.code if e.code is not None else 'closed'}" for e in exchanges)
+    return ", ".join(f"{e.command} {outcome_word(e)}" for e in exchanges)
 
 
 def summarize(step: Step, obs: Observation) -> str:

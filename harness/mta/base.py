@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from harness.errors import InfrastructureError, UsageError
 from harness.observe.observations import QueuedMessage
 
-__all__ = ["ROLES", "CommandRunner", "MtaDriver", "gone_or", "json_lines", "mentions", "own_message_id"]
+__all__ = ["ROLES", "TLS_CA", "TLS_CERT", "TLS_DIR", "TLS_KEY", "CommandRunner", "MtaDriver", "TlsOffer", "gone_or",
+           "json_lines", "mentions", "own_message_id"]
 
 # The standard roles every implementation plays (roles are listed here and nowhere else).
 ROLES = ("mx", "relay", "nomail")
@@ -25,6 +27,23 @@ ROLES = ("mx", "relay", "nomail")
 # Message-IDs named anywhere in a queued message: its own header, and a DSN's returned headers.
 _MENTION = re.compile(r"^(?:Message-ID|References|In-Reply-To):[ \t]*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 _OWN_ID = re.compile(r"^Message-ID:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+# Where a TLS role's certificate (chain), key and the run's CA are put in its container before it starts.
+# Never in an image: images outlive runs, keys must not.
+TLS_DIR = "/etc/mailflow-tls"
+TLS_CERT = f"{TLS_DIR}/cert.pem"
+TLS_KEY = f"{TLS_DIR}/key.pem"
+TLS_CA = f"{TLS_DIR}/ca.pem"
+
+
+@dataclass(frozen=True)
+class TlsOffer:
+    """A role offers STARTTLS with the certificate at TLS_CERT for ``hostname``; ``require``: no MAIL
+    before STARTTLS (530)."""
+
+    hostname: str
+    require: bool
 
 
 class CommandRunner(Protocol):
@@ -74,6 +93,8 @@ class MtaDriver:
     capabilities: tuple[str, ...] = ()
     # no-new-privileges: a setuid or setgid program gains nothing. Off where the MTA relies on one.
     no_new_privileges: bool = True
+    # The user that reads a TLS role's key, when not root (the key arrives owned by root, mode 0600).
+    tls_key_owner: str | None = None
 
     def default_config(self, compose_dir: Path, role: str) -> Path:
         return compose_dir / self.name / role
@@ -94,6 +115,28 @@ class MtaDriver:
             original = (config_dir / self.settings_file).read_bytes()
             return {self.settings_file: original + added}
         return {self.settings_file: added}
+
+    def role_files(self, config_dir: Path, settings: Mapping[str, str], tls: TlsOffer | None) -> dict[str, bytes]:
+        """Files that replace or join the role directory's: ``settings`` laid over it, and with ``tls``
+        the configuration that offers STARTTLS. Without ``tls`` exactly ``settings_files``: a role that
+        asks for no TLS runs the image it always ran."""
+        files = self.settings_files(config_dir, settings)
+        if tls is not None:
+            files.update(self.tls_files(config_dir, files, tls))
+        return files
+
+    def tls_files(self, config_dir: Path, generated: Mapping[str, bytes], tls: TlsOffer) -> dict[str, bytes]:
+        """The files that make the role offer STARTTLS (``generated``: what settings already replaced)."""
+        raise UsageError(f"{self.name} roles cannot offer STARTTLS yet")
+
+    def config_text(self, config_dir: Path, generated: Mapping[str, bytes], name: str) -> str:
+        """A configuration file as the role will have it: generated, else the role directory's."""
+        if name in generated:
+            return generated[name].decode("utf-8")
+        try:
+            return (config_dir / name).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read {config_dir / name} to add STARTTLS to it: {exc}") from exc
 
     # The implementation's own check of a running role's configuration (shell, output on stdout).
     check_command: str = ""

@@ -3,8 +3,35 @@
 
 from __future__ import annotations
 
-from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, gone_or, json_lines, mentions
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from harness.errors import UsageError
+from harness.mta.base import (
+    EMPTY_MAILDIRS,
+    TLS_CA,
+    TLS_CERT,
+    TLS_KEY,
+    CommandRunner,
+    MtaDriver,
+    TlsOffer,
+    gone_or,
+    json_lines,
+    mentions,
+)
 from harness.observe.observations import QueuedMessage
+
+# A main option may be set once only: the role's own line is replaced. The ACL line goes first in the
+# MAIL ACL, so nothing the role accepts can come before it.
+_ADVERTISE = re.compile(r"^tls_advertise_hosts[ \t]*=.*$", re.MULTILINE)
+_MAIL_ACL = re.compile(r"^acl_check_mail:[ \t]*$", re.MULTILINE)
+_TLS_OPTIONS = (f"tls_advertise_hosts = *\ntls_certificate = {TLS_CERT}\ntls_privatekey = {TLS_KEY}\n"
+                f"tls_verify_certificates = {TLS_CA}")
+# Local SMTP (exim4 -bs inside the container, hosts = :) is not a network client and stays in clear.
+_REQUIRE = ("  deny    !encrypted = *\n"
+            "          !hosts = :\n"
+            "          message = 530 5.7.0 Must issue a STARTTLS command first")
 
 
 class Exim(MtaDriver):
@@ -20,6 +47,22 @@ class Exim(MtaDriver):
     capabilities = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")
     # Exim re-executes its setuid-root binary to deliver what a process running as Debian-exim received.
     no_new_privileges = False
+    # The process that answers STARTTLS runs as Debian-exim and reads the key then ("cert/key setup:
+    # ... Error while reading file" with root's 0600 key); CHOWN is among the capabilities above.
+    tls_key_owner = "Debian-exim"
+
+    def tls_files(self, config_dir: Path, generated: Mapping[str, bytes], tls: TlsOffer) -> dict[str, bytes]:
+        text = self.config_text(config_dir, generated, self.main_file)
+        if len(_ADVERTISE.findall(text)) != 1:
+            raise UsageError(f"{config_dir / self.main_file}: STARTTLS (tls:) needs exactly one "
+                             "`tls_advertise_hosts =` line to replace")
+        text = _ADVERTISE.sub(lambda _: _TLS_OPTIONS, text)
+        if tls.require:
+            if len(_MAIL_ACL.findall(text)) != 1:
+                raise UsageError(f"{config_dir / self.main_file}: tls: require needs an `acl_check_mail:` ACL "
+                                 "(acl_smtp_mail) to refuse MAIL before STARTTLS in")
+            text = _MAIL_ACL.sub(lambda m: f"{m.group(0)}\n{_REQUIRE}", text)
+        return {self.main_file: text.encode("utf-8")}
 
     def flush(self, run: CommandRunner) -> None:
         # exim4 -qff: retry hints and frozen state notwithstanding; returns when the run ends.

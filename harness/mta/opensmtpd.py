@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from harness.mta.base import CommandRunner, MtaDriver, gone_or, mentions, own_message_id
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from harness.errors import UsageError
+from harness.mta.base import TLS_CERT, TLS_KEY, CommandRunner, MtaDriver, TlsOffer, gone_or, mentions, own_message_id
 from harness.observe.observations import QueuedMessage
+
+# Every listener of the role offers STARTTLS with the role's pki (smtpd.conf(5): a pki is named by host).
+_LISTEN = re.compile(r"^([ \t]*listen[ \t]+on[ \t][^\n#]*?)[ \t]*$", re.MULTILINE)
 
 
 class OpenSmtpd(MtaDriver):
@@ -19,6 +27,19 @@ class OpenSmtpd(MtaDriver):
     capabilities = ("DAC_OVERRIDE", "SETGID", "SETUID", "SYS_CHROOT")
     # smtpctl (queue listing, schedule) refuses to run unless it is setgid opensmtpq.
     no_new_privileges = False
+
+    def tls_files(self, config_dir: Path, generated: Mapping[str, bytes], tls: TlsOffer) -> dict[str, bytes]:
+        text = self.config_text(config_dir, generated, self.main_file)
+        first = _LISTEN.search(text)
+        if first is None:
+            raise UsageError(f"{config_dir / self.main_file}: STARTTLS (tls:) needs a `listen on` line to add "
+                             "`tls pki` to")
+        # tls-require: "530 5.5.1 Invalid command: Must issue a STARTTLS command first" to MAIL in clear.
+        option = "tls-require" if tls.require else "tls"
+        pki = f'pki {tls.hostname} cert "{TLS_CERT}"\npki {tls.hostname} key "{TLS_KEY}"\n'
+        text = _LISTEN.sub(lambda m: f"{m.group(1)} {option} pki {tls.hostname}", text)
+        text = text[:first.start()] + pki + text[first.start():]
+        return {self.main_file: text.encode("utf-8")}
 
     def flush(self, run: CommandRunner) -> None:
         run(["smtpctl", "schedule", "all"])

@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
-from harness.mta.base import EMPTY_MAILDIRS, CommandRunner, MtaDriver, gone_or, json_lines, mentions, own_message_id
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from harness.mta.base import (
+    EMPTY_MAILDIRS,
+    TLS_CA,
+    TLS_CERT,
+    TLS_KEY,
+    CommandRunner,
+    MtaDriver,
+    TlsOffer,
+    gone_or,
+    json_lines,
+    mentions,
+    own_message_id,
+)
 from harness.observe.observations import QueuedMessage
+
+# master.cf's TLS session cache and entropy service, as Debian's default master.cf has it (not chrooted).
+_TLSMGR = re.compile(r"^tlsmgr[ \t]", re.MULTILINE)
+_TLSMGR_LINE = "tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n"
 
 
 class Postfix(MtaDriver):
@@ -20,6 +40,29 @@ class Postfix(MtaDriver):
     # SYS_CHROOT: a master.cf from a Debian server runs smtpd & co chrooted (its default), and must start
     # here as it does there.
     capabilities = ("DAC_OVERRIDE", "SETGID", "SETUID", "SYS_CHROOT")
+
+    def role_files(self, config_dir: Path, settings: Mapping[str, str], tls: TlsOffer | None) -> dict[str, bytes]:
+        if tls is None:
+            return self.settings_files(config_dir, settings)
+        # main.cf parameters like any settings; the scenario's own settings win over these.
+        offered = {
+            "smtpd_tls_cert_file": TLS_CERT,
+            "smtpd_tls_key_file": TLS_KEY,
+            # encrypt: "530 5.7.0 Must issue a STARTTLS command first" to MAIL in clear.
+            "smtpd_tls_security_level": "encrypt" if tls.require else "may",
+            # The run's CA, for the day the role verifies its next hop (smtp_tls_security_level).
+            "smtp_tls_CAfile": TLS_CA,
+            # One line per handshake ("Anonymous TLS connection established from ..."): the log says
+            # what the capture cannot.
+            "smtpd_tls_loglevel": "1",
+        }
+        files = self.settings_files(config_dir, {**offered, **settings})
+        master = self.config_text(config_dir, files, "master.cf")
+        if not _TLSMGR.search(master):
+            # Without tlsmgr smtpd finds "no entropy for TLS key generation: disabling TLS support" and
+            # answers STARTTLS with 454: the harness roles' master.cf runs no TLS service of its own.
+            files["master.cf"] = (master.rstrip("\n") + "\n" + _TLSMGR_LINE).encode("utf-8")
+        return files
 
     def flush(self, run: CommandRunner) -> None:
         run(["postqueue", "-f"])

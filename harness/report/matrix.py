@@ -13,7 +13,7 @@ from harness.observe.observations import (
     QueueObservation,
     SessionObservation,
 )
-from harness.smtp.transcript import Exchange
+from harness.smtp.transcript import Exchange, outcome_word
 
 _MARK = {PASSED: "pass", FAILED: "FAIL", ERROR: "ERROR", CONFIG_ERROR: "CONFIG"}
 
@@ -21,10 +21,10 @@ _MARK = {PASSED: "pass", FAILED: "FAIL", ERROR: "ERROR", CONFIG_ERROR: "CONFIG"}
 def _decisive(exchanges: Sequence[Exchange], *, show_data: bool) -> str:
     """The reply that decided a session or transaction: the first refusal, else the end of its DATA."""
     for e in exchanges:
-        if e.command == "QUIT":
+        if e.command == "QUIT" or (e.command == "TLS" and outcome_word(e) == "established"):
             continue
         if e.code is None or e.code >= 400:
-            code = "closed" if e.code is None else str(e.code)
+            code = outcome_word(e)
             return " ".join(p for p in (e.command, code, e.enhanced or "") if p)
     eod = next((e for e in exchanges if e.command == "END-OF-DATA"), None)
     data = next((e for e in exchanges if e.command == "DATA"), None)

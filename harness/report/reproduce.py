@@ -55,11 +55,16 @@ def reproduction(scenario: Scenario, mta: str, step: SmtpSessionStep, message: b
     swaks = ["swaks", "--server", f"${address_variable(step.host)}", "--port", "25", "--ehlo", step.ehlo,
              "--from", step.mail_from or "<>", "--to", ",".join(step.rcpt_to),
              "--timeout", f"{step.timeout_s:g}"]
+    if step.starttls:
+        swaks.append("--tls")  # STARTTLS or nothing, as the harness's client
     text = message.decode("utf-8", errors="replace").replace("\r\n", "\n")
     lines = [f'eval "$({shlex.join(_up_command(scenario, mta))})"']
     unsent = [*step.mail_options, *step.rcpt_options]
     if unsent:
         lines.append(f"# swaks sends no ESMTP parameters; the harness also sent: {' '.join(unsent)}")
+    if step.starttls:
+        # The run's CA lives only as long as the run: there is nothing on the host to verify against.
+        lines.append("# swaks does not verify the certificate; the harness's client checked it against the run's CA")
     quoted = " ".join(shlex.quote(w) if not w.startswith("$") else f'"{w}"' for w in swaks)
     if source_file is not None:
         lines.append(f"{quoted} --data {shlex.quote(_shown(source_file))}")

@@ -33,9 +33,10 @@ def render_timeline(result: ScenarioResult, *, only_failing_sessions: bool = Fal
         if key != current:
             current = key
             out.append(f"  {ex.hop} session {ex.session}")
-        sent = ex.sent if ex.sent is not None else "(connect)"
+        tls = ex.command == "TLS"  # a handshake, not a command: neither side sent a line
+        sent = ex.sent if ex.sent is not None else "(TLS handshake)" if tls else "(connect)"
         out.append(f"    [{ex.at_s:7.3f}s] C: {sent}")
-        replies = list(ex.lines) or [f"{ex.code} {ex.text}" if ex.code is not None else f"(no reply: {ex.text})"]
+        replies = list(ex.lines) or [f"{ex.code} {ex.text}" if ex.code is not None else ex.reply_str()]
         failure = _failure_for(ex, result.failures)
         for i, line in enumerate(replies):
             suffix = ""

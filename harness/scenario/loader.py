@@ -22,7 +22,7 @@ from harness.mta import DRIVERS
 from harness.scenario.context import KNOWN_MTAS, STANDARD_ROLES, one_of
 from harness.scenario.inputs import config_tree_problem, outside_problem, trusted_roots
 from harness.scenario.messages import DEFAULT_BODY
-from harness.scenario.model import UNREACHABLE_ROLE, RoleOverride, Scenario
+from harness.scenario.model import UNREACHABLE_ROLE, RoleOverride, RoleTls, Scenario
 from harness.scenario.steps import DEFAULT_EHLO, DSN_FIELDS, StepBuilder, build_steps
 from harness.scenario.validate import JsonPath, SourceMap, load_schema, schema_path, validate_document
 from harness.scenario.yamlmarks import read_yaml
@@ -110,6 +110,7 @@ class _Builder(StepBuilder):
         if dns:
             self.check_zones(dns)
         self.records = dns
+        tls = self.role_tls(data.get("tls", {}))
         steps, overrides = build_steps(self, data["steps"], name)
         return Scenario(
             path=self.path,
@@ -121,7 +122,20 @@ class _Builder(StepBuilder):
             mark=self.at(),
             mtas=self.mta_list,
             overrides=overrides,
+            tls=tls,
         )
+
+    def role_tls(self, raw: dict[str, Any]) -> dict[str, RoleTls]:
+        result: dict[str, RoleTls] = {}
+        for role, spec in raw.items():
+            if role in _NOT_ROLES:
+                raise self.fail(self.at_key("tls", role), _NOT_ROLES[role].replace("under roles", "under tls"))
+            if role not in self.roles:
+                raise self.fail(self.at_key("tls", role), f"unknown role {role!r} in tls (expected one of: "
+                                f"{', '.join(self.roles)}; a role the scenario adds is declared under roles)")
+            result[role] = RoleTls(role=role, certificate=spec.get("certificate", "valid"),
+                                   require=spec.get("require", False), mark=self.at_key("tls", role))
+        return result
 
     def mtas(self, raw: str | list[str] | None) -> tuple[str, ...]:
         if raw is None:

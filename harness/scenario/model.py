@@ -25,6 +25,7 @@ class Stage(enum.Enum):
 
     CONNECT = "CONNECT"
     EHLO = "EHLO"
+    STARTTLS = "STARTTLS"
     MAIL = "MAIL"
     RCPT = "RCPT"
     DATA = "DATA"
@@ -63,6 +64,23 @@ class ReplyExpectation:
         return " ".join(parts)
 
 
+# How a client's TLS handshake after a 220 to STARTTLS ended (``expect: {tls: failed}``).
+TLS_OUTCOMES = ("established", "failed")
+
+
+@dataclass(frozen=True)
+class TlsExpectation:
+    """How the client's TLS handshake must end, and optionally a regex the client's description of it
+    must match (the protocol version and cipher when established, the reason when it failed)."""
+
+    outcome: str  # one of TLS_OUTCOMES
+    reason: str | None = None
+    mark: Mark | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return f"TLS {self.outcome}" + (f" /{self.reason}/" if self.reason else "")
+
+
 @dataclass(frozen=True)
 class Message:
     """The message a session sends. ``headers`` keep their order; a Message-ID is added when absent."""
@@ -89,6 +107,9 @@ class SmtpSessionStep:
     # is replaced by the rendered message's size when the session runs.
     mail_options: tuple[str, ...] = ()
     rcpt_options: tuple[str, ...] = ()
+    # STARTTLS after EHLO, trusting the run's CA and checking the role's host name; then EHLO again.
+    starttls: bool = False
+    expect_tls: TlsExpectation | None = None
 
     kind = "smtp"
 
@@ -314,6 +335,17 @@ class RoleOverride:
 
 
 @dataclass(frozen=True)
+class RoleTls:
+    """A role that offers STARTTLS in this scenario, with a certificate of ``certificate`` kind
+    (harness.tls.ca.CERTIFICATE_KINDS) from the run's CA; ``require``: MAIL before STARTTLS is refused."""
+
+    role: str
+    certificate: str
+    require: bool
+    mark: Mark | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
 class StepOverride:
     """How one step differs on one MTA implementation, always with a reason (shown in every report)."""
 
@@ -337,6 +369,8 @@ class Scenario:
     mtas: tuple[str, ...] = ()
     # Per step index (0-based), per implementation.
     overrides: Mapping[int, Mapping[str, StepOverride]] = field(default_factory=dict)
+    # Roles offering STARTTLS (none unless asked: the standard roles offer no TLS).
+    tls: Mapping[str, RoleTls] = field(default_factory=dict)
 
     def steps_for(self, mta: str) -> tuple[tuple[int, Step, StepOverride | None], ...]:
         """(1-based index, step, override applied) for ``mta``; a skipped step keeps its override

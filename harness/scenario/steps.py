@@ -35,6 +35,7 @@ from harness.scenario.model import (
     Stage,
     Step,
     StepOverride,
+    TlsExpectation,
 )
 from harness.scenario.records import RecordBuilder
 from harness.scenario.validate import JsonPath
@@ -220,7 +221,16 @@ class StepBuilder(RecordBuilder):
         self.check(ehlo_problem(ehlo), *here, "ehlo")
         mail_from: str = body["mail_from"]
         self.check(address_problem(mail_from, "mail_from"), *here, "mail_from")
-        expect, expect_rcpt = self.expectations((*here, "expect"), body.get("expect", {}), rcpt_to)
+        raw_expect: dict[str, Any] = body.get("expect", {})
+        expect, expect_rcpt = self.expectations((*here, "expect"), raw_expect, rcpt_to)
+        starttls: bool = body.get("starttls", False)
+        expect_tls = self.tls_expectation((*here, "expect", "tls"), raw_expect["tls"]) if "tls" in raw_expect else None
+        if not starttls:
+            # Either would only ever fail "not reached": say why now.
+            for key in ("starttls", "tls"):
+                if key in raw_expect:
+                    raise self.fail(self.at_key(*here, "expect", key), f"expect.{key} needs starttls: true in "
+                                    "the step: without it the client never sends STARTTLS")
         return SmtpSessionStep(
             host=self.known_role(body["host"], *here, "host"),
             ehlo=ehlo,
@@ -235,7 +245,17 @@ class StepBuilder(RecordBuilder):
             # The schema checks each is one RFC 5321 esmtp-param (keyword or keyword=value).
             mail_options=tuple(body.get("mail_options", ())),
             rcpt_options=tuple(body.get("rcpt_options", ())),
+            starttls=starttls,
+            expect_tls=expect_tls,
         )
+
+    def tls_expectation(self, path: JsonPath, spec: str | dict[str, Any]) -> TlsExpectation:
+        if isinstance(spec, str):
+            return TlsExpectation(outcome=spec, mark=self.at(*path))
+        reason: str | None = spec.get("reason")
+        if reason is not None:
+            self.regex(reason, *path, "reason")
+        return TlsExpectation(outcome=spec["outcome"], reason=reason, mark=self.at(*path))
 
     def expectations(
         self, path: JsonPath, raw_expect: dict[str, Any], rcpt_to: tuple[str, ...] | None
@@ -348,6 +368,10 @@ class StepBuilder(RecordBuilder):
         if receiver not in self.roles and receiver != UNREACHABLE_ROLE and not _is_ipv4(receiver):
             raise self.fail(mark, f"{receiver!r} on the right of hop {hop!r} is neither a role "
                             f"({roles}) nor an IPv4 address")
+        if "tls" in body["expect"]:
+            raise self.fail(self.at_key(*here, "expect", "tls"), "expect.tls is for smtp steps (the client's "
+                            "own handshake): what a hop did about TLS is not observed yet (expect.starttls "
+                            "checks the reply to STARTTLS on the hop)")
         expect, expect_rcpt = self.expectations((*here, "expect"), body["expect"], None)
         return HopStep(
             hop=hop,

@@ -13,12 +13,22 @@ ESMTP parameters (``SIZE=12000000``, ``SMTPUTF8``, ``NOTIFY=FAILURE``) go on MAI
 scenario wrote them, whatever the EHLO reply advertised: a server refusing one is an answer to record.
 ``SIZE=auto`` becomes the message's size. Command arguments are sent as UTF-8, so a non-ASCII address
 (with ``SMTPUTF8``, or without it to see the refusal) reaches the server as written.
+
+With ``starttls: true`` the client sends STARTTLS after EHLO (its reply recorded like any other), then
+does the handshake itself, trusting only the run's CA and checking the role's host name, and records
+how it ended as a ``TLS`` exchange without a code (TLS_ESTABLISHED / TLS_FAILED, then the details):
+a certificate it does not trust is an outcome to judge, never an exception. aiosmtplib's ``starttls()``
+is not used: it sends an unrecorded EHLO of its own and loses the 220 when the handshake fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
 
 from aiosmtplib import (
     SMTP,
@@ -33,9 +43,9 @@ from aiosmtplib import (
 from harness.errors import ScenarioError
 from harness.scenario.model import SmtpSessionStep
 from harness.smtp.message import data_payload, declared_size
-from harness.smtp.transcript import Exchange, Transcript
+from harness.smtp.transcript import TLS_ESTABLISHED, TLS_FAILED, Exchange, Transcript
 
-__all__ = ["mail_parameters", "parse_enhanced", "reply_lines", "run_session"]
+__all__ = ["TlsTrust", "mail_parameters", "parse_enhanced", "reply_lines", "run_session"]
 
 # RFC 3463: class "." subject "." detail, at the start of the reply text.
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?=\s|$)")
@@ -46,6 +56,34 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CLOSING = 421
 # ``SIZE=auto`` in a scenario's mail_options: the client fills in the size (keyword and value in any case).
 _SIZE_AUTO = re.compile(r"(?i)SIZE=auto")
+
+
+@dataclass(frozen=True)
+class TlsTrust:
+    """What the client's STARTTLS trusts: the run CA's certificate (PEM; None: nothing at all) and the
+    host name the server's certificate must carry (the role's)."""
+
+    ca_pem: bytes | None
+    server_hostname: str
+
+    def context(self) -> ssl.SSLContext:
+        # Not create_default_context(): the host's own CA store has no business in a closed world.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ca_pem is not None:
+            context.load_verify_locations(cadata=self.ca_pem.decode("ascii"))
+        return context
+
+
+def _handshake_failure(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # OpenSSL's words: "certificate has expired", "Hostname mismatch, ...", "self-signed certificate".
+        return f"{TLS_FAILED}: certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"{TLS_FAILED}: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError):
+        return f"{TLS_FAILED}: timed out after {_format_seconds(timeout_s)} s"
+    return f"{TLS_FAILED}: {_describe_failure(exc, timeout_s)}"
 
 
 class _SessionOver(Exception):
@@ -120,11 +158,13 @@ class _Session:
         step: SmtpSessionStep,
         transcript: Transcript,
         clock: Callable[[], float],
+        trust: TlsTrust | None = None,
     ) -> None:
         self.smtp = smtp
         self.step = step
         self.transcript = transcript
         self.clock = clock
+        self.trust = trust
 
     def record(self, command: str, sent: str | None, response: SMTPResponse) -> SMTPResponse:
         self.transcript.exchanges.append(
@@ -157,6 +197,44 @@ class _Session:
                 at_s=self.clock(),
             )
         )
+
+    def record_tls(self, text: str) -> None:
+        self.transcript.exchanges.append(Exchange(hop=self.transcript.hop, session=self.transcript.session,
+                                                  command="TLS", sent=None, code=None, enhanced=None, text=text,
+                                                  at_s=self.clock()))
+
+    async def start_tls(self) -> bool:
+        """STARTTLS and the handshake; True when the session can go on over TLS. A refused STARTTLS
+        leaves the connection in clear for QUIT; a failed handshake leaves nothing to talk over."""
+        reply = await self.command("STARTTLS", "STARTTLS")
+        if reply.code != 220:
+            return False
+        trust = self.trust or TlsTrust(None, self.smtp.hostname or "")
+        protocol = self.smtp.protocol
+        try:
+            if protocol is None or protocol.transport is None:
+                raise SMTPServerDisconnected("Server not connected")
+            # As SMTPProtocol.start_tls after its 220: plaintext buffered past the 220 could only be an
+            # injection (RFC 3207 4.2, CVE-2011-0411), so it is dropped.
+            del protocol._buffer[:]
+            transport = await asyncio.get_running_loop().start_tls(
+                cast(asyncio.WriteTransport, protocol.transport), protocol, trust.context(), server_side=False,
+                server_hostname=trust.server_hostname, ssl_handshake_timeout=self.step.timeout_s)
+        except (ssl.SSLError, OSError, TimeoutError, SMTPServerDisconnected) as exc:
+            self.record_tls(_handshake_failure(exc, self.step.timeout_s))
+            self.smtp.close()
+            raise _SessionOver from exc
+        if transport is None:
+            self.record_tls(f"{TLS_FAILED}: the connection closed during the handshake")
+            self.smtp.close()
+            raise _SessionOver
+        protocol.transport = transport
+        protocol._over_ssl = True
+        self.smtp.transport = transport
+        tls = transport.get_extra_info("ssl_object")
+        version, cipher = (tls.version(), tls.cipher()[0]) if tls is not None and tls.cipher() else ("?", "?")
+        self.record_tls(f"{TLS_ESTABLISHED}: {version} {cipher}, certificate verified for {trust.server_hostname}")
+        return True
 
     async def command(self, command: str, line: str) -> SMTPResponse:
         """Send one command line and record its reply; raise _SessionOver when none can follow."""
@@ -210,6 +288,14 @@ class _Session:
                 return
         elif ehlo.code // 100 != 2:
             return
+        if step.starttls:
+            if not await self.start_tls():
+                # A client that asked for TLS sends no mail in clear.
+                return
+            # RFC 3207 4.2: everything learnt before TLS is forgotten; EHLO again.
+            again = await self.command("EHLO", f"EHLO {step.ehlo}")
+            if again.code // 100 != 2:
+                return
 
         mail_line = _with_parameters(f"MAIL FROM:<{step.mail_from}>",
                                      mail_parameters(step.mail_options, message_bytes))
@@ -272,12 +358,14 @@ async def run_session(
     clock: Callable[[], float],
     message_bytes: bytes,
     message_id: str,
+    trust: TlsTrust | None = None,
 ) -> Transcript:
     """Run ``step`` against ``address:port`` and return every exchange.
 
     ``clock`` gives seconds since the scenario started; ``Exchange.at_s`` is taken when the reply
     (or the failure) arrived. Each wait (connect, greeting, every reply) is bounded by
-    ``step.timeout_s``. Stages never reached simply have no exchange. Raises only ScenarioError,
+    ``step.timeout_s``. Stages never reached simply have no exchange. ``trust`` is what a ``starttls``
+    step trusts (None: no CA at all, every certificate fails). Raises only ScenarioError,
     for step values that cannot be put on a command line, before connecting.
     """
     _check_step(step)
@@ -291,7 +379,7 @@ async def run_session(
         use_tls=False,
         start_tls=False,
     )
-    run = _Session(smtp, step, transcript, clock)
+    run = _Session(smtp, step, transcript, clock, trust)
     try:
         try:
             greeting = await smtp.connect()

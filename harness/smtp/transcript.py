@@ -12,6 +12,24 @@ COMMANDS = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-DATA", "R
 
 # How a capture decoder words a reply that may still come (harness.observe.smtpstream).
 PENDING_TEXT = "no reply yet"
+# The start of a client's TLS exchange's text: how its handshake after STARTTLS ended (harness.smtp.client).
+TLS_ESTABLISHED = "TLS established"
+TLS_FAILED = "TLS handshake failed"
+
+
+def tls_outcome(text: str) -> str:
+    """``established`` or ``failed``, from the text of a client's TLS exchange."""
+    return "established" if text.startswith(TLS_ESTABLISHED) else "failed"
+
+
+def outcome_word(exchange: Exchange) -> str:
+    """The reply code as text, or for an exchange without one what happened instead: a TLS handshake
+    established or failed (the client's), TLS started (a capture sees no further), else closed."""
+    if exchange.code is not None:
+        return str(exchange.code)
+    if exchange.command == "TLS":
+        return tls_outcome(exchange.text) if exchange.text.startswith((TLS_ESTABLISHED, TLS_FAILED)) else "started"
+    return "closed"
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,8 @@ class Exchange:
         return self.code is None and self.text.startswith(PENDING_TEXT)
 
     def reply_str(self) -> str:
+        if self.code is None and self.command == "TLS":
+            return f"({self.text})"
         if self.code is None:
             return f"(no reply: {self.text})"
         parts = [str(self.code)]

@@ -14,6 +14,8 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, NotFound
 
+from harness.tls.ca import remove_run_keys
+
 RUN_LABEL = "mailflow-harness.run"
 PID_LABEL = "mailflow-harness.pid"
 MACHINE_LABEL = "mailflow-harness.machine"
@@ -109,6 +111,8 @@ def remove_run(client: docker.DockerClient, run_id: str) -> int:
     for n in _networks(client, label):
         if _remove_network(client, str(n["Id"])):
             removed += 1
+    # Keys and certificates of the run's TLS roles: the run removes them itself, unless it was killed.
+    remove_run_keys(run_id)
     return removed
 
 

@@ -22,9 +22,10 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
 from harness.errors import ConfigurationError, ContainerExitedError, InfrastructureError
-from harness.mta.base import COMPLAINT
+from harness.mta.base import COMPLAINT, TLS_CA, TLS_CERT, TLS_KEY, TlsOffer
 from harness.report.progress import Progress
-from harness.scenario.model import UNREACHABLE_ROLE
+from harness.scenario.model import UNREACHABLE_ROLE, RoleTls
+from harness.tls.ca import RunTls
 from harness.topology.engine import API_TIMEOUT_S
 from harness.topology.images import ImageStore
 from harness.topology.labels import ROLE_LABEL, remove_run, run_labels
@@ -64,10 +65,15 @@ class HostPlan:
     config_dir: Path | None
     settings: Mapping[str, str] = field(default_factory=dict)
     like: str | None = None  # an added role behaves like this standard role
+    tls: RoleTls | None = None  # the role offers STARTTLS (its certificate issued when it starts)
 
     @property
     def base_role(self) -> str:
         return self.like or self.role
+
+    @property
+    def tls_offer(self) -> TlsOffer | None:
+        return TlsOffer(self.hostname, self.tls.require) if self.tls is not None else None
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class RoleChange:
     settings: Mapping[str, str] = field(default_factory=dict)
     like: str | None = None
     mta: str | None = None  # run this role on another implementation than the one under test
+    tls: RoleTls | None = None
 
 
 def standard_plan(compose_dir: Path, hostnames: Mapping[str, str], *, mta: str = "postfix",
@@ -104,7 +111,7 @@ def standard_plan(compose_dir: Path, hostnames: Mapping[str, str], *, mta: str =
         base = change.like or role
         hosts.append(HostPlan(role, hostnames.get(role, f"{role}.hosts.test"), impl,
                               change.config_dir or impl.default_config(compose_dir, base),
-                              dict(change.settings), change.like))
+                              dict(change.settings), change.like, change.tls))
     return TopologyPlan(tuple(hosts))
 
 
@@ -178,6 +185,8 @@ class Topology:
     # The address ``address_of: unreachable`` resolves to: in the subnet, reserved, answered by nobody.
     unreachable: str | None = None
     network: Network | None = None
+    # The run's CA and the certificates of its TLS roles (None: no role offers TLS).
+    tls: RunTls | None = None
 
     @property
     def gateway(self) -> str:
@@ -187,10 +196,16 @@ class Topology:
         return self.hosts[role].address
 
     def destroy(self) -> None:
+        self.forget_keys()
         try:
             remove_run(self.client, self.run_id)
         except DockerException as exc:
             raise InfrastructureError(f"could not remove run {self.run_id}: {exc}") from exc
+
+    def forget_keys(self) -> None:
+        """Remove the run's keys and certificates from the host (those in its containers go with them)."""
+        if self.tls is not None:
+            self.tls.remove()
 
 
 def plan_addresses(plan: TopologyPlan, subnet: ipaddress.IPv4Network) -> dict[str, str]:
@@ -261,7 +276,7 @@ def build_images(images: ImageStore, plan: TopologyPlan) -> dict[str, str]:
         if host.mta is None or host.config_dir is None:
             continue
         mta_image = images.image(host.mta.name)
-        generated = host.mta.settings_files(host.config_dir, host.settings)
+        generated = host.mta.role_files(host.config_dir, host.settings, host.tls_offer)
         result[host.role] = images.role_image(host.mta.name, host.base_role, host.config_dir, mta_image,
                                               host.mta.config_target, generated)
     return result
@@ -312,6 +327,8 @@ def create_network(client: docker.DockerClient, plan: TopologyPlan, *, run_id: s
     topology.network = network
     addresses = plan_addresses(plan, subnet)
     try:
+        if any(h.tls is not None for h in plan.hosts):
+            topology.tls = RunTls(run_id)
         if UNREACHABLE_ROLE in addresses:
             raise InfrastructureError(f"{UNREACHABLE_ROLE!r} is reserved for address_of and cannot name a role")
         topology.unreachable = _choose_unreachable(client, network.name, subnet, addresses)
@@ -365,7 +382,8 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
     network = topology.network
     assert network is not None, "create_network() first"
     dns = topology.address(DNS_ROLE) if DNS_ROLE in topology.hosts else None
-    started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=dns) for h in hosts]
+    started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=dns, tls=topology.tls)
+               for h in hosts]
     for host in started:
         topology.hosts[host.role] = host
 
@@ -374,6 +392,15 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
         host.container.start()
         driver = plan_host.mta
         assert driver is not None
+        key_problem: InfrastructureError | None = None
+        if plan_host.tls is not None and driver.tls_key_owner is not None:
+            # Before any client can connect: the greeting is waited for below.
+            try:
+                _run_checked(host, ["chown", driver.tls_key_owner, TLS_KEY])
+            except InfrastructureError as exc:
+                # A container that exits at once (a configuration refused) says so below, in the
+                # MTA's words; only a running one that kept its key from the MTA is this error.
+                key_problem = exc
         host.ready_code = driver.ready_code(plan_host.base_role)
         # The container's state is watched too: one that exits while starting (a configuration the
         # MTA refuses) is reported at once with its exit code and last log lines, not after the bound.
@@ -385,6 +412,8 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
             if exc.container_exit_code is None or exc.container_exit_code >= 128:
                 raise  # killed (a signal, out of memory) or removed: not the configuration's doing
             raise configuration_error(plan_host, exc.log.splitlines(), str(exc)) from exc
+        if key_problem is not None:
+            raise key_problem
         host.check_warnings = tuple(_as_configured(plan_host, driver.check(_Exec(host))))
         if any(_FATAL.search(line) for line in host.check_warnings):
             raise configuration_error(plan_host, list(host.check_warnings),
@@ -409,6 +438,16 @@ class _Exec:
         except DockerException as exc:
             raise InfrastructureError(f"`{' '.join(argv)}` on {self.host.role} failed: {exc}") from exc
         return bytes(result.output or b"").decode("utf-8", "replace")
+
+
+def _run_checked(host: Host, argv: list[str]) -> None:
+    try:
+        result = host.container.get_wrapped_container().exec_run(argv)
+    except DockerException as exc:
+        raise InfrastructureError(f"`{' '.join(argv)}` on {host.role} failed: {exc}") from exc
+    if result.exit_code != 0:
+        output = bytes(result.output or b"").decode("utf-8", "replace").strip()
+        raise InfrastructureError(f"`{' '.join(argv)}` on {host.role} exited {result.exit_code}: {output}")
 
 
 def _as_configured(plan: HostPlan, lines: Sequence[str]) -> list[str]:
@@ -453,7 +492,7 @@ def container_options(plan: HostPlan) -> dict[str, object]:
 
 
 def _container(network: Network, plan: HostPlan, image: str, address: str, labels: dict[str, str],
-               *, dns: str | None) -> Host:
+               *, dns: str | None, tls: RunTls | None = None) -> Host:
     kwargs: dict[str, object] = {
         **container_options(plan),
         "sysctls": UNPRIVILEGED_PORTS,
@@ -469,6 +508,16 @@ def _container(network: Network, plan: HostPlan, image: str, address: str, label
                                  docker_client_kw=ENGINE_CLIENT)
                  .with_network(network)
                  .with_kwargs(**kwargs))
+    if plan.tls is not None:
+        if tls is None:
+            raise InfrastructureError(f"{plan.role} offers TLS but the run has no CA (create_network makes it)")
+        credentials = tls.issue(plan.role, plan.hostname, plan.tls.certificate)
+        # Copied in after the container is created, before it starts, owned by root: Postfix's smtpd and
+        # OpenSMTPD's parent read it as root before they drop privileges; an MTA that reads it as another
+        # user (Exim) gets it chowned in start_roles (the driver's tls_key_owner).
+        container.with_copy_into_container(credentials.cert_pem, TLS_CERT, 0o644)
+        container.with_copy_into_container(credentials.key_pem, TLS_KEY, 0o600)
+        container.with_copy_into_container(tls.ca_pem, TLS_CA, 0o644)
     return Host(plan.role, plan.hostname, address, image, plan.mta.name if plan.mta else None, container)
 
 

@@ -128,6 +128,9 @@ def test_topology_key_of_bundled_scenarios() -> None:
     assert topology_key(by_name["11"], "postfix") == ("postfix", ())
     # An added role.
     assert topology_key(by_name["10"], "postfix") == ("postfix", (("backup", None, (), "nomail", None),))
+    # A role offering TLS, nothing else changed: a topology of its own all the same.
+    assert topology_key(by_name["23"], "exim") == (
+        "exim", (("tls:mx", None, (("certificate", "valid"), ("require", "yes")), None, None),))
     for s in by_name.values():
         for m in NAMES:
             hash(topology_key(s, m))  # hashable

@@ -1,0 +1,89 @@
+"""STARTTLS on a real MTA: scenario 23 passes as bundled, a copy whose mx does not require TLS fails
+where it should (MAIL in clear is accepted), and no key or certificate outlives the run on the host:
+the run's temporary directory existed while its containers ran and is gone afterwards, on a pass and
+on a failure alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+import harness.topology.topology as topology_module
+from harness.runner import RunContext, run_all
+from harness.scenario.loader import load_scenario
+from harness.tls.ca import RunTls
+
+from .conftest import SCENARIOS
+
+SCENARIO = SCENARIOS / "23-mx-requires-starttls.yaml"
+MTA = "exim"
+
+
+class _Watched(RunTls):
+    """The run's key directory, noted when made, with what it held once the roles started."""
+
+    made: ClassVar[list[_Watched]] = []
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.held: list[str] = []
+        _Watched.made.append(self)
+
+    def issue(self, role: str, hostname: str, kind: str) -> Any:
+        credentials = super().issue(role, hostname, kind)
+        self.held = sorted(str(p.relative_to(self.directory)) for p in self.directory.rglob("*.pem"))
+        return credentials
+
+
+def test_starttls_required_and_its_mutant_and_no_key_left(run_context: RunContext, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    text = SCENARIO.read_text(encoding="utf-8")
+    assert "mx: {certificate: valid, require: true}" in text
+    mutant_path = tmp_path / "23-mx-offers-starttls-only.yaml"
+    mutant_path.write_text(text.replace("require: true", "require: false"), encoding="utf-8")
+    before = set(Path("/tmp").glob("mailflow-tls-*"))
+    monkeypatch.setattr(topology_module, "RunTls", _Watched)
+    _Watched.made.clear()
+
+    scenarios = [load_scenario(SCENARIO), load_scenario(mutant_path)]
+    run_context.fresh = False
+    bundled, mutant = run_all(run_context, scenarios, mtas=[MTA])
+
+    assert bundled.status == "passed", bundled.failures or bundled.error
+    # require: false: STARTTLS is offered, MAIL in clear accepted: the 530 expectation must fail.
+    assert mutant.status == "failed"
+    mail = [f for f in mutant.failures if f.stage == "MAIL"]
+    assert mail and mail[0].expected.startswith("530") and mail[0].observed.startswith("250"), mutant.failures
+    assert mail[0].mark is not None and mail[0].mark.line == 17
+    # The mutant's session over TLS still works: only the refusal in clear is gone.
+    assert not [f for f in mutant.failures if f.step >= 3], mutant.failures
+
+    # Two topologies (require true / false differ), each with its own CA and key directory.
+    assert bundled.run_id != mutant.run_id
+    assert len(_Watched.made) == 2
+    for lab in _Watched.made:
+        assert lab.held == ["ca.pem", "mx/cert.pem", "mx/key.pem"]
+        assert not lab.directory.exists(), f"{lab.directory} outlived its run"
+    assert set(Path("/tmp").glob("mailflow-tls-*")) == before
+    for result in (bundled, mutant):
+        left = run_context.client.containers.list(all=True, filters={"label": f"mailflow-harness.run={result.run_id}"})
+        assert left == []
+
+
+def test_a_failing_start_leaves_no_key(run_context: RunContext, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TLS role that never greets (its configuration refused) still takes the run's keys with it."""
+    config = tmp_path / "broken"
+    config.mkdir()
+    source = (SCENARIOS.parent / "compose" / MTA / "mx" / "exim4.conf").read_text(encoding="utf-8")
+    (config / "exim4.conf").write_text(source + "\nthis_is_no_option = 1\n", encoding="utf-8")
+    path = tmp_path / "broken.yaml"
+    path.write_text(SCENARIO.read_text(encoding="utf-8").replace(
+        "tls:\n", f"mta: [{MTA}]\nroles:\n  mx: {{config: {{{MTA}: broken}}}}\ntls:\n", 1), encoding="utf-8")
+    monkeypatch.setattr(topology_module, "RunTls", _Watched)
+    _Watched.made.clear()
+    (result,) = run_all(run_context, [load_scenario(path)], mtas=[MTA])
+    assert result.status == "config-error", result.error
+    assert _Watched.made and all(not lab.directory.exists() for lab in _Watched.made)
