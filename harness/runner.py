@@ -159,14 +159,8 @@ class SharedTopology:
                 future.result()
 
     def _serve(self, plan: ScenarioPlan) -> None:
-        zones = self._zones(plan)
-        if dict(zones.files) == self.served:
-            return  # the same records as the scenario before: nothing to reload
-        if zones.files.get("zones.conf") != self.served.get("zones.conf"):
-            self._restart_dns(zones.files, zones.probe_zone)
-        else:
-            self._reload_dns(zones.files)
-        self._wait_served(plan.records)
+        self._zones(plan)  # plan.records: the scenario's records, resolved
+        self.serve_dns(ServedDns(list(plan.records)))
 
     def _reload_dns(self, files: Mapping[str, str]) -> None:
         """Write ``files`` and have NSD reload its zones: the server never stops answering."""
@@ -175,10 +169,10 @@ class SharedTopology:
         HostCommands(dns)(["dns-reload"])
         self.served = dict(files)
 
-    def _restart_dns(self, files: Mapping[str, str], probe_zone: str) -> None:
+    def _restart_dns(self, files: Mapping[str, str]) -> None:
         """Write ``files`` and restart the dns container (same address): NSD takes a new zones.conf only
-        at start, and dnsdist is started or not by what dnsdist.conf says. Back once it answers
-        ``probe_zone``."""
+        at start, and dnsdist is started or not by what dnsdist.conf says. Back once it answers for its own
+        zone (a scenario's zone may be the one that fails on purpose)."""
         dns = self.topology.hosts[DNS_ROLE]
         dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in files.items()})
         try:
@@ -188,7 +182,7 @@ class SharedTopology:
         except DockerException as exc:
             raise InfrastructureError(f"could not restart the dns container: {exc}") from exc
         try:
-            wait_until_answering(dns.address, probe_zone, timeout_s=DNS_READY_TIMEOUT_S)
+            wait_until_answering(dns.address, HARNESS_ZONE, timeout_s=DNS_READY_TIMEOUT_S)
         except ReadinessTimeoutError as exc:
             # Its own words say why (a zone NSD refused, dnsdist's configuration).
             state = container_state(dns.container.get_wrapped_container())
@@ -197,14 +191,15 @@ class SharedTopology:
         self.served = dict(files)
 
     def serve_dns(self, served: ServedDns) -> None:
-        """What a scenario's dns_fault and dns_change steps made of its DNS: written, then a reload when
-        only zone contents changed, or a restart. Done when every record no fault touches answers as
-        declared."""
+        """``served`` (a scenario's records, as its dns_fault and dns_change steps left them) on the dns
+        container: nothing when it serves that already, a reload when only zone contents changed, else a
+        restart. Done when every record no fault touches answers as declared."""
         dns = self.topology.hosts[DNS_ROLE]
-        files = served.files(ns_address=dns.address, serial=int(time.time()))
+        files = served.files(ns_address=dns.address)
+        if all(files.get(name, "") == self.served.get(name, "") for name in files.keys() | self.served.keys()):
+            return  # the same records (and faults) as before: nothing to reload
         if any(files.get(name, "") != self.served.get(name, "") for name in ("zones.conf", DNSDIST_CONF)):
-            # Probed on the server's own zone: the scenario's may be the one that fails on purpose.
-            self._restart_dns(files, HARNESS_ZONE)
+            self._restart_dns(files)
         else:
             self._reload_dns(files)
         self._wait_served(served.answering())

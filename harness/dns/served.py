@@ -93,7 +93,7 @@ class ServedDns:
                        and (f.rtype is None or f.rtype == record.rtype) for f in self.faults.values())
         return [r for r in self.records if not touched(r)]
 
-    def files(self, *, ns_address: str, serial: int) -> dict[str, str]:
+    def files(self, *, ns_address: str, serial: int = 1) -> dict[str, str]:
         """The dns container's files under /etc/nsd/harness: zone files, zones.conf and dnsdist.conf
         (empty when no fault needs dnsdist)."""
         nsd_faults = {f.name: f.answer for f in self.faults.values() if f.by_nsd}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,13 @@ from harness.topology.mta import available
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
 SCENARIOS = ROOT / "scenarios"
+
+
+def harness(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``harness --compose compose/ ARGS`` in a process of its own, as a user runs it; never raises on
+    its exit status."""
+    return subprocess.run([sys.executable, "-m", "harness", "--compose", str(COMPOSE), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _engine_or_fail() -> docker.DockerClient:

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import docker
 import pytest
 
-from .conftest import COMPOSE, ROOT
+from .conftest import ROOT, harness
 
 
 def _check(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     began = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "harness", "--compose", str(COMPOSE), "check", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = harness("check", *args)
     return done, time.monotonic() - began
 
 

@@ -16,13 +16,7 @@ import pytest
 
 from harness.topology.labels import PID_LABEL, RUN_LABEL, list_runs, reap_abandoned
 
-from .conftest import COMPOSE, ROOT
-
-
-def harness(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", "--compose", str(COMPOSE), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
+from .conftest import COMPOSE, ROOT, harness
 
 WRONG_354 = """\
 name: expects 250 where mx says 354

@@ -13,7 +13,7 @@ import docker
 
 from harness.topology.labels import PID_LABEL, ROLE_LABEL
 
-from .conftest import COMPOSE, ROOT
+from .conftest import COMPOSE, ROOT, harness
 
 REFUSED = """\
 name: unpause a role that is not paused
@@ -50,8 +50,7 @@ def _run(tmp_path: Path, text: str) -> tuple[int, dict[str, object], str]:
     scenario = tmp_path / "fault.yaml"
     scenario.write_text(text)
     out = tmp_path / "r.json"
-    done = subprocess.run([sys.executable, "-m", "harness", "--compose", str(COMPOSE), "run", str(scenario),
-                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    done = harness("run", str(scenario), "--json", str(out))
     return done.returncode, json.loads(out.read_text())["scenarios"][0], done.stdout + done.stderr
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import docker
@@ -17,7 +16,7 @@ from harness.observe.capture import CAPTURE_CAPS
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL
 from harness.topology.topology import DNS_CAPABILITIES, MEMORY_LIMIT, PIDS_LIMIT, UNPRIVILEGED_PORTS
 
-from .conftest import COMPOSE, ROOT
+from .conftest import harness
 
 MIB = 1024 * 1024
 # Bit numbers of the capabilities in /proc/<pid>/status (linux/capability.h).
@@ -27,8 +26,7 @@ CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "F
 
 
 def _harness(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", "-q", "--compose", str(COMPOSE), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return harness("-q", *args)
 
 
 def _bounding_set(container: docker.models.containers.Container) -> set[str]:

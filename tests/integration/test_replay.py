@@ -16,7 +16,7 @@ import pytest
 
 from harness.topology.labels import RUN_LABEL
 
-from .conftest import COMPOSE, ROOT
+from .conftest import ROOT, harness
 
 WRONG_RCPT = """\
 name: expects 250 where the relay refuses a null-MX recipient
@@ -39,9 +39,7 @@ def test_a_failed_client_step_replays_with_swaks_against_harness_up(engine: dock
     scenario = tmp_path / "wrong-rcpt.yaml"
     scenario.write_text(WRONG_RCPT)
     results = tmp_path / "results.json"
-    run = subprocess.run([sys.executable, "-m", "harness", "--compose", str(COMPOSE), "run", str(scenario),
-                          "--mta", "postfix", "--json", str(results)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, check=False)
+    run = harness("run", str(scenario), "--mta", "postfix", "--json", str(results))
     assert run.returncode == 1, run.stdout + run.stderr
     assert "replay step 1 by hand" in run.stdout
     step = json.loads(results.read_text())["scenarios"][0]["steps"][0]

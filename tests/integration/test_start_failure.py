@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from harness.topology.labels import RUN_LABEL
 from harness.topology.readiness import wait_for_greeting
 from harness.topology.topology import READY_TIMEOUT_S
 
-from .conftest import COMPOSE, ROOT
+from .conftest import harness
 
 # Postfix refuses to start with a queue directory that does not exist: `postfix start-fg` prints
 #   postfix[1]: fatal: chdir(/nonexistent): No such file or directory
@@ -46,9 +44,7 @@ def test_a_relay_that_exits_at_start_is_reported_at_once_with_its_log(engine: do
     scenario.write_text(BROKEN_RELAY)
     out = tmp_path / "r.json"
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "harness", "--compose", str(COMPOSE), "run", str(scenario),
-                           "--mta", "postfix", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    done = harness("run", str(scenario), "--mta", "postfix", "--json", str(out))
     took = time.monotonic() - started
     output = done.stdout + done.stderr
     # A configuration the MTA refuses: exit 2 (the configuration must change), never 3 (infrastructure,
