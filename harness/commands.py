@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE, UsageError
 from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, ScenarioResult
-from harness.report.console import print_result, summary_table
+from harness.report.console import needs_a_look, print_result, summary_table
 from harness.report.files import check_destinations, prepare_destination, write_html, write_json, write_junit
 from harness.report.progress import Progress
 from harness.scenario.loader import load_scenario, load_scenarios, schema_path
@@ -96,6 +96,7 @@ def cmd_run(args: argparse.Namespace, progress: Progress) -> int:
 
         print()
         print(matrix_text(results, mtas))
+    _print_needs_a_look(results)
     if args.json:
         write_json(results, args.json)
     if args.junit:
@@ -104,6 +105,13 @@ def cmd_run(args: argparse.Namespace, progress: Progress) -> int:
         write_html(results, args.html)
         progress.line(f"wrote {args.html}")
     return _exit_code(results)
+
+
+def _print_needs_a_look(results: Sequence[ScenarioResult]) -> None:
+    text = needs_a_look(results)
+    if text:
+        print()
+        print(text)
 
 
 def cmd_matrix(args: argparse.Namespace, progress: Progress) -> int:
@@ -134,6 +142,7 @@ def cmd_matrix(args: argparse.Namespace, progress: Progress) -> int:
             write_json(results, args.json)
         code = _exit_code(results)
     print(matrix_text(results, mtas))
+    _print_needs_a_look(results)
     if args.markdown:
         prepare_destination(args.markdown)
         args.markdown.write_text(matrix_markdown(results, mtas), encoding="utf-8")
@@ -201,6 +210,7 @@ def cmd_report(args: argparse.Namespace, progress: Progress) -> int:
     print(summary_table(results))
     print()
     print(matrix_text(results, mtas))
+    _print_needs_a_look(results)
     if args.json:
         write_json(results, args.json)
         progress.line(f"wrote {args.json}")

@@ -323,7 +323,19 @@ class ScenarioSequence:
             except HarnessError:
                 self.not_started = label  # the same cause for every scenario that needs this topology
                 raise
-        self.shared.prepare(plan)
+        try:
+            self.shared.prepare(plan)
+        except ConfigurationError:
+            raise
+        except HarnessError as exc:
+            # The reset between two scenarios is the harness's own work, not a verdict: a topology it
+            # could not reset is replaced, said once, and no later scenario inherits what it left.
+            why = "\n".join("  " + line for line in (str(exc).strip() or type(exc).__name__).splitlines())
+            self.ctx.progress.line(f"{label}: the shared topology could not be reset; a new one runs this "
+                                   f"scenario and the rest. Why:\n{why}")
+            self.shared.close(keep=False)
+            self.shared = None
+            return self.ready(plan, label)
         return self.shared
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from harness.errors import InfrastructureError
 from harness.mta import DRIVERS, MtaDriver
 from harness.observe.maildir import same_message_id
 from harness.observe.observations import QueuedMessage, SentMessage
+from harness.topology.readiness import container_state
 from harness.topology.topology import Host
 
 __all__ = ["flush", "is_bounce_about", "queue_entries"]
@@ -21,16 +22,28 @@ class HostCommands:
         self.host = host
 
     def __call__(self, argv: list[str]) -> str:
+        wrapped = self.host.container.get_wrapped_container()
         try:
-            # stdout only: a warning on stderr must not end up in JSON being parsed.
-            result = self.host.container.get_wrapped_container().exec_run(argv, stdout=True, stderr=False)
+            # Standard output apart: a warning on stderr must not end up in JSON being parsed. Standard
+            # error is kept for the message when the command fails (a reset script says why there).
+            result = wrapped.exec_run(argv, stdout=True, stderr=True, demux=True)
         except DockerException as exc:
-            raise InfrastructureError(f"`{' '.join(argv)}` on {self.host.role} failed: {exc}") from exc
-        output = bytes(result.output or b"").decode("utf-8", "replace")
+            raise InfrastructureError(f"`{' '.join(argv)}` on {self.host.role} failed: {exc}"
+                                      + self._ended()) from exc
+        out, err = result.output if isinstance(result.output, tuple) else (result.output, None)
+        output = bytes(out or b"").decode("utf-8", "replace")
         if result.exit_code != 0:
-            raise InfrastructureError(
-                f"`{' '.join(argv)}` on {self.host.role} exited {result.exit_code}: {output[-500:]}")
+            said = (bytes(err or b"").decode("utf-8", "replace") + output).strip()
+            raise InfrastructureError(f"`{' '.join(argv)}` on {self.host.role} exited {result.exit_code}: "
+                                      f"{said[-500:] or '(it printed nothing)'}" + self._ended())
         return output
+
+    def _ended(self) -> str:
+        """When the container itself has ended: how, and its last log lines (the MTA's own words)."""
+        state = container_state(self.host.container.get_wrapped_container())
+        if state is None or not state.ended:
+            return ""
+        return f"\n{self.host.role} {state.describe()}; its last log lines:\n" + self.host.logs(tail=12).rstrip()
 
 
 def _driver(host: Host) -> MtaDriver:

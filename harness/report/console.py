@@ -51,6 +51,24 @@ def summary_table(results: Sequence[ScenarioResult]) -> str:
     return "\n".join(lines)
 
 
+def needs_a_look(results: Sequence[ScenarioResult]) -> str:
+    """The last lines of a run: every result that did not pass, with its first reason. The end of a
+    long run's output is what CI logs keep and people read first; the full reports are above."""
+    lines = []
+    for r in results:
+        if r.status in (ERROR, CONFIG_ERROR):
+            reason = (r.error or "").strip().splitlines()[0] if (r.error or "").strip() else "no reason recorded"
+        elif r.status == FAILED and r.failures:
+            f = r.failures[0]
+            where = f"{f.mark}: " if f.mark else f"{r.file}: "
+            more = f" (+{len(r.failures) - 1} more)" if len(r.failures) > 1 else ""
+            reason = f"{where}step {f.step} ({f.kind}): expected {f.expected}, observed {f.observed}{more}"
+        else:
+            continue
+        lines.append(f"{_WORD[r.status]:5} {r.name} [{r.mta}]: {reason}")
+    return "\n".join(["not passed (details above):", *lines]) if lines else ""
+
+
 def print_result(result: ScenarioResult, stream: TextIO) -> None:
     print(scenario_line(result), file=stream, flush=True)
     text = details(result)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.expect.results import CONFIG_ERROR, FAILED, Failure, ScenarioResult, result_from_json
-from harness.report.console import summary_table
+from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, Failure, ScenarioResult, result_from_json
+from harness.report.console import needs_a_look, summary_table
 from harness.report.files import write_json, write_junit
 from harness.report.matrix import cell, matrix_markdown, matrix_text
 from harness.report.transcript import render_timeline
@@ -102,3 +102,20 @@ def test_a_configuration_error_is_a_junit_error_with_the_mtas_line(tmp_path: Pat
     assert error is not None and error.get("type") == "configuration"
     assert error.get("message") == "configuration error: relay (cfg) on postfix: fatal: chdir(/nonexistent)"
     assert "CONFIG" in summary_table([result]) and "1 configuration error(s)" in summary_table([result])
+
+
+def test_the_last_lines_of_a_run_name_every_result_that_did_not_pass_and_why() -> None:
+    results = _results()
+    assert needs_a_look(results) == ""  # all passed: nothing to add below the matrix
+    errored = replace(results[0], status=ERROR, failures=[],
+                      error="`mta-reset` on mx exited 1: mta-reset: smtpd did not listen\nmore")
+    failed = replace(results[1], status=FAILED, failures=[
+        Failure(3, "delivery", None, "1 copy", "none within 5 s"), Failure(4, "no_bounce", None, "none", "one")])
+    text = needs_a_look([results[2], errored, failed])
+    lines = text.splitlines()
+    assert lines[0].startswith("not passed")
+    assert lines[1] == (f"ERROR {errored.name} [{errored.mta}]: "
+                        "`mta-reset` on mx exited 1: mta-reset: smtpd did not listen")
+    assert lines[2].startswith(f"FAIL  {failed.name} [{failed.mta}]: {failed.file}: step 3 (delivery): "
+                               "expected 1 copy, observed none within 5 s (+1 more)")
+    assert len(lines) == 3

@@ -1,0 +1,46 @@
+"""A shared topology the harness cannot reset between two scenarios (here: its mx ended in between)
+is replaced: the next scenario runs on a new topology and passes, the cause is said once with the
+role's own words, and nothing of the old topology is left."""
+
+from __future__ import annotations
+
+import io
+
+import docker
+
+from harness.expect.results import PASSED
+from harness.report.progress import Progress
+from harness.runner import RunContext, ScenarioSequence
+from harness.scenario.loader import load_scenario
+from harness.topology.labels import RUN_LABEL
+
+from .conftest import SCENARIOS
+
+
+def test_a_topology_that_cannot_be_reset_is_replaced_and_the_cause_said(
+        engine: docker.DockerClient, run_context: RunContext) -> None:
+    said = io.StringIO()
+    ctx = RunContext(engine, run_context.images, run_context.compose_dir, Progress(said))
+    first = load_scenario(SCENARIOS / "01-direct-354.yaml")
+    second = load_scenario(SCENARIOS / "14-refused-rcpt-no-bounce.yaml")
+    sequence = ScenarioSequence(ctx)
+    try:
+        assert sequence.run(first, "opensmtpd").status == PASSED
+        assert sequence.shared is not None
+        old = sequence.shared.run_id
+        mx = sequence.shared.topology.hosts["mx"].container.get_wrapped_container()
+        # smtpd killed without mta-reset's flag: mta-start (PID 1) ends with it, and so does mx.
+        assert mx.exec_run(["sh", "-c", "kill -KILL $(cat /run/mta.pid)"]).exit_code == 0
+        mx.wait(timeout=20)
+
+        result = sequence.run(second, "opensmtpd")
+
+        assert result.status == PASSED, result.error or result.failures
+        assert sequence.shared is not None and sequence.shared.run_id != old
+        lines = [line for line in said.getvalue().splitlines() if "could not be reset" in line]
+        assert len(lines) == 1, said.getvalue()
+        assert "14-refused-rcpt-no-bounce.yaml [opensmtpd]" in lines[0]
+        assert "mx exited with code 137" in said.getvalue(), said.getvalue()
+        assert engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={old}"}) == []
+    finally:
+        sequence.close()
