@@ -81,7 +81,8 @@ def topology_key(scenario: Scenario, mta: str) -> TopologyKey:
         settings = tuple(sorted((str(k), str(v)) for k, v in c.settings.items()))
         if c.tls is not None:
             # Its own entry, so a key without TLS roles is what it always was.
-            roles.append((f"tls:{role}", None, (("certificate", c.tls.certificate),
+            outbound = (("outbound", c.tls.outbound),) if c.tls.outbound else ()
+            roles.append((f"tls:{role}", None, (("certificate", c.tls.certificate), *outbound,
                                                  ("require", "yes" if c.tls.require else "no")), None, None))
         if role in standard and c.config_dir is None and not settings and c.like is None and role_mta is None:
             continue

@@ -13,6 +13,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Protocol, TypeVar
 
 from harness.dns.served import ServedDns
@@ -24,6 +25,7 @@ from harness.expect.summary import summarize
 from harness.observe.dsn import parse_dsn
 from harness.observe.hopmatch import select_on_hop
 from harness.observe.maildir import MAIL_ROOT, messages_in, same_message_id
+from harness.observe.mtalogs import SenderLog
 from harness.observe.observations import (
     BounceObservation,
     ConnectionAttempt,
@@ -38,6 +40,7 @@ from harness.observe.observations import (
     QueueObservation,
     SentMessage,
     SessionObservation,
+    tls_decided,
 )
 from harness.observe.polling import CANCELLED, POLL_INTERVAL_S, poll_until
 from harness.observe.queue import flush, queue_entries
@@ -394,13 +397,27 @@ class StepRunner:
         assert isinstance(step, HopStep)
         message = self._message(step.message_of) if self.sent else None
 
+        sender = step.hop.split("->", 1)[0]
+        log = SenderLog(self.topology.hosts[sender], message, time.time() - self.clock()) \
+            if step.tls is not None and sender in self.topology.hosts and message is not None else None
+
         def look(waited: float) -> HopObservation:
-            return select_on_hop(self.hops.sessions(), step.hop, message, session=step.session)
+            sessions = self.hops.sessions()
+            obs = select_on_hop(sessions, step.hop, message, session=step.session)
+            in_clear = tuple(t.session for t in sessions if t.hop == step.hop and t.first("MAIL") is not None)
+            return replace(obs, in_clear=in_clear,
+                           tls_log=log.facts(decided=tls_decided(obs)) if log is not None else None)
 
         def settled(obs: HopObservation) -> bool:
             # Judged once the transaction has its outcome: a capture read mid-transaction would see a
-            # reply "not yet" given.
-            return obs.matched_by is not None and obs.complete
+            # reply "not yet" given. An encrypted session shows no transaction: its handshake's outcome,
+            # and what the sender logged about the message, decide instead.
+            if obs.matched_by is None:
+                return False
+            if step.tls is not None and step.tls.outcome != "none":
+                wants_log = step.tls.verified is not None
+                return tls_decided(obs) and (not wants_log or (obs.tls_log is not None and obs.tls_log.final))
+            return obs.complete
 
         return self._look_until(self._bound(step.within_s, message), look, settled, interval=HOP_POLL_S)
 

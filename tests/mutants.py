@@ -58,14 +58,26 @@ def _stage_mutants(step: SmtpSessionStep | HopStep) -> list[tuple[str, Step]]:
     if isinstance(step, SmtpSessionStep) and step.expect_tls is not None:
         for what, tls in _tls_mutants(step.expect_tls):
             out.append((f"tls: {what}", replace(step, expect_tls=tls)))
+    if isinstance(step, HopStep):
+        if step.tls is not None:
+            for what, tls in _tls_mutants(step.tls):
+                out.append((f"tls: {what}", replace(step, tls=tls)))
+        if step.cleartext is not None:
+            out.append((f"cleartext {step.cleartext} -> {not step.cleartext}",
+                        replace(step, cleartext=not step.cleartext)))
     return out
 
 
 def _tls_mutants(exp: TlsExpectation) -> list[tuple[str, TlsExpectation]]:
     other = "failed" if exp.outcome == "established" else "established"
-    out = [(f"{exp.outcome} -> {other}", replace(exp, outcome=other, reason=None))]
+    out = [(f"{exp.outcome} -> {other}", replace(exp, outcome=other, reason=None, version=None))]
     if exp.reason is not None:
         out.append((f"reason /{exp.reason}/ -> never", replace(exp, reason=NEVER)))
+    if exp.version is not None:
+        older = "TLSv1.2" if exp.version != "TLSv1.2" else "TLSv1.3"
+        out.append((f"version {exp.version} -> {older}", replace(exp, version=older)))
+    if exp.verified is not None:
+        out.append((f"verified {exp.verified} -> {not exp.verified}", replace(exp, verified=not exp.verified)))
     return out
 
 

@@ -40,8 +40,9 @@ from harness.scenario.model import (
     RoleFaultStep,
     SmtpSessionStep,
     Step,
+    TlsExpectation,
 )
-from harness.smtp.transcript import Transcript
+from harness.smtp.transcript import Transcript, outcome_word
 
 __all__ = ["body_difference", "judge", "queue_entry_matches"]
 
@@ -70,8 +71,48 @@ def _hop(index: int, step: HopStep, obs: HopObservation) -> list[Failure]:
             f"session {s} #{n} ({mid or 'no Message-ID'})" for s, n, mid in obs.others) if obs.others else ""
         return [Failure(index, "hop", None, where, f"not seen ({seen}{others})", step.mark, step.hop, step.session)]
     transcript = Transcript(obs.hop, obs.session or 0, list(obs.exchanges), closed=obs.closed)
-    return check_stages(index, "hop", step.expect, step.expect_rcpt, recipients_in(transcript), transcript,
-                        step.mark)
+    failures = check_stages(index, "hop", step.expect, step.expect_rcpt, recipients_in(transcript), transcript,
+                            step.mark)
+    if step.tls is not None:
+        failures += _hop_tls(index, step, step.tls, obs)
+    if step.cleartext is False and obs.in_clear:
+        failures.append(Failure(index, "hop", "MAIL", "no MAIL in clear on the hop",
+                                "MAIL in clear on session(s) " + ", ".join(map(str, obs.in_clear)), step.mark,
+                                step.hop, obs.session))
+    if step.cleartext is True and obs.transaction is None:
+        failures.append(Failure(index, "hop", "MAIL", "the message's transaction in clear",
+                                f"no transaction in clear ({obs.matched_by})", step.mark, step.hop, obs.session))
+    return failures
+
+
+def _hop_tls(index: int, step: HopStep, exp: TlsExpectation, obs: HopObservation) -> list[Failure]:
+    """The hop's handshake as the wire shows it (outcome, version), and as the sending MTA logged it
+    for the message (whether it verified the certificate)."""
+    exchange = obs.tls
+    log = obs.tls_log
+    seen = "none" if exchange is None else outcome_word(exchange)
+    account = "no STARTTLS on the session" if exchange is None else exchange.text
+    if log is not None:
+        account += f"; {obs.hop.split('->')[0]}'s log: {log.line}"
+    problems = []
+    if seen != exp.outcome:
+        problems.append(f"TLS {seen}")
+    if exp.version is not None:
+        on_wire = re.search(rf"\b{re.escape(exp.version)}\b", exchange.text) if exchange is not None else None
+        if on_wire is None and (log is None or log.version != exp.version):
+            problems.append(f"not {exp.version}")
+    if exp.verified is not None:
+        if log is None:
+            problems.append("nothing in the sender's log about the message's delivery (only a message the "
+                            "client handed to the sender can be found there)")
+        elif (log.trust == "verified") != exp.verified:
+            problems.append(f"the sender's log says {log.trust or 'no TLS'}")
+    if exp.reason is not None and re.search(exp.reason, account) is None:
+        problems.append(f"no /{exp.reason}/ in it")
+    if not problems:
+        return []
+    return [Failure(index, "hop", "TLS", str(exp), f"{'; '.join(problems)}: {account}", exp.mark or step.mark,
+                    step.hop, obs.session)]
 
 
 def _delivery(index: int, step: DeliveryStep, obs: MailboxObservation) -> list[Failure]:

@@ -40,10 +40,12 @@ TLS_CA = f"{TLS_DIR}/ca.pem"
 @dataclass(frozen=True)
 class TlsOffer:
     """A role offers STARTTLS with the certificate at TLS_CERT for ``hostname``; ``require``: no MAIL
-    before STARTTLS (530)."""
+    before STARTTLS (530); ``outbound``: its TLS policy toward its next hop (model.OUTBOUND_TLS), the
+    run's CA at TLS_CA; None: as its role directory says."""
 
     hostname: str
     require: bool
+    outbound: str | None = None
 
 
 class CommandRunner(Protocol):

@@ -28,10 +28,31 @@ _ADVERTISE = re.compile(r"^tls_advertise_hosts[ \t]*=.*$", re.MULTILINE)
 _MAIL_ACL = re.compile(r"^acl_check_mail:[ \t]*$", re.MULTILINE)
 _TLS_OPTIONS = (f"tls_advertise_hosts = *\ntls_certificate = {TLS_CERT}\ntls_privatekey = {TLS_KEY}\n"
                 f"tls_verify_certificates = {TLS_CA}")
+# The smtp transport's line that keeps the role's deliveries in clear (the harness roles' remote_smtp).
+_AVOID_TLS = re.compile(r"^([ \t]+)hosts_avoid_tls[ \t]*=.*$", re.MULTILINE)
 # Local SMTP (exim4 -bs inside the container, hosts = :) is not a network client and stays in clear.
 _REQUIRE = ("  deny    !encrypted = *\n"
             "          !hosts = :\n"
             "          message = 530 5.7.0 Must issue a STARTTLS command first")
+
+
+def _outbound(policy: str, indent: str) -> str:
+    """The smtp transport's options for the role's TLS toward its next hop (model.OUTBOUND_TLS), in
+    place of its ``hosts_avoid_tls``. Exim 4.96's defaults do the rest: STARTTLS whenever offered,
+    tls_try_verify_hosts = * (verification tried, need not succeed) and tls_verify_cert_hostnames = *
+    (the MX host name is part of that verification)."""
+    # The run's CA, for every policy: the delivery line's CV=yes/no then says whether the next hop's
+    # certificate verified against it (with "system", Debian's store, it never would).
+    options = [f"tls_verify_certificates = {TLS_CA}"]
+    if policy in ("encrypt", "verify"):
+        # No delivery in clear: not offered or a failed handshake defers (without it Exim retries in
+        # clear on a new connection, tls_tempfail_tryclear).
+        options.append("hosts_require_tls = *")
+    if policy == "verify":
+        # Verification must succeed (this list wins over tls_try_verify_hosts), the certificate's names
+        # checked against the host name the MX lookup gave (the default, spelled out: it is the point).
+        options += ["tls_verify_hosts = *", "tls_verify_cert_hostnames = *"]
+    return "\n".join(indent + option for option in options)
 
 
 class Exim(MtaDriver):
@@ -62,6 +83,12 @@ class Exim(MtaDriver):
                 raise UsageError(f"{config_dir / self.main_file}: tls: require needs an `acl_check_mail:` ACL "
                                  "(acl_smtp_mail) to refuse MAIL before STARTTLS in")
             text = _MAIL_ACL.sub(lambda m: f"{m.group(0)}\n{_REQUIRE}", text)
+        policy = tls.outbound
+        if policy is not None:
+            if len(_AVOID_TLS.findall(text)) != 1:
+                raise UsageError(f"{config_dir / self.main_file}: tls: outbound needs exactly one "
+                                 "`hosts_avoid_tls =` line (in the smtp transport) to replace")
+            text = _AVOID_TLS.sub(lambda m: _outbound(policy, m.group(1)), text)
         return {self.main_file: text.encode("utf-8")}
 
     def flush(self, run: CommandRunner) -> None:

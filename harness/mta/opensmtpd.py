@@ -7,11 +7,48 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.mta.base import TLS_CERT, TLS_KEY, CommandRunner, MtaDriver, TlsOffer, gone_or, mentions, own_message_id
+from harness.mta.base import (
+    TLS_CA,
+    TLS_CERT,
+    TLS_KEY,
+    CommandRunner,
+    MtaDriver,
+    TlsOffer,
+    gone_or,
+    mentions,
+    own_message_id,
+)
 from harness.observe.observations import QueuedMessage
 
 # Every listener of the role offers STARTTLS with the role's pki (smtpd.conf(5): a pki is named by host).
 _LISTEN = re.compile(r"^([ \t]*listen[ \t]+on[ \t][^\n#]*?)[ \t]*$", re.MULTILINE)
+# The actions that send to a next hop ("action NAME relay [options]"): the role's outbound TLS goes there.
+_RELAY_ACTION = re.compile(r"^([ \t]*action[ \t]+(?:\"[^\"\n]*\"|\S+)[ \t]+relay)\b([^\n]*)$", re.MULTILINE)
+# The run's CA under a name of its own (smtpd.conf(5): `ca NAME cert FILE`).
+_CA_NAME = "mailflow-run"
+
+
+def _outbound(text: str, policy: str, path: Path) -> str:
+    """Every relay action of ``text`` with the role's TLS toward its next hop (model.OUTBOUND_TLS).
+
+    smtpd 6.8's relay (MX lookup) starts STARTTLS whenever the next hop offers it and accepts any
+    certificate: that is "may" already, and a failed handshake is retried in clear ("opportunistic
+    TLS failed, downgrading to plain"). ``tls no-verify``: STARTTLS or the message stays queued
+    ("encrypt"); ``tls``: also a certificate that verifies and names the MX host ("verify"). Every
+    policy verifies against the run's CA through ``ca`` (the grammar of 6.8 takes it on a relay
+    action; its manual documents it from 7.x on): without it smtpd checks Debian's store, and its log's
+    "server-cert-check result=" would say "failure" for every certificate of the run. A message the
+    policy keeps queued says only "Network error on destination MXs" (the cause is in the log: "mta
+    error reason=SSL certificate check failed", "TLS required but not supported by remote host"), and
+    smtpd disables the route to that MX for 15 s."""
+    actions = _RELAY_ACTION.findall(text)
+    if not actions:
+        raise UsageError(f"{path}: tls: outbound needs an `action ... relay` line to set TLS on")
+    if any(re.search(r"(?:^|\s)(?:tls|ca)(?:\s|$)", rest) for _, rest in actions):
+        raise UsageError(f"{path}: tls: outbound sets `tls` and `ca` on the relay actions itself; this "
+                         "configuration already has one there")
+    options = {"may": "", "encrypt": " tls no-verify", "verify": " tls"}[policy]
+    return _RELAY_ACTION.sub(lambda m: f"{m.group(1)}{options} ca {_CA_NAME}{m.group(2)}", text)
 
 
 class OpenSmtpd(MtaDriver):
@@ -38,6 +75,9 @@ class OpenSmtpd(MtaDriver):
         option = "tls-require" if tls.require else "tls"
         pki = f'pki {tls.hostname} cert "{TLS_CERT}"\npki {tls.hostname} key "{TLS_KEY}"\n'
         text = _LISTEN.sub(lambda m: f"{m.group(1)} {option} pki {tls.hostname}", text)
+        if tls.outbound is not None:
+            text = _outbound(text, tls.outbound, config_dir / self.main_file)
+            pki += f'ca {_CA_NAME} cert "{TLS_CA}"\n'
         text = text[:first.start()] + pki + text[first.start():]
         return {self.main_file: text.encode("utf-8")}
 

@@ -26,6 +26,29 @@ _TLSMGR = re.compile(r"^tlsmgr[ \t]", re.MULTILINE)
 _TLSMGR_LINE = "tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n"
 
 
+def _outbound(policy: str | None) -> dict[str, str]:
+    """main.cf parameters for the role's TLS toward its next hop (model.OUTBOUND_TLS); none for None,
+    the role directory's own choice (the harness roles: Postfix's default level, none: in clear)."""
+    if policy is None:
+        return {}
+    # The level says it all: "may" (STARTTLS when offered, any certificate, else in clear; a failed
+    # handshake defers the message, and it goes in clear only once it has waited minimal_backoff_time),
+    # "encrypt" (STARTTLS or defer; any certificate), "verify" (STARTTLS with a certificate from
+    # smtp_tls_CAfile, or defer).
+    params = {"smtp_tls_security_level": policy,
+              # One line per handshake: "<Trust> TLS connection established to <host>[<addr>]:25: TLSv1.3
+              # with cipher ...", Verified / Trusted (chain ok, name not checked) / Untrusted /
+              # Anonymous, or why verification failed: the sender's own account of the hop's TLS.
+              "smtp_tls_loglevel": "1"}
+    if policy == "verify":
+        # The name the certificate must carry: the MX host name (from the MX lookup, so DNS decides,
+        # as at "verify" it must). Postfix's default for verify, set here so a changed default
+        # cannot change what "verify" means in a scenario; "nexthop"/"dot-nexthop" (the recipient
+        # domain) is what "secure" matches.
+        params["smtp_tls_verify_cert_match"] = "hostname"
+    return params
+
+
 class Postfix(MtaDriver):
     name = "postfix"
     main_file = "main.cf"
@@ -50,11 +73,12 @@ class Postfix(MtaDriver):
             "smtpd_tls_key_file": TLS_KEY,
             # encrypt: "530 5.7.0 Must issue a STARTTLS command first" to MAIL in clear.
             "smtpd_tls_security_level": "encrypt" if tls.require else "may",
-            # The run's CA, for the day the role verifies its next hop (smtp_tls_security_level).
+            # The run's CA: what the smtp client trusts when the role sends with TLS (outbound below).
             "smtp_tls_CAfile": TLS_CA,
             # One line per handshake ("Anonymous TLS connection established from ..."): the log says
             # what the capture cannot.
             "smtpd_tls_loglevel": "1",
+            **_outbound(tls.outbound),
         }
         files = self.settings_files(config_dir, {**offered, **settings})
         master = self.config_text(config_dir, files, "master.cf")

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from docker.errors import DockerException
 
 from harness.dns.served import FAULT_LOG_PREFIX
+from harness.observe.observations import SentMessage
+from harness.observe.tlslog import HopTlsLog, hop_tls_from_log
 from harness.smtp.transcript import Exchange
 from harness.topology.topology import Host
 
-__all__ = ["MAX_LINES", "notable", "queue_ids", "read_window", "role_logs"]
+__all__ = ["MAX_LINES", "SenderLog", "notable", "queue_ids", "read_window", "role_logs"]
 
 # Per role, at most this many lines in a report: a failure's cause is in the first few, and a looping
 # MTA must not bury the transcript.
@@ -106,3 +109,34 @@ def role_logs(hosts: Mapping[str, Host], since_wall: float, exchanges: Iterable[
         if lines:
             out[role] = lines
     return out
+
+
+# A hop step polls the capture ten times a second; the sender's log is a logs call: read it less often.
+SENDER_LOG_EVERY_S = 0.5
+
+
+class SenderLog:
+    """What the MTA that sends a hop logged about the scenario's message (its TLS session and the next
+    hop's reply), by the queue id it gave the message in the client's session; read at most every
+    SENDER_LOG_EVERY_S, and no more once it has the delivery's outcome."""
+
+    def __init__(self, host: Host, message: SentMessage, window_wall: float) -> None:
+        self.host = host
+        self.since = window_wall
+        received_here = message.hop.endswith(f"->{host.role}") and message.end_of_data is not None
+        ids = sorted(queue_ids([message.end_of_data])) if received_here and message.end_of_data else []
+        self.queue_id = ids[0] if ids else None
+        self._read_at = 0.0
+        self._facts: HopTlsLog | None = None
+
+    def facts(self, *, decided: bool) -> HopTlsLog | None:
+        """The facts so far; ``decided``: the wire has the handshake's outcome, so the log may too."""
+        if self.queue_id is None or self.host.mta is None or not decided:
+            return self._facts
+        if self._facts is not None and self._facts.final:
+            return self._facts
+        now = time.monotonic()
+        if now - self._read_at >= SENDER_LOG_EVERY_S:
+            self._read_at = now
+            self._facts = hop_tls_from_log(str(self.host.mta), read_window(self.host, self.since), self.queue_id)
+        return self._facts

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.smtp.transcript import Exchange
+from harness.observe.tlslog import HopTlsLog
+from harness.smtp.transcript import TLS_ESTABLISHED, TLS_FAILED, Exchange
 
 __all__ = [
     "BounceObservation",
@@ -29,6 +30,7 @@ __all__ = [
     "SentMessage",
     "SessionObservation",
     "observation_from_json",
+    "tls_decided",
 ]
 
 
@@ -128,20 +130,47 @@ class HopObservation:
     others: tuple[tuple[int, int, str | None], ...] = ()
     # The transaction has its outcome (a reply after the message, an RSET, a refusal), or the session ended.
     complete: bool = False
+    # Sessions on the hop (any message) whose MAIL crossed the wire in clear.
+    in_clear: tuple[int, ...] = ()
+    # What the sending MTA logged about the message's delivery: its TLS session and the reply.
+    tls_log: HopTlsLog | None = None
 
     kind = "hop"
 
+    @property
+    def tls(self) -> Exchange | None:
+        """The session's TLS exchange (after a 220 to STARTTLS), if it got that far."""
+        return next((e for e in self.exchanges if e.command == "TLS"), None)
+
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "hop": self.hop, "session": self.session, "transaction": self.transaction,
-                "matched_by": self.matched_by, "closed": self.closed, "hops_seen": list(self.hops_seen),
-                "others": [list(o) for o in self.others], "complete": self.complete,
-                "exchanges": [e.to_json() for e in self.exchanges]}
+        doc: dict[str, Any] = {
+            "kind": self.kind, "hop": self.hop, "session": self.session, "transaction": self.transaction,
+            "matched_by": self.matched_by, "closed": self.closed, "hops_seen": list(self.hops_seen),
+            "others": [list(o) for o in self.others], "complete": self.complete,
+            "exchanges": [e.to_json() for e in self.exchanges]}
+        # Only when there is something to say: results of hops without TLS read as they always did.
+        if self.in_clear:
+            doc["in_clear"] = list(self.in_clear)
+        if self.tls_log is not None:
+            doc["tls_log"] = self.tls_log.to_json()
+        return doc
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> HopObservation:
         return cls(d["hop"], d.get("session"), d.get("transaction"), d.get("matched_by"), _exchanges(d["exchanges"]),
                    bool(d.get("closed")), tuple(d.get("hops_seen", [])),
-                   tuple((o[0], o[1], o[2]) for o in d.get("others", [])), bool(d.get("complete")))
+                   tuple((o[0], o[1], o[2]) for o in d.get("others", [])), bool(d.get("complete")),
+                   tuple(d.get("in_clear", [])),
+                   HopTlsLog.from_json(d["tls_log"]) if d.get("tls_log") else None)
+
+
+def tls_decided(obs: HopObservation) -> bool:
+    """The hop's handshake has an outcome on the wire (established or failed), or the session that
+    carried the message ended without one."""
+    exchange = obs.tls
+    if exchange is None:
+        return obs.complete or obs.closed
+    return exchange.text.startswith((TLS_ESTABLISHED, TLS_FAILED))
 
 
 @dataclass(frozen=True)

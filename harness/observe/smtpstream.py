@@ -7,7 +7,8 @@ Pairing is by order, as a pipelining client does it (RFC 2920): every command ge
 in the order sent; Postfix's smtp client writes MAIL, RCPT... and DATA in one segment and reads the
 replies afterwards. Client bytes are commands except the message after a 354 (up to CRLF.CRLF) and the
 n bytes after ``BDAT n``. Nothing is invented: a command without a reply gets ``code=None`` and the
-way the connection ended; after a 220 to STARTTLS the bytes are TLS and decoding stops.
+way the connection ended; after a 220 to STARTTLS the bytes are TLS and decoding stops, but the TLS
+exchange says what the record layer shows of the handshake (harness.observe.tlsrecords).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from dataclasses import dataclass, replace
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from harness.observe import tlsrecords
 from harness.observe.tcpflows import Connection, Stream, merge_connections, read_connections
 from harness.smtp.client import parse_enhanced
-from harness.smtp.transcript import PENDING_TEXT, Exchange, Transcript
+from harness.smtp.transcript import PENDING_TEXT, TLS_ESTABLISHED, TLS_FAILED, Exchange, Transcript
 
 __all__ = ["TLS_TEXT", "connections", "decode_connections", "decode_session", "decode_sessions", "merge_captures"]
 
@@ -298,10 +300,21 @@ class _Session:
                 if not self.end_of_data():
                     return
             elif command == "STARTTLS" and reply.code == 220:
-                self.exchanges.append(Exchange(
-                    hop=self.hop, session=self.session, command="TLS", sent=None, code=None, enhanced=None,
-                    text=TLS_TEXT, at_s=reply.ts - self.start_wall))
+                self.tls_handshake(reply)
                 return
+
+    def tls_handshake(self, ready: _Reply) -> None:
+        """The TLS exchange after a 220 to STARTTLS: what the record layer of both directions shows of the
+        handshake (harness.observe.tlsrecords), worded like the harness's client's; TLS_TEXT (at the 220's
+        time) while undecided or when the bytes are not TLS."""
+        seen = tlsrecords.handshake(self.conn, self.client.pos, self.server.pos)
+        text, ts = TLS_TEXT, ready.ts
+        if seen.outcome == "established" and seen.ts is not None:
+            text, ts = f"{TLS_ESTABLISHED}: {seen.version} {seen.cipher} (seen on the wire)", seen.ts
+        elif seen.outcome == "failed" and seen.ts is not None:
+            text, ts = f"{TLS_FAILED}: {seen.detail}", seen.ts
+        self.exchanges.append(Exchange(hop=self.hop, session=self.session, command="TLS", sent=None, code=None,
+                                       enhanced=None, text=text, at_s=ts - self.start_wall))
 
     def end_of_data(self) -> bool:
         """The message and the reply to its final dot; False when the session cannot go on."""

@@ -62,7 +62,8 @@ def needs_a_look(results: Sequence[ScenarioResult]) -> str:
             f = r.failures[0]
             where = f"{f.mark}: " if f.mark else f"{r.file}: "
             more = f" (+{len(r.failures) - 1} more)" if len(r.failures) > 1 else ""
-            reason = f"{where}step {f.step} ({f.kind}): expected {f.expected}, observed {f.observed}{more}"
+            observed = f.observed.strip().splitlines()[0] if f.observed.strip() else ""
+            reason = f"{where}step {f.step} ({f.kind}): expected {f.expected}, observed {observed}{more}"
         else:
             continue
         lines.append(f"{_WORD[r.status]:5} {r.name} [{r.mta}]: {reason}")

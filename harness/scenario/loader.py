@@ -134,7 +134,8 @@ class _Builder(StepBuilder):
                 raise self.fail(self.at_key("tls", role), f"unknown role {role!r} in tls (expected one of: "
                                 f"{', '.join(self.roles)}; a role the scenario adds is declared under roles)")
             result[role] = RoleTls(role=role, certificate=spec.get("certificate", "valid"),
-                                   require=spec.get("require", False), mark=self.at_key("tls", role))
+                                   require=spec.get("require", False), mark=self.at_key("tls", role),
+                                   outbound=spec.get("outbound"))
         return result
 
     def mtas(self, raw: str | list[str] | None) -> tuple[str, ...]:

@@ -66,6 +66,8 @@ class ReplyExpectation:
 
 # How a client's TLS handshake after a 220 to STARTTLS ended (``expect: {tls: failed}``).
 TLS_OUTCOMES = ("established", "failed")
+# A hop's: also "none", a session that never started TLS.
+HOP_TLS_OUTCOMES = (*TLS_OUTCOMES, "none")
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,19 @@ class TlsExpectation:
     """How the client's TLS handshake must end, and optionally a regex the client's description of it
     must match (the protocol version and cipher when established, the reason when it failed)."""
 
-    outcome: str  # one of TLS_OUTCOMES
+    outcome: str  # one of TLS_OUTCOMES (HOP_TLS_OUTCOMES on a hop)
     reason: str | None = None
     mark: Mark | None = field(default=None, compare=False)
+    version: str | None = None  # hops: the version on the wire ("TLSv1.3")
+    verified: bool | None = None  # hops: the sending MTA's log says it verified the certificate
 
     def __str__(self) -> str:
-        return f"TLS {self.outcome}" + (f" /{self.reason}/" if self.reason else "")
+        words = [f"TLS {self.outcome}"]
+        if self.version:
+            words.append(self.version)
+        if self.verified is not None:
+            words.append("verified by the sender" if self.verified else "not verified by the sender")
+        return " ".join(words) + (f" /{self.reason}/" if self.reason else "")
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,8 @@ class HopStep:
     within_s: float
     mark: Mark
     message_of: str | None = None
+    tls: TlsExpectation | None = None
+    cleartext: bool | None = None  # False: no MAIL crossed the hop in clear
 
     kind = "hop"
 
@@ -334,15 +345,24 @@ class RoleOverride:
     mta: str | None = None
 
 
+# A role's TLS toward its next hop: "may" (STARTTLS when offered, any certificate, else in clear),
+# "encrypt" (STARTTLS or nothing is sent; any certificate), "verify" (STARTTLS, and a certificate from
+# the run's CA for the next hop's name, or nothing is sent).
+OUTBOUND_TLS = ("may", "encrypt", "verify")
+
+
 @dataclass(frozen=True)
 class RoleTls:
     """A role that offers STARTTLS in this scenario, with a certificate of ``certificate`` kind
-    (harness.tls.ca.CERTIFICATE_KINDS) from the run's CA; ``require``: MAIL before STARTTLS is refused."""
+    (harness.tls.ca.CERTIFICATE_KINDS) from the run's CA; ``require``: MAIL before STARTTLS is refused;
+    ``outbound``: its policy toward its next hop (OUTBOUND_TLS), trusting the run's CA."""
 
     role: str
     certificate: str
     require: bool
     mark: Mark | None = field(default=None, compare=False)
+    # How the role sends to its next hop (OUTBOUND_TLS); None: as its role directory says (no TLS).
+    outbound: str | None = None
 
 
 @dataclass(frozen=True)

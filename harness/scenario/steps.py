@@ -255,7 +255,8 @@ class StepBuilder(RecordBuilder):
         reason: str | None = spec.get("reason")
         if reason is not None:
             self.regex(reason, *path, "reason")
-        return TlsExpectation(outcome=spec["outcome"], reason=reason, mark=self.at(*path))
+        return TlsExpectation(outcome=spec["outcome"], reason=reason, mark=self.at(*path),
+                              version=spec.get("version"), verified=spec.get("verified"))
 
     def expectations(
         self, path: JsonPath, raw_expect: dict[str, Any], rcpt_to: tuple[str, ...] | None
@@ -368,11 +369,20 @@ class StepBuilder(RecordBuilder):
         if receiver not in self.roles and receiver != UNREACHABLE_ROLE and not _is_ipv4(receiver):
             raise self.fail(mark, f"{receiver!r} on the right of hop {hop!r} is neither a role "
                             f"({roles}) nor an IPv4 address")
-        if "tls" in body["expect"]:
+        if not {"expect", "tls", "cleartext"} & body.keys():
+            raise self.fail(self.at(*here), f"hop {hop!r} checks nothing: give it expect (replies per stage), "
+                            "tls (what the hop did about TLS) or cleartext")
+        if "tls" in body.get("expect", {}):
             raise self.fail(self.at_key(*here, "expect", "tls"), "expect.tls is for smtp steps (the client's "
-                            "own handshake): what a hop did about TLS is not observed yet (expect.starttls "
-                            "checks the reply to STARTTLS on the hop)")
-        expect, expect_rcpt = self.expectations((*here, "expect"), body["expect"], None)
+                            "own handshake): a hop's TLS is checked by the hop step's own tls key")
+        expect, expect_rcpt = self.expectations((*here, "expect"), body.get("expect", {}), None)
+        tls = self.tls_expectation((*here, "tls"), body["tls"]) if "tls" in body else None
+        if tls is not None and tls.outcome != "established" and tls.version:
+            raise self.fail(self.at_key(*here, "tls"), f"tls {tls.outcome!r} with a version: a version is "
+                            "known only for an established session")
+        if tls is not None and tls.outcome == "none" and tls.verified is not None:
+            raise self.fail(self.at_key(*here, "tls"), "tls 'none' with verified: without a handshake there "
+                            "is no certificate to verify")
         return HopStep(
             hop=hop,
             session=body.get("session"),
@@ -381,6 +391,8 @@ class StepBuilder(RecordBuilder):
             within_s=self.seconds(body, "within", DEFAULT_HOP_WITHIN_S),
             mark=self.at(*here[:-1]),
             message_of=message_of,
+            tls=tls,
+            cleartext=body.get("cleartext"),
         )
 
     def no_connection_step(self, here: JsonPath, body: dict[str, Any]) -> NoConnectionStep:

@@ -137,8 +137,8 @@ class Transcript:
         return out
 
     def connection_stages(self) -> list[Exchange]:
-        """The exchanges outside any transaction: the greeting, EHLO/HELO, QUIT."""
-        return [e for e in self.exchanges if e.command in ("CONNECT", "EHLO", "HELO", "QUIT", "STARTTLS")]
+        """The exchanges outside any transaction: the greeting, EHLO/HELO, STARTTLS and its handshake, QUIT."""
+        return [e for e in self.exchanges if e.command in ("CONNECT", "EHLO", "HELO", "QUIT", "STARTTLS", "TLS")]
 
 
 def address_in(sent: str | None) -> str:

@@ -73,7 +73,9 @@ class HostPlan:
 
     @property
     def tls_offer(self) -> TlsOffer | None:
-        return TlsOffer(self.hostname, self.tls.require) if self.tls is not None else None
+        if self.tls is None:
+            return None
+        return TlsOffer(self.hostname, self.tls.require, self.tls.outbound)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ on a failure alike."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,7 +16,7 @@ from harness.runner import RunContext, run_all
 from harness.scenario.loader import load_scenario
 from harness.tls.ca import RunTls
 
-from .conftest import SCENARIOS
+from .conftest import SCENARIOS, harness
 
 SCENARIO = SCENARIOS / "23-mx-requires-starttls.yaml"
 MTA = "exim"
@@ -87,3 +88,43 @@ def test_a_failing_start_leaves_no_key(run_context: RunContext, tmp_path: Path,
     (result,) = run_all(run_context, [load_scenario(path)], mtas=[MTA])
     assert result.status == "config-error", result.error
     assert _Watched.made and all(not lab.directory.exists() for lab in _Watched.made)
+
+
+def _mutated(tmp_path: Path, scenario: str, edits: list[tuple[str, str]]) -> Path:
+    text = (SCENARIOS / scenario).read_text(encoding="utf-8")
+    for old, new in edits:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path = tmp_path / f"mutant-{scenario}"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# What would make each hop TLS scenario pass falsely, and the expectations that must catch it.
+HOP_MUTANTS = [
+    # mx offers no STARTTLS: the relay's opportunistic TLS sends in clear.
+    ("27-relay-opportunistic-tls-to-mx.yaml", [("  mx: {certificate: valid}\n", "")],
+     {("hop", "TLS"), ("hop", "STARTTLS"), ("hop", "MAIL")}),
+    # The relay no longer requires TLS: the message goes out in clear and arrives.
+    ("28-relay-requires-tls-next-hop-offers-none.yaml", [("  relay: {outbound: encrypt}\n", "  relay: {}\n")],
+     {("queue_state", None), ("hop", "MAIL"), ("no_delivery", None)}),
+    # The relay only tries TLS: it takes the expired certificate, and delivers.
+    ("29-relay-verify-expired-certificate-deferred.yaml", [("relay: {outbound: verify}", "relay: {outbound: may}")],
+     {("queue_state", None), ("no_delivery", None)}),
+    # A certificate for another name: the relay's verification must fail, nothing is delivered.
+    ("30-relay-verify-valid-certificate-delivered.yaml",
+     [("mx: {certificate: valid}", "mx: {certificate: wrong-name}")],
+     {("hop", "TLS"), ("delivery", None)}),
+]
+
+
+def test_the_hop_tls_scenarios_fail_when_the_hop_does_otherwise(tmp_path: Path) -> None:
+    paths = [_mutated(tmp_path, scenario, edits) for scenario, edits, _ in HOP_MUTANTS]
+    out = tmp_path / "r.json"
+    done = harness("run", *map(str, paths), "--mta", "postfix", "-j", "4", "--json", str(out), timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr
+    results = {Path(r["file"]).name: r for r in json.loads(out.read_text())["scenarios"]}
+    for (scenario, _, must_fail), path in zip(HOP_MUTANTS, paths, strict=True):
+        result = results[path.name]
+        failed = {(f["kind"], f["stage"]) for f in result["failures"]}
+        assert result["status"] == "failed" and must_fail <= failed, (scenario, failed, done.stdout)

@@ -505,7 +505,7 @@ BAD_NEW: dict[str, tuple[str, int, int, str]] = {
         AFTER + "  - hop: {hop: relay->192.0.2.300, expect: {connect: 220}}\n", 8, 16,
         "'192.0.2.300' on the right of hop"),
     "hop without expect": (
-        AFTER + "  - hop: {hop: relay->mx}\n", 8, 10, "missing required key 'expect' in hop step"),
+        AFTER + "  - hop: {hop: relay->mx}\n", 8, 10, "checks nothing: give it expect (replies per stage), tls"),
     "hop empty expect": (
         AFTER + "  - hop: {hop: relay->mx, expect: {}}\n", 8, 35,
         "expected a non-empty mapping of stage (connect, ehlo, mail, rcpt, data, end_of_data, quit) to "

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from harness.errors import ScenarioError, UsageError
 from harness.expect.smtp import check_session
 from harness.mta import DRIVERS
-from harness.mta.base import TLS_CERT, TLS_KEY, TlsOffer
+from harness.mta.base import TLS_CA, TLS_CERT, TLS_KEY, TlsOffer
 from harness.scenario.loader import load_scenario
 from harness.scenario.model import Mark, Message, SmtpSessionStep, Stage, TlsExpectation
 from harness.shard import topology_key
@@ -255,6 +255,47 @@ def test_a_configuration_without_the_anchor_is_a_usage_error(tmp_path: Path) -> 
     (tmp_path / "smtpd.conf").write_text("# listen on nothing\n")
     with pytest.raises(UsageError, match="listen on"):
         DRIVERS["opensmtpd"].role_files(tmp_path, {}, TlsOffer(HOSTNAME, False))
+
+
+def _relay(mta: str, outbound: str) -> str:
+    driver = DRIVERS[mta]
+    files = driver.role_files(ROOT / "compose" / mta / "relay", {}, TlsOffer("relay.origin.test", False, outbound))
+    return files[driver.main_file].decode()
+
+
+@pytest.mark.parametrize(("outbound", "postfix", "exim", "opensmtpd"), [
+    ("may", "smtp_tls_security_level = may", [], 'action "relay" relay ca mailflow-run'),
+    ("encrypt", "smtp_tls_security_level = encrypt", ["hosts_require_tls = *"],
+     'action "relay" relay tls no-verify ca mailflow-run'),
+    ("verify", "smtp_tls_security_level = verify", ["hosts_require_tls = *", "tls_verify_hosts = *"],
+     'action "relay" relay tls ca mailflow-run'),
+])
+def test_each_driver_sends_with_the_outbound_policy(outbound: str, postfix: str, exim: list[str],
+                                                    opensmtpd: str) -> None:
+    main = _relay("postfix", outbound)
+    assert postfix in main and f"smtp_tls_CAfile = {TLS_CA}" in main and "smtp_tls_loglevel = 1" in main
+    assert ("smtp_tls_verify_cert_match = hostname" in main) == (outbound == "verify")
+    transport = _relay("exim", outbound)
+    assert "hosts_avoid_tls" not in transport and f"tls_verify_certificates = {TLS_CA}" in transport
+    for option in ["hosts_require_tls = *", "tls_verify_hosts = *"]:
+        assert (option in transport) == (option in exim), option
+    smtpd = _relay("opensmtpd", outbound)
+    assert opensmtpd in smtpd and f'ca mailflow-run cert "{TLS_CA}"' in smtpd
+
+
+def test_no_outbound_policy_keeps_the_relay_in_clear() -> None:
+    assert "hosts_avoid_tls = *" in DRIVERS["exim"].role_files(
+        ROOT / "compose/exim/relay", {}, TlsOffer("relay.origin.test", False))["exim4.conf"].decode()
+    assert "smtp_tls_security_level" not in _files("postfix", False).replace("smtpd_tls_security_level", "")
+
+
+def test_an_outbound_policy_without_its_anchor_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "exim4.conf").write_text("tls_advertise_hosts =\nremote_smtp:\n  driver = smtp\n")
+    with pytest.raises(UsageError, match="hosts_avoid_tls"):
+        DRIVERS["exim"].role_files(tmp_path, {}, TlsOffer(HOSTNAME, False, "verify"))
+    (tmp_path / "smtpd.conf").write_text('listen on 0.0.0.0\naction "local" maildir\n')
+    with pytest.raises(UsageError, match=r"action \.\.\. relay"):
+        DRIVERS["opensmtpd"].role_files(tmp_path, {}, TlsOffer(HOSTNAME, False, "encrypt"))
 
 
 # --- the client's STARTTLS against aiosmtpd with TLS ----------------------------------------------
