@@ -7,8 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harness.dns.dnssec import ZoneSigner, unbound_conf
 from harness.dns.served import addresses_serving
+from harness.dns.tlsa import tlsa_name, tlsa_rdata
 from harness.dns.zones import (
+    DEFAULT_TTL,
     ROLE_HOSTNAMES,
     STANDARD_MARK,
     ResolvedRecord,
@@ -17,7 +20,9 @@ from harness.dns.zones import (
     resolve_records,
     standard_records,
 )
+from harness.errors import InfrastructureError
 from harness.scenario.model import DnsRecord, Scenario
+from harness.tls.ca import Credentials
 from harness.topology.topology import DNS_ROLE, RoleChange, TopologyPlan, ZoneSetup, standard_plan
 
 
@@ -29,17 +34,40 @@ class ScenarioPlan:
     # Filled when addresses are known (just before the dns container starts).
     records: list[ResolvedRecord] = field(default_factory=list)
 
-    def zone_setup(self, addresses: Mapping[str, str]) -> ZoneSetup:
+    def zone_setup(self, addresses: Mapping[str, str], *, signer: ZoneSigner | None = None,
+                   credentials: Mapping[str, Credentials] | None = None) -> ZoneSetup:
+        """The dns container's files for these addresses: zones signed by ``signer`` (the run's keys, a
+        scenario with dnssec:), with a TLSA record for each role whose ``tls:`` asks for one, from its
+        certificate in ``credentials``; and the resolver's configuration when there is a signer."""
         extra = list(self.scenario.dns) if self.scenario else []
+        extra += self.tlsa_records(credentials or {})
         # Roles a scenario adds get an A record under hosts.test, so MX records can name them.
         added = [DnsRecord(f"{h.hostname}.", "A", None, h.role, 60, STANDARD_MARK)
                  for h in self.topology.hosts if h.role not in ROLE_HOSTNAMES]
         standard = {r: a for r, a in addresses.items() if r in ROLE_HOSTNAMES}
         self.records = resolve_records([*standard_records(standard), *added, *extra], addresses)
-        zones = render_zones(self.records, ns_address=addresses[DNS_ROLE])
+        zones = render_zones(self.records, ns_address=addresses[DNS_ROLE], signer=signer)
         files = {z.filename: z.text for z in zones}
         files["zones.conf"] = nsd_zones_conf(zones)
-        return ZoneSetup(files=files, probe_zone="example.test.")
+        resolver = (unbound_conf(signer.trust_anchors(), nsd_address=addresses[DNS_ROLE])
+                    if signer is not None else None)
+        return ZoneSetup(files=files, probe_zone="example.test.", resolver_conf=resolver)
+
+    def tlsa_records(self, credentials: Mapping[str, Credentials]) -> list[DnsRecord]:
+        """``_25._tcp.<host> TLSA 3 1 1`` for each role whose tls: entry has ``tlsa:``, at that entry."""
+        if self.scenario is None:
+            return []
+        hostnames = {h.role: h.hostname for h in self.topology.hosts}
+        records = []
+        for role, tls in sorted(self.scenario.tls.items()):
+            if tls.tlsa is None:
+                continue
+            if role not in credentials:
+                raise InfrastructureError(f"{role}: a TLSA record needs its certificate, and none was issued")
+            records.append(DnsRecord(tlsa_name(hostnames[role]), "TLSA",
+                                     tlsa_rdata(credentials[role].cert_pem, tls.tlsa), None, DEFAULT_TTL,
+                                     tls.mark or STANDARD_MARK))
+        return records
 
     def domain_addresses(self, domain: str) -> set[str]:
         """Addresses that serve ``domain`` by the scenario's records (harness.dns.served)."""
@@ -65,5 +93,6 @@ def role_changes(scenario: Scenario | None, mta: str) -> dict[str, RoleChange]:
 
 
 def plan_scenario(scenario: Scenario | None, compose_dir: Path, *, mta: str = "postfix") -> ScenarioPlan:
-    topology = standard_plan(compose_dir, ROLE_HOSTNAMES, mta=mta, changes=role_changes(scenario, mta))
+    topology = standard_plan(compose_dir, ROLE_HOSTNAMES, mta=mta, changes=role_changes(scenario, mta),
+                             dnssec=scenario.dnssec if scenario is not None else None)
     return ScenarioPlan(scenario, mta, topology)

@@ -98,7 +98,7 @@ def bring_up(ctx: RunContext, plan: ScenarioPlan, *, run_id: str, keep_label: bo
     images = build_images(ctx.images, plan.topology)
     topology, addresses = create_network(ctx.client, plan.topology, run_id=run_id, keep=keep_label)
     try:
-        zones = plan.zone_setup(addresses)
+        zones = plan.zone_setup(addresses, signer=topology.signer, credentials=topology.credentials)
     except BaseException:
         topology.destroy()
         raise
@@ -143,7 +143,7 @@ class SharedTopology:
         addresses = {role: host.address for role, host in self.topology.hosts.items()}
         if self.topology.unreachable is not None:
             addresses["unreachable"] = self.topology.unreachable
-        return plan.zone_setup(addresses)
+        return plan.zone_setup(addresses, signer=self.topology.signer, credentials=self.topology.credentials)
 
     def prepare(self, plan: ScenarioPlan) -> None:
         """Make the topology as a fresh one would be for ``plan``'s scenario: every MTA reset, its zones
@@ -160,7 +160,7 @@ class SharedTopology:
 
     def _serve(self, plan: ScenarioPlan) -> None:
         self._zones(plan)  # plan.records: the scenario's records, resolved
-        self.serve_dns(ServedDns(list(plan.records)))
+        self.serve_dns(ServedDns(list(plan.records), signer=self.topology.signer))
 
     def _reload_dns(self, files: Mapping[str, str]) -> None:
         """Write ``files`` and have NSD reload its zones: the server never stops answering."""
@@ -241,7 +241,7 @@ def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mt
     hops = shared.hops.since(shared.window_start)
     try:
         StepRunner(shared.topology, scenario, result, started, mta=mta, hops=hops,
-                   dns=ServedDns(list(plan.records)), mail_events=shared.mail_events,
+                   dns=ServedDns(list(plan.records), signer=shared.topology.signer), mail_events=shared.mail_events,
                    serve_dns=shared.serve_dns).run_all()
         result.status = FAILED if result.failures else PASSED
     except HarnessError as exc:

@@ -82,11 +82,17 @@ def topology_key(scenario: Scenario, mta: str) -> TopologyKey:
         if c.tls is not None:
             # Its own entry, so a key without TLS roles is what it always was.
             outbound = (("outbound", c.tls.outbound),) if c.tls.outbound else ()
-            roles.append((f"tls:{role}", None, (("certificate", c.tls.certificate), *outbound,
+            # A TLSA record is served from the topology's own certificate: part of what the run is.
+            tlsa = (("tlsa", c.tls.tlsa),) if c.tls.tlsa else ()
+            roles.append((f"tls:{role}", None, (("certificate", c.tls.certificate), *outbound, *tlsa,
                                                  ("require", "yes" if c.tls.require else "no")), None, None))
         if role in standard and c.config_dir is None and not settings and c.like is None and role_mta is None:
             continue
         roles.append((role, _path_text(c.config_dir), settings, c.like, role_mta))
+    if scenario.dnssec is not None:
+        # The zones' keys and the resolver's trust anchors are made when the topology starts.
+        roles.append(("dnssec", None, (("signed", ",".join(scenario.dnssec.signed)),
+                                       ("bogus", ",".join(scenario.dnssec.bogus))), None, None))
     if any(step.kind in ("fault", "dns_fault", "dns_change") for step in scenario.steps):
         # A fault (a role stopped, paused, disconnected; DNS failing or changed) is not something the
         # reset between two scenarios is built to undo: such a scenario gets a topology of its own.

@@ -101,6 +101,31 @@ def wait_until_answering(server: str, zone: str, *, timeout_s: float, port: int 
         time.sleep(min(_READY_POLL_S, max(0.0, deadline - time.monotonic())))
 
 
+def wait_until_resolving(server: str, name: str, *, timeout_s: float, port: int = 53) -> dns.message.Message:
+    """Poll a recursive resolver (the validating one of a scenario with dnssec:) with a recursive A query
+    for ``name`` until it answers NOERROR with data, for at most ``timeout_s``; its answer."""
+    qname = dns.name.from_text(name, origin=dns.name.root)
+    deadline = time.monotonic() + timeout_s
+    last = "no attempt made"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ReadinessTimeoutError(f"resolver at {server}:{port} did not resolve {qname} A within "
+                                        f"{timeout_s:g} s (last: {last})")
+        try:
+            response = _query(server, port, qname, dns.rdatatype.A, min(remaining, _READY_ATTEMPT_S), recurse=True)
+        except _NoReply:
+            last = "no reply"
+            continue
+        except (OSError, ValueError, dns.exception.DNSException) as e:
+            last = str(e) or type(e).__name__
+        else:
+            if response.rcode() == dns.rcode.NOERROR and response.answer:
+                return response
+            last = f"{dns.rcode.to_text(response.rcode())}, {len(response.answer)} answer rrset(s)"
+        time.sleep(min(_READY_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
 def _query(
     server: str,
     port: int,
@@ -108,10 +133,13 @@ def _query(
     rdtype: dns.rdatatype.RdataType,
     timeout_s: float,
     attempt_s: float | None = None,
+    *,
+    recurse: bool = False,
 ) -> dns.message.Message:
     """One question, retried over UDP until ``timeout_s``; TCP only when the UDP answer is truncated."""
-    query = dns.message.make_query(name, rdtype)
-    query.flags &= ~dns.flags.RD  # an authoritative server has nothing to recurse for
+    query = dns.message.make_query(name, rdtype, want_dnssec=recurse)
+    if not recurse:
+        query.flags &= ~dns.flags.RD  # an authoritative server has nothing to recurse for
     deadline = time.monotonic() + timeout_s
     while True:
         remaining = deadline - time.monotonic()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import dns.name
 import dns.rdatatype
 
+from harness.dns.dnssec import ZoneSigner
 from harness.dns.zones import (
     HARNESS_ZONE,
     HOSTMASTER,
@@ -64,6 +65,8 @@ class DnsFault:
 class ServedDns:
     records: list[ResolvedRecord]
     faults: dict[tuple[str, str | None], DnsFault] = field(default_factory=dict)
+    # The run's zone keys (a scenario with dnssec:): every rendering is signed with them.
+    signer: ZoneSigner | None = None
 
     def fault(self, name: str, rtype: str | None, answer: str) -> None:
         """A dns_fault step: the latest step about a name (and type) wins. ``normal`` lifts the fault on
@@ -97,7 +100,8 @@ class ServedDns:
         """The dns container's files under /etc/nsd/harness: zone files, zones.conf and dnsdist.conf
         (empty when no fault needs dnsdist)."""
         nsd_faults = {f.name: f.answer for f in self.faults.values() if f.by_nsd}
-        files = faulted_zone_files(self.records, nsd_faults, ns_address=ns_address, serial=serial)
+        files = faulted_zone_files(self.records, nsd_faults, ns_address=ns_address, serial=serial,
+                                   signer=self.signer)
         files[DNSDIST_CONF] = dnsdist_conf([f for f in self.faults.values() if not f.by_nsd], serial=serial)
         return files
 

@@ -22,6 +22,7 @@ import dns.rdtypes.ANY.SOA
 import dns.rrset
 import dns.zone
 
+from harness.dns.dnssec import ZoneSigner
 from harness.errors import ScenarioError
 from harness.scenario.model import UNREACHABLE_ROLE, DnsRecord, Mark
 
@@ -54,6 +55,9 @@ _STANDARD_MX: tuple[tuple[str, str], ...] = (
     ("sendonly.test.", "10 nomail.sendonly.test."),
     ("nullmx.test.", "0 ."),  # RFC 7505 null MX
 )
+
+# Names whose zones every run serves (the standard MX domains and role hosts).
+STANDARD_ZONE_NAMES: tuple[str, ...] = (*(d for d, _ in _STANDARD_MX), *(f"{h}." for h in ROLE_HOSTNAMES.values()))
 
 # Zone origins become file names and quoted NSD config values; anything beyond these
 # characters would need escaping in both, which no mail-flow scenario needs.
@@ -130,12 +134,14 @@ def resolve_records(records: Iterable[DnsRecord], addresses: Mapping[str, str]) 
     return [_resolve(record, addresses) for record in records]
 
 
-def render_zones(records: Sequence[ResolvedRecord], *, ns_address: str, serial: int = 1) -> list[ZoneFile]:
+def render_zones(records: Sequence[ResolvedRecord], *, ns_address: str, serial: int = 1,
+                 signer: ZoneSigner | None = None) -> list[ZoneFile]:
     """One zone file per zone origin, sorted by origin, each with SOA and NS generated here.
 
     Records with the same owner and type merge into one rrset (duplicates collapse; the rrset
     takes the smallest TTL). ``serial`` defaults to 1 so output is reproducible; pass a
-    time-based one only when reloading zones into a running server.
+    time-based one only when reloading zones into a running server. A zone ``signer`` signs
+    (harness.dns.dnssec) is rendered with its DNSKEY, RRSIG and NSEC records.
     """
     ns_record = ResolvedRecord(NS_HOST, _address_rtype(ns_address), ns_address, DEFAULT_TTL, STANDARD_MARK)
     rrsets: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], dns.rrset.RRset] = {}
@@ -157,7 +163,7 @@ def render_zones(records: Sequence[ResolvedRecord], *, ns_address: str, serial: 
     by_zone: dict[dns.name.Name, list[dns.rrset.RRset]] = {}
     for (name, _), rrset in rrsets.items():
         by_zone.setdefault(_zone_of(name), []).append(rrset)
-    return [_render_zone(origin, by_zone[origin], serial) for origin in sorted(by_zone)]
+    return [_render_zone(origin, by_zone[origin], serial, signer) for origin in sorted(by_zone)]
 
 
 def nsd_zones_conf(zones: Iterable[ZoneFile]) -> str:
@@ -261,7 +267,8 @@ def _check_cnames(
             raise _error_at(mark, f"{name} CNAME: a CNAME cannot coexist with {', '.join(others)} records")
 
 
-def _render_zone(origin: dns.name.Name, rrsets: list[dns.rrset.RRset], serial: int) -> ZoneFile:
+def _render_zone(origin: dns.name.Name, rrsets: list[dns.rrset.RRset], serial: int,
+                 signer: ZoneSigner | None = None) -> ZoneFile:
     # Absolute owner names throughout: to_text then prints no '@' or relative names to puzzle over.
     zone = dns.zone.Zone(origin, rdclass=_IN, relativize=False)
     ns_host = dns.name.from_text(NS_HOST)
@@ -284,6 +291,8 @@ def _render_zone(origin: dns.name.Name, rrsets: list[dns.rrset.RRset], serial: i
         for rrset in sorted(rrsets, key=lambda r: (r.name, r.rdtype)):
             # Rdatasets keep insertion order in to_text; sorting makes the file reproducible.
             txn.add(dns.rrset.from_rdata_list(rrset.name, rrset.ttl, sorted(rrset)))
+        if signer is not None:
+            signer.sign(zone, txn)
     zone.check_origin()
     text = zone.to_text(sorted=True, relativize=False, want_origin=True)
     return ZoneFile(origin.to_text(), text)
@@ -312,7 +321,7 @@ DNS_FAULT_ANSWERS = ("servfail", "nxdomain", "normal")
 
 
 def faulted_zone_files(records: Sequence[ResolvedRecord], faults: Mapping[str, str], *,
-                       ns_address: str, serial: int = 1) -> dict[str, str]:
+                       ns_address: str, serial: int = 1, signer: ZoneSigner | None = None) -> dict[str, str]:
     """The dns container's files (zone files and zones.conf) for ``records`` with ``faults`` (name ->
     servfail or nxdomain) in force, using NSD's own behaviour, no proxy:
 
@@ -329,14 +338,14 @@ def faulted_zone_files(records: Sequence[ResolvedRecord], faults: Mapping[str, s
                if a != "normal"}
     gone = [n for n, a in faulted.items() if a == "nxdomain"]
     kept = [r for r in records if not any(at_or_below(r.dns_name().canonicalize(), n) for n in gone)]
-    zones = render_zones(kept, ns_address=ns_address, serial=serial)
+    zones = render_zones(kept, ns_address=ns_address, serial=serial, signer=signer)
     broken = sorted(n for n, a in faulted.items() if a == "servfail")
     zones = [z for z in zones
              if not any(at_or_below(dns.name.from_text(z.origin), n) for n in broken)]
     origins = {dns.name.from_text(z.origin) for z in zones}
     parents = sorted({n.parent() for n in gone if n.parent() != dns.name.root and not any(
         at_or_below(n, o) for o in origins)})
-    zones += [_render_zone(p, [], serial) for p in parents if p not in origins]
+    zones += [_render_zone(p, [], serial, signer) for p in parents if p not in origins]
     files = {z.filename: z.text for z in zones}
     conf = nsd_zones_conf(sorted(zones, key=lambda z: z.origin))
     for name in broken:

@@ -48,6 +48,11 @@ def _outbound(policy: str, indent: str) -> str:
         # No delivery in clear: not offered or a failed handshake defers (without it Exim retries in
         # clear on a new connection, tls_tempfail_tryclear).
         options.append("hosts_require_tls = *")
+    if policy == "dane":
+        # RFC 7672 where the next hop's TLSA lookup is DNSSEC-secure (dns_dnssec_ok in the main part
+        # asks for it), as Postfix's "dane": else Exim's defaults (STARTTLS when offered). A TLSA
+        # record that matches no certificate defers the message; the delivery line says CV=dane.
+        options.append("hosts_try_dane = *")
     if policy == "verify":
         # Verification must succeed (this list wins over tls_try_verify_hosts), the certificate's names
         # checked against the host name the MX lookup gave (the default, spelled out: it is the point).
@@ -77,7 +82,9 @@ class Exim(MtaDriver):
         if len(_ADVERTISE.findall(text)) != 1:
             raise UsageError(f"{config_dir / self.main_file}: STARTTLS (tls:) needs exactly one "
                              "`tls_advertise_hosts =` line to replace")
-        text = _ADVERTISE.sub(lambda _: _TLS_OPTIONS, text)
+        main = _TLS_OPTIONS + ("\n# DNSSEC: the DO bit on every query, the AD bit read (tls: outbound: dane)"
+                               "\ndns_dnssec_ok = 1" if tls.outbound == "dane" else "")
+        text = _ADVERTISE.sub(lambda _: main, text)
         if tls.require:
             if len(_MAIL_ACL.findall(text)) != 1:
                 raise UsageError(f"{config_dir / self.main_file}: tls: require needs an `acl_check_mail:` ACL "

@@ -46,6 +46,10 @@ def _outbound(policy: str | None) -> dict[str, str]:
         # cannot change what "verify" means in a scenario; "nexthop"/"dot-nexthop" (the recipient
         # domain) is what "secure" matches.
         params["smtp_tls_verify_cert_match"] = "hostname"
+    if policy == "dane":
+        # RFC 7672: the next hop's TLSA records, when its MX and A lookups were DNSSEC-secure (the AD
+        # bit from the resolver), else "may". A TLSA record that matches nothing defers the message.
+        params["smtp_dns_support_level"] = "dnssec"
     return params
 
 

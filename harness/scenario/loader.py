@@ -17,12 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from harness.dns.zones import STANDARD_ZONE_NAMES, zone_origin
 from harness.errors import ScenarioError, UsageError
 from harness.mta import DRIVERS
 from harness.scenario.context import KNOWN_MTAS, STANDARD_ROLES, one_of
 from harness.scenario.inputs import config_tree_problem, outside_problem, trusted_roots
 from harness.scenario.messages import DEFAULT_BODY
-from harness.scenario.model import UNREACHABLE_ROLE, RoleOverride, RoleTls, Scenario
+from harness.scenario.model import UNREACHABLE_ROLE, Dnssec, RoleOverride, RoleTls, Scenario
 from harness.scenario.steps import DEFAULT_EHLO, DSN_FIELDS, StepBuilder, build_steps
 from harness.scenario.validate import JsonPath, SourceMap, load_schema, schema_path, validate_document
 from harness.scenario.yamlmarks import read_yaml
@@ -111,6 +112,7 @@ class _Builder(StepBuilder):
             self.check_zones(dns)
         self.records = dns
         tls = self.role_tls(data.get("tls", {}))
+        dnssec = self.dnssec(data["dnssec"]) if "dnssec" in data else None
         steps, overrides = build_steps(self, data["steps"], name)
         return Scenario(
             path=self.path,
@@ -123,7 +125,33 @@ class _Builder(StepBuilder):
             mtas=self.mta_list,
             overrides=overrides,
             tls=tls,
+            dnssec=dnssec,
         )
+
+    def dnssec(self, raw: dict[str, Any]) -> Dnssec:
+        """The zones to sign: each a zone the scenario serves (a standard one, or the zone of a record
+        it declares), once, and either signed or bogus."""
+        served = {zone_origin(name) for name in STANDARD_ZONE_NAMES}
+        served |= {zone_origin(r.name) for r in self.records}
+        served |= {zone_origin(f"{role}.hosts.test.") for role in self.roles if role not in STANDARD_ROLES}
+        seen: dict[str, str] = {}
+        lists: dict[str, list[str]] = {}
+        for kind in ("signed", "bogus"):
+            lists[kind] = []
+            for i, name in enumerate(raw.get(kind, [])):
+                origin = name.lower().rstrip(".") + "."
+                if origin in seen:
+                    also = "" if seen[origin] == kind else f" (already under {seen[origin]})"
+                    raise self.fail(self.at("dnssec", kind, i), f"zone {name!r} is listed twice in dnssec{also}")
+                if origin not in served:
+                    raise self.fail(self.at("dnssec", kind, i),
+                                    f"zone {name!r} is not served in this scenario (served: "
+                                    f"{', '.join(sorted(z.rstrip('.') for z in served))})")
+                seen[origin] = kind
+                lists[kind].append(origin)
+        if not seen:
+            raise self.fail(self.at_key("dnssec"), "dnssec lists no zone: name one under signed (or bogus)")
+        return Dnssec(signed=tuple(lists["signed"]), bogus=tuple(lists["bogus"]), mark=self.at_key("dnssec"))
 
     def role_tls(self, raw: dict[str, Any]) -> dict[str, RoleTls]:
         result: dict[str, RoleTls] = {}
@@ -135,7 +163,7 @@ class _Builder(StepBuilder):
                                 f"{', '.join(self.roles)}; a role the scenario adds is declared under roles)")
             result[role] = RoleTls(role=role, certificate=spec.get("certificate", "valid"),
                                    require=spec.get("require", False), mark=self.at_key("tls", role),
-                                   outbound=spec.get("outbound"))
+                                   outbound=spec.get("outbound"), tlsa=spec.get("tlsa"))
         return result
 
     def mtas(self, raw: str | list[str] | None) -> tuple[str, ...]:

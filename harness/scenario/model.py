@@ -347,8 +347,11 @@ class RoleOverride:
 
 # A role's TLS toward its next hop: "may" (STARTTLS when offered, any certificate, else in clear),
 # "encrypt" (STARTTLS or nothing is sent; any certificate), "verify" (STARTTLS, and a certificate from
-# the run's CA for the next hop's name, or nothing is sent).
-OUTBOUND_TLS = ("may", "encrypt", "verify")
+# the run's CA for the next hop's name, or nothing is sent), "dane" (DNSSEC-validated lookups, and STARTTLS
+# authenticated by the next hop's TLSA records when its zone is signed; RFC 7672).
+OUTBOUND_TLS = ("may", "encrypt", "verify", "dane")
+# A role's TLSA record (_25._tcp.<host>, 3 1 1): from its real certificate, or the digest of another key.
+TLSA_KINDS = ("valid", "wrong")
 
 
 @dataclass(frozen=True)
@@ -363,6 +366,18 @@ class RoleTls:
     mark: Mark | None = field(default=None, compare=False)
     # How the role sends to its next hop (OUTBOUND_TLS); None: as its role directory says (no TLS).
     outbound: str | None = None
+    # Its TLSA record (TLSA_KINDS); None: no TLSA record.
+    tlsa: str | None = None
+
+
+@dataclass(frozen=True)
+class Dnssec:
+    """A scenario's DNSSEC: zone origins (absolute, lower case) signed and trusted by the validating
+    resolver, and those signed but anchored to another key (bogus: SERVFAIL)."""
+
+    signed: tuple[str, ...]
+    bogus: tuple[str, ...] = ()
+    mark: Mark | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -391,6 +406,8 @@ class Scenario:
     overrides: Mapping[int, Mapping[str, StepOverride]] = field(default_factory=dict)
     # Roles offering STARTTLS (none unless asked: the standard roles offer no TLS).
     tls: Mapping[str, RoleTls] = field(default_factory=dict)
+    # Signed zones and a validating resolver the MTAs use (None: unsigned zones, no resolver).
+    dnssec: Dnssec | None = None
 
     def steps_for(self, mta: str) -> tuple[tuple[int, Step, StepOverride | None], ...]:
         """(1-based index, step, override applied) for ``mta``; a skipped step keeps its override

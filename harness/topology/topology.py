@@ -21,11 +21,14 @@ from docker.types import EndpointConfig, IPAMConfig, IPAMPool
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
+from harness.dns.dnssec import ZoneSigner
+from harness.dns.preflight import wait_until_resolving
+from harness.dns.zones import NS_HOST
 from harness.errors import ConfigurationError, ContainerExitedError, InfrastructureError
 from harness.mta.base import COMPLAINT, TLS_CA, TLS_CERT, TLS_KEY, TlsOffer
 from harness.report.progress import Progress
-from harness.scenario.model import UNREACHABLE_ROLE, RoleTls
-from harness.tls.ca import RunTls
+from harness.scenario.model import UNREACHABLE_ROLE, Dnssec, RoleTls
+from harness.tls.ca import Credentials, RunTls
 from harness.topology.engine import API_TIMEOUT_S
 from harness.topology.images import ImageStore
 from harness.topology.labels import ROLE_LABEL, remove_run, run_labels
@@ -33,8 +36,13 @@ from harness.topology.mta import IMPLEMENTATIONS, MtaImplementation
 from harness.topology.readiness import wait_for_greeting
 
 DNS_ROLE = "dns"
+# A scenario with dnssec: the validating resolver (Unbound, in the dns image) the MTAs then use.
+RESOLVER_ROLE = "resolver"
+RESOLVER_HOSTNAME = "resolver.harness.test"
+# Where the resolver container reads its configuration (compose/dns/resolver-start).
+RESOLVER_CONF_PATH = "/etc/unbound/harness/unbound.conf"
 # Host part of each role's address in the run's /24; the gateway (.1) is where the scenario client appears.
-HOST_OFFSETS = {DNS_ROLE: 2, "mx": 10, "relay": 11, "nomail": 12}
+HOST_OFFSETS = {DNS_ROLE: 2, RESOLVER_ROLE: 3, "mx": 10, "relay": 11, "nomail": 12}
 # Private /24s for run networks: 172.28.0.0/14 is rarely routed on a LAN, and the engine refuses
 # overlaps with its other networks, so two runs at once simply pick again.
 SUBNET_POOL = ipaddress.IPv4Network("172.28.0.0/14")
@@ -81,6 +89,13 @@ class HostPlan:
 @dataclass(frozen=True)
 class TopologyPlan:
     hosts: tuple[HostPlan, ...]
+    # Signed zones: a resolver role runs, with keys made for the run (None: no DNSSEC).
+    dnssec: Dnssec | None = None
+
+    @property
+    def infrastructure(self) -> tuple[str, ...]:
+        """The roles that run no MTA (the dns image's)."""
+        return tuple(h.role for h in self.hosts if h.mta is None)
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,8 @@ class ZoneSetup:
 
     files: Mapping[str, str]
     probe_zone: str  # a zone whose SOA tells the server is answering
+    # The validating resolver's unbound.conf (a scenario with dnssec:), else None.
+    resolver_conf: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,9 +120,11 @@ class RoleChange:
 
 
 def standard_plan(compose_dir: Path, hostnames: Mapping[str, str], *, mta: str = "postfix",
-                  changes: Mapping[str, RoleChange] | None = None) -> TopologyPlan:
+                  changes: Mapping[str, RoleChange] | None = None, dnssec: Dnssec | None = None) -> TopologyPlan:
     changes = changes or {}
     hosts = [HostPlan(DNS_ROLE, hostnames[DNS_ROLE], None, None)]
+    if dnssec is not None:
+        hosts.append(HostPlan(RESOLVER_ROLE, RESOLVER_HOSTNAME, None, None))
     roles = list(IMPLEMENTATIONS[mta].roles) + [r for r in changes if r not in IMPLEMENTATIONS[mta].roles]
     for role in roles:
         change = changes.get(role, RoleChange())
@@ -114,7 +133,7 @@ def standard_plan(compose_dir: Path, hostnames: Mapping[str, str], *, mta: str =
         hosts.append(HostPlan(role, hostnames.get(role, f"{role}.hosts.test"), impl,
                               change.config_dir or impl.default_config(compose_dir, base),
                               dict(change.settings), change.like, change.tls))
-    return TopologyPlan(tuple(hosts))
+    return TopologyPlan(tuple(hosts), dnssec)
 
 
 @dataclass
@@ -189,6 +208,10 @@ class Topology:
     network: Network | None = None
     # The run's CA and the certificates of its TLS roles (None: no role offers TLS).
     tls: RunTls | None = None
+    # Each TLS role's credentials, issued before the zones are rendered (their TLSA records need them).
+    credentials: dict[str, Credentials] = field(default_factory=dict)
+    # The keys of the run's signed zones (None: no dnssec:).
+    signer: ZoneSigner | None = None
 
     @property
     def gateway(self) -> str:
@@ -273,7 +296,7 @@ def _choose_unreachable(client: docker.DockerClient, network_name: str, subnet: 
 
 def build_images(images: ImageStore, plan: TopologyPlan) -> dict[str, str]:
     """The image each role runs; built (or found by content hash) before anything starts."""
-    result = {DNS_ROLE: images.image("dns")}
+    result = {role: images.image("dns") for role in plan.infrastructure}
     for host in plan.hosts:
         if host.mta is None or host.config_dir is None:
             continue
@@ -331,6 +354,11 @@ def create_network(client: docker.DockerClient, plan: TopologyPlan, *, run_id: s
     try:
         if any(h.tls is not None for h in plan.hosts):
             topology.tls = RunTls(run_id)
+            # Issued now, before anything is rendered or started: a TLSA record is the certificate's digest.
+            topology.credentials = {h.role: topology.tls.issue(h.role, h.hostname, h.tls.certificate)
+                                    for h in plan.hosts if h.tls is not None}
+        if plan.dnssec is not None:
+            topology.signer = ZoneSigner(plan.dnssec.signed, plan.dnssec.bogus)
         if UNREACHABLE_ROLE in addresses:
             raise InfrastructureError(f"{UNREACHABLE_ROLE!r} is reserved for address_of and cannot name a role")
         topology.unreachable = _choose_unreachable(client, network.name, subnet, addresses)
@@ -350,8 +378,9 @@ def start_hosts(
     *,
     progress: Progress,
 ) -> Topology:
-    """Phase two: start dns with ``zones``, wait for it, then start the MTAs in parallel and wait for
-    their greetings. On any failure everything created so far is removed before the error propagates."""
+    """Phase two: start dns with ``zones``, wait for it (and the resolver of a scenario with dnssec:, the
+    MTAs' DNS then), then start the MTAs in parallel and wait for their greetings. On any failure
+    everything created so far is removed before the error propagates."""
     labels = run_labels(topology.run_id, keep=topology.kept)
     network = topology.network
     assert network is not None, "create_network() first"
@@ -364,8 +393,20 @@ def start_hosts(
         dns_host.container.start()
         topology.hosts[DNS_ROLE] = dns_host
         wait_dns(addresses[DNS_ROLE], zones.probe_zone)
+        resolver_plan = next((h for h in plan.hosts if h.role == RESOLVER_ROLE), None)
+        if resolver_plan is not None:
+            if zones.resolver_conf is None:
+                raise InfrastructureError("a resolver role without its configuration (ZoneSetup.resolver_conf)")
+            resolver = _container(network, resolver_plan, images[RESOLVER_ROLE], addresses[RESOLVER_ROLE], labels,
+                                  dns=None)
+            resolver.container.with_command("/usr/local/bin/resolver-start")
+            resolver.container.with_copy_into_container(zones.resolver_conf.encode(), RESOLVER_CONF_PATH)
+            resolver.container.start()
+            topology.hosts[RESOLVER_ROLE] = resolver
+            # A name NSD serves, asked recursively: an answer through Unbound means both are up.
+            wait_until_resolving(addresses[RESOLVER_ROLE], NS_HOST, timeout_s=READY_TIMEOUT_S)
 
-        mtas = [h for h in plan.hosts if h.role != DNS_ROLE]
+        mtas = [h for h in plan.hosts if h.mta is not None]
         t0 = time.monotonic()
         start_roles(topology, mtas, images, addresses)
         progress.line(f"run {topology.run_id}: {len(mtas)} MTAs greeting after {time.monotonic() - t0:.1f}s")
@@ -383,9 +424,13 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
     labels = run_labels(topology.run_id, keep=topology.kept)
     network = topology.network
     assert network is not None, "create_network() first"
-    dns = topology.address(DNS_ROLE) if DNS_ROLE in topology.hosts else None
-    started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=dns, tls=topology.tls)
+    # With dnssec: the validating resolver, asked directly, and glibc told to keep its AD bit.
+    resolving = RESOLVER_ROLE if RESOLVER_ROLE in topology.hosts else DNS_ROLE
+    dns = topology.address(resolving) if resolving in topology.hosts else None
+    started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=dns, tls=topology.tls,
+                          credentials=topology.credentials.get(h.role))
                for h in hosts]
+    direct = resolver_conf(dns) if resolving == RESOLVER_ROLE and dns is not None else None
     for host in started:
         topology.hosts[host.role] = host
 
@@ -395,6 +440,14 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
         driver = plan_host.mta
         assert driver is not None
         key_problem: InfrastructureError | None = None
+        if direct is not None:
+            # Before any mail: Docker's embedded resolver (127.0.0.11) answers the containers' host names
+            # itself (mx.example.test: no RRSIG, no AD, TTL 600), so a DANE lookup of an MX host could
+            # never be secure through it (docs/dane-notes.md). glibc rereads a changed resolv.conf.
+            try:
+                _run_checked(host, ["sh", "-c", f"printf '%s' '{direct}' > /etc/resolv.conf"])
+            except InfrastructureError as exc:
+                key_problem = exc
         if plan_host.tls is not None and driver.tls_key_owner is not None:
             # Before any client can connect: the greeting is waited for below.
             try:
@@ -493,8 +546,15 @@ def container_options(plan: HostPlan) -> dict[str, object]:
     return {**limits(), **confinement(plan.mta.capabilities, no_new_privileges=plan.mta.no_new_privileges)}
 
 
+def resolver_conf(address: str) -> str:
+    """An MTA's resolv.conf in a scenario with dnssec:: the validating resolver itself, and glibc
+    (>= 2.31) told to keep the AD bit of its answers, which it clears otherwise."""
+    ipaddress.ip_address(address)  # nothing but an address goes into the shell command
+    return f"nameserver {address}\noptions trust-ad\n"
+
+
 def _container(network: Network, plan: HostPlan, image: str, address: str, labels: dict[str, str],
-               *, dns: str | None, tls: RunTls | None = None) -> Host:
+               *, dns: str | None, tls: RunTls | None = None, credentials: Credentials | None = None) -> Host:
     kwargs: dict[str, object] = {
         **container_options(plan),
         "sysctls": UNPRIVILEGED_PORTS,
@@ -513,7 +573,8 @@ def _container(network: Network, plan: HostPlan, image: str, address: str, label
     if plan.tls is not None:
         if tls is None:
             raise InfrastructureError(f"{plan.role} offers TLS but the run has no CA (create_network makes it)")
-        credentials = tls.issue(plan.role, plan.hostname, plan.tls.certificate)
+        if credentials is None:
+            credentials = tls.issue(plan.role, plan.hostname, plan.tls.certificate)
         # Copied in after the container is created, before it starts, owned by root: Postfix's smtpd and
         # OpenSMTPD's parent read it as root before they drop privileges; an MTA that reads it as another
         # user (Exim) gets it chowned in start_roles (the driver's tls_key_owner).
