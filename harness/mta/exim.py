@@ -30,6 +30,8 @@ _TLS_OPTIONS = (f"tls_advertise_hosts = *\ntls_certificate = {TLS_CERT}\ntls_pri
                 f"tls_verify_certificates = {TLS_CA}")
 # The smtp transport's line that keeps the role's deliveries in clear (the harness roles' remote_smtp).
 _AVOID_TLS = re.compile(r"^([ \t]+)hosts_avoid_tls[ \t]*=.*$", re.MULTILINE)
+# The harness roles' transport says `hosts_try_dane = :` (no DANE); an option may be set once only.
+_TRY_DANE = re.compile(r"^[ \t]+hosts_try_dane[ \t]*=.*\n", re.MULTILINE)
 # Local SMTP (exim4 -bs inside the container, hosts = :) is not a network client and stays in clear.
 _REQUIRE = ("  deny    !encrypted = *\n"
             "          !hosts = :\n"
@@ -52,7 +54,7 @@ def _outbound(policy: str, indent: str) -> str:
         # RFC 7672 where the next hop's TLSA lookup is DNSSEC-secure (dns_dnssec_ok in the main part
         # asks for it), as Postfix's "dane": else Exim's defaults (STARTTLS when offered). A TLSA
         # record that matches no certificate defers the message; the delivery line says CV=dane.
-        options.append("hosts_try_dane = *")
+        options.append("hosts_try_dane = *")  # in place of the role's own line, if it has one
     if policy == "verify":
         # Verification must succeed (this list wins over tls_try_verify_hosts), the certificate's names
         # checked against the host name the MX lookup gave (the default, spelled out: it is the point).
@@ -95,6 +97,8 @@ class Exim(MtaDriver):
             if len(_AVOID_TLS.findall(text)) != 1:
                 raise UsageError(f"{config_dir / self.main_file}: tls: outbound needs exactly one "
                                  "`hosts_avoid_tls =` line (in the smtp transport) to replace")
+            if policy == "dane":
+                text = _TRY_DANE.sub("", text)
             text = _AVOID_TLS.sub(lambda m: _outbound(policy, m.group(1)), text)
         return {self.main_file: text.encode("utf-8")}
 
