@@ -96,6 +96,10 @@ def _mutated(tmp_path: Path, scenario: str, edits: list[tuple[str, str]]) -> Pat
         assert text.count(old) == 1, old
         text = text.replace(old, new)
     path = tmp_path / f"mutant-{scenario}"
+    n = 1
+    while path.exists():  # a second mutant of the same scenario
+        n += 1
+        path = tmp_path / f"mutant{n}-{scenario}"
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -115,6 +119,18 @@ HOP_MUTANTS = [
     ("30-relay-verify-valid-certificate-delivered.yaml",
      [("mx: {certificate: valid}", "mx: {certificate: wrong-name}")],
      {("hop", "TLS"), ("delivery", None)}),
+    # A TLSA record that matches no key: DANE must fail, nothing is delivered.
+    ("31-relay-dane-valid-tlsa-delivered.yaml", [("tlsa: valid", "tlsa: wrong")],
+     {("hop", "TLS"), ("delivery", None)}),
+    # The zone unsigned: the TLSA record is insecure, the relay falls back to "may" and never says verified.
+    ("31-relay-dane-valid-tlsa-delivered.yaml", [("dnssec:\n  signed: [example.test]\n", "")],
+     {("hop", "TLS")}),
+    # The TLSA record right: DANE succeeds, the message is delivered.
+    ("32-relay-dane-wrong-tlsa-deferred.yaml", [("tlsa: wrong", "tlsa: valid")],
+     {("queue_state", None), ("no_delivery", None)}),
+    # The zone unsigned: the wrong TLSA record is insecure, ignored, and the message is delivered.
+    ("32-relay-dane-wrong-tlsa-deferred.yaml", [("dnssec:\n  signed: [example.test]\n", "")],
+     {("queue_state", None), ("no_delivery", None)}),
 ]
 
 
