@@ -430,7 +430,7 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
     started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=dns, tls=topology.tls,
                           credentials=topology.credentials.get(h.role))
                for h in hosts]
-    direct = resolver_conf(dns) if resolving == RESOLVER_ROLE and dns is not None else None
+    direct = resolver_conf(dns) if dns is not None else None
     for host in started:
         topology.hosts[host.role] = host
 
@@ -442,8 +442,11 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
         key_problem: InfrastructureError | None = None
         if direct is not None:
             # Before any mail: Docker's embedded resolver (127.0.0.11) answers the containers' host names
-            # itself (mx.example.test: no RRSIG, no AD, TTL 600), so a DANE lookup of an MX host could
-            # never be secure through it (docs/dane-notes.md). glibc rereads a changed resolv.conf.
+            # itself, from the aliases the engine gives every endpoint (mx.example.test: TTL 600, no RRSIG,
+            # no AD), whatever the scenario's DNS says about them; a record or dns_fault for a role's host
+            # name would be silently ignored, and a DANE lookup of an MX host could never be secure
+            # (docs/dane-notes.md). So every MTA asks the scenario's server (or resolver) directly. glibc
+            # rereads a changed resolv.conf; Docker leaves one changed inside the container alone.
             try:
                 _run_checked(host, ["sh", "-c", f"printf '%s' '{direct}' > /etc/resolv.conf"])
             except InfrastructureError as exc:
@@ -547,8 +550,8 @@ def container_options(plan: HostPlan) -> dict[str, object]:
 
 
 def resolver_conf(address: str) -> str:
-    """An MTA's resolv.conf in a scenario with dnssec:: the validating resolver itself, and glibc
-    (>= 2.31) told to keep the AD bit of its answers, which it clears otherwise."""
+    """An MTA's resolv.conf: the scenario's DNS server (with dnssec:, the validating resolver) itself,
+    and glibc (>= 2.31) told to keep the AD bit of its answers, which it clears otherwise."""
     ipaddress.ip_address(address)  # nothing but an address goes into the shell command
     return f"nameserver {address}\noptions trust-ad\n"
 
@@ -560,8 +563,9 @@ def _container(network: Network, plan: HostPlan, image: str, address: str, label
         "sysctls": UNPRIVILEGED_PORTS,
         "labels": {**labels, ROLE_LABEL: plan.role},
         "hostname": plan.hostname,
-        # No network aliases: Docker's embedded resolver would answer them before our DNS server, and
-        # the scenario's DNS must be the only truth about names.
+        # No network aliases of ours: Docker's embedded resolver answers aliases before our DNS server,
+        # and the scenario's DNS must be the only truth about names. (The engine still adds the host
+        # name as one: MTAs therefore skip 127.0.0.11, see start_roles.)
         "networking_config": {network.name: EndpointConfig("1.41", ipv4_address=address)},
     }
     if dns is not None:
