@@ -7,7 +7,7 @@ pass here means the MTAs (which use that server) see the same data.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import dns.exception
 import dns.flags
@@ -78,51 +78,52 @@ def check_records(
 def wait_until_answering(server: str, zone: str, *, timeout_s: float, port: int = 53) -> None:
     """Poll SOA of ``zone`` until the server answers it authoritatively, for at most ``timeout_s``."""
     zone_name = dns.name.from_text(zone, origin=dns.name.root)
-    deadline = time.monotonic() + timeout_s
-    last = "no attempt made"
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ReadinessTimeoutError(
-                f"dns at {server}:{port} did not answer SOA {zone_name} within {timeout_s:g} s (last: {last})"
-            )
-        try:
-            response = _query(server, port, zone_name, dns.rdatatype.SOA, min(remaining, _READY_ATTEMPT_S))
-        except _NoReply:
-            last = "no reply"
-            continue  # the timeout already spent the wait
-        except (OSError, ValueError, dns.exception.DNSException) as e:
-            last = str(e) or type(e).__name__
-        else:
-            answered, problem = _judge(response, zone_name, dns.rdatatype.SOA, None)
-            if problem is None and answered:
-                return
-            last = problem or "empty answer"
-        time.sleep(min(_READY_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    def verdict(response: dns.message.Message) -> str | None:
+        answered, problem = _judge(response, zone_name, dns.rdatatype.SOA, None)
+        return None if problem is None and answered else (problem or "empty answer")
+
+    _poll(server, port, zone_name, dns.rdatatype.SOA, timeout_s, verdict, recurse=False,
+          what=f"dns at {server}:{port} did not answer SOA {zone_name}")
 
 
 def wait_until_resolving(server: str, name: str, *, timeout_s: float, port: int = 53) -> dns.message.Message:
     """Poll a recursive resolver (the validating one of a scenario with dnssec:) with a recursive A query
     for ``name`` until it answers NOERROR with data, for at most ``timeout_s``; its answer."""
     qname = dns.name.from_text(name, origin=dns.name.root)
+
+    def verdict(response: dns.message.Message) -> str | None:
+        if response.rcode() == dns.rcode.NOERROR and response.answer:
+            return None
+        return f"{dns.rcode.to_text(response.rcode())}, {len(response.answer)} answer rrset(s)"
+
+    return _poll(server, port, qname, dns.rdatatype.A, timeout_s, verdict, recurse=True,
+                 what=f"resolver at {server}:{port} did not resolve {qname} A")
+
+
+def _poll(server: str, port: int, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, timeout_s: float,
+          verdict: Callable[[dns.message.Message], str | None], *, recurse: bool, what: str
+          ) -> dns.message.Message:
+    """Ask until ``verdict`` finds nothing wrong with the answer (None), for at most ``timeout_s``; that
+    answer. Past the bound: ReadinessTimeoutError saying ``what`` and the last problem seen."""
     deadline = time.monotonic() + timeout_s
     last = "no attempt made"
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ReadinessTimeoutError(f"resolver at {server}:{port} did not resolve {qname} A within "
-                                        f"{timeout_s:g} s (last: {last})")
+            raise ReadinessTimeoutError(f"{what} within {timeout_s:g} s (last: {last})")
         try:
-            response = _query(server, port, qname, dns.rdatatype.A, min(remaining, _READY_ATTEMPT_S), recurse=True)
+            response = _query(server, port, name, rdtype, min(remaining, _READY_ATTEMPT_S), recurse=recurse)
         except _NoReply:
             last = "no reply"
-            continue
+            continue  # the timeout already spent the wait
         except (OSError, ValueError, dns.exception.DNSException) as e:
             last = str(e) or type(e).__name__
         else:
-            if response.rcode() == dns.rcode.NOERROR and response.answer:
+            problem = verdict(response)
+            if problem is None:
                 return response
-            last = f"{dns.rcode.to_text(response.rcode())}, {len(response.answer)} answer rrset(s)"
+            last = problem
         time.sleep(min(_READY_POLL_S, max(0.0, deadline - time.monotonic())))
 
 

@@ -42,7 +42,7 @@ from harness.scenario.model import (
     Step,
     TlsExpectation,
 )
-from harness.smtp.transcript import Transcript, outcome_word
+from harness.smtp.transcript import Transcript, outcome_word, tls_version
 
 __all__ = ["body_difference", "judge", "queue_entry_matches"]
 
@@ -98,8 +98,8 @@ def _hop_tls(index: int, step: HopStep, exp: TlsExpectation, obs: HopObservation
     if seen != exp.outcome:
         problems.append(f"TLS {seen}")
     if exp.version is not None:
-        on_wire = re.search(rf"\b{re.escape(exp.version)}\b", exchange.text) if exchange is not None else None
-        if on_wire is None and (log is None or log.version != exp.version):
+        on_wire = tls_version(exchange.text) if exchange is not None else None
+        if on_wire != exp.version and (log is None or log.version != exp.version):
             problems.append(f"not {exp.version}")
     if exp.verified is not None:
         if log is None:

@@ -3,7 +3,6 @@ and whether the scenario passed there. The same table as text (console) or Markd
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, SKIPPED, ScenarioResult, StepOutcome
@@ -14,7 +13,7 @@ from harness.observe.observations import (
     QueueObservation,
     SessionObservation,
 )
-from harness.smtp.transcript import Exchange, outcome_word
+from harness.smtp.transcript import Exchange, outcome_word, tls_version
 
 _MARK = {PASSED: "pass", FAILED: "FAIL", ERROR: "ERROR", CONFIG_ERROR: "CONFIG"}
 
@@ -47,9 +46,8 @@ def step_key(step: StepOutcome) -> str | None:
         tls = obs.tls
         if tls is not None and outcome_word(tls) == "established" and obs.transaction is None:
             # Encrypted: the wire shows the version, the sender's log whether it verified the peer.
-            version = re.search(r"\bTLSv1(?:\.\d)?\b", tls.text)
             trust = obs.tls_log.trust if obs.tls_log is not None and obs.tls_log.trust else None
-            return " ".join(w for w in (obs.hop, version.group(0) if version else "TLS", trust) if w)
+            return " ".join(w for w in (obs.hop, tls_version(tls.text) or "TLS", trust) if w)
         return f"{obs.hop} {_decisive(obs.exchanges, show_data=True)}"
     if isinstance(obs, BounceObservation):
         if not obs.dsns:

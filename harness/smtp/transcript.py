@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,15 @@ TLS_FAILED = "TLS handshake failed"
 def tls_outcome(text: str) -> str:
     """``established`` or ``failed``, from the text of a client's TLS exchange."""
     return "established" if text.startswith(TLS_ESTABLISHED) else "failed"
+
+
+_TLS_VERSION = re.compile(r"\bTLSv1(?:\.\d)?\b")
+
+
+def tls_version(text: str) -> str | None:
+    """The protocol version ("TLSv1.3") a TLS exchange's text names, if any."""
+    found = _TLS_VERSION.search(text)
+    return found.group(0) if found else None
 
 
 def outcome_word(exchange: Exchange) -> str:
