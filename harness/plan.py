@@ -41,6 +41,7 @@ class ScenarioPlan:
         certificate in ``credentials``; and the resolver's configuration when there is a signer."""
         extra = list(self.scenario.dns) if self.scenario else []
         extra += self.tlsa_records(credentials or {})
+        extra += self.mta_sts_records()
         # Roles a scenario adds get an A record under hosts.test, so MX records can name them.
         added = [DnsRecord(f"{h.hostname}.", "A", None, h.role, 60, STANDARD_MARK)
                  for h in self.topology.hosts if h.role not in ROLE_HOSTNAMES]
@@ -69,6 +70,15 @@ class ScenarioPlan:
                                      tls.mark or STANDARD_MARK))
         return records
 
+    def mta_sts_records(self) -> list[DnsRecord]:
+        """``_mta-sts.<domain> TXT "v=STSv1; id=..."`` for a scenario with mta_sts: (RFC 8461 section 3.1);
+        the policy host's own A record is an added role's (mta-sts.<domain>)."""
+        if self.scenario is None or self.scenario.mta_sts is None:
+            return []
+        policy = self.scenario.mta_sts
+        return [DnsRecord(f"_mta-sts.{policy.domain}.", "TXT", f'"v=STSv1; id={policy.policy_id}"', None,
+                          DEFAULT_TTL, policy.mark or STANDARD_MARK)]
+
     def domain_addresses(self, domain: str) -> set[str]:
         """Addresses that serve ``domain`` by the scenario's records (harness.dns.served)."""
         return addresses_serving(self.records, domain)
@@ -94,5 +104,6 @@ def role_changes(scenario: Scenario | None, mta: str) -> dict[str, RoleChange]:
 
 def plan_scenario(scenario: Scenario | None, compose_dir: Path, *, mta: str = "postfix") -> ScenarioPlan:
     topology = standard_plan(compose_dir, ROLE_HOSTNAMES, mta=mta, changes=role_changes(scenario, mta),
-                             dnssec=scenario.dnssec if scenario is not None else None)
+                             dnssec=scenario.dnssec if scenario is not None else None,
+                             mta_sts=scenario.mta_sts if scenario is not None else None)
     return ScenarioPlan(scenario, mta, topology)

@@ -93,6 +93,12 @@ def topology_key(scenario: Scenario, mta: str) -> TopologyKey:
         # The zones' keys and the resolver's trust anchors are made when the topology starts.
         roles.append(("dnssec", None, (("signed", ",".join(scenario.dnssec.signed)),
                                        ("bogus", ",".join(scenario.dnssec.bogus))), None, None))
+    if scenario.mta_sts is not None:
+        # The policy host serves the policy it was started with, from a certificate issued then.
+        policy = scenario.mta_sts
+        roles.append(("mta_sts", None, (("domain", policy.domain), ("mode", policy.mode), ("mx", ",".join(policy.mx)),
+                                        ("max_age", str(policy.max_age)), ("certificate", policy.certificate)),
+                      None, None))
     if any(step.kind in ("fault", "dns_fault", "dns_change") for step in scenario.steps):
         # A fault (a role stopped, paused, disconnected; DNS failing or changed) is not something the
         # reset between two scenarios is built to undo: such a scenario gets a topology of its own.

@@ -140,6 +140,11 @@ class MtaDriver:
         except OSError as exc:
             raise UsageError(f"cannot read {config_dir / name} to add STARTTLS to it: {exc}") from exc
 
+    def started_commands(self, tls: TlsOffer | None) -> list[list[str]]:
+        """Commands run in a role's container once it has started and its resolv.conf names the scenario's
+        DNS, before its greeting is awaited (a companion daemon that resolves names: see Postfix)."""
+        return []
+
     # The implementation's own check of a running role's configuration (shell, output on stdout).
     check_command: str = ""
 

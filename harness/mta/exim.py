@@ -55,6 +55,8 @@ def _outbound(policy: str, indent: str) -> str:
         # asks for it), as Postfix's "dane": else Exim's defaults (STARTTLS when offered). A TLSA
         # record that matches no certificate defers the message; the delivery line says CV=dane.
         options.append("hosts_try_dane = *")  # in place of the role's own line, if it has one
+    # "mta-sts": Exim 4.96 has no MTA-STS (RFC 8461); it sends as at "may", and the bundled MTA-STS
+    # scenarios say so in their Exim overrides.
     if policy == "verify":
         # Verification must succeed (this list wins over tls_try_verify_hosts), the certificate's names
         # checked against the host name the MX lookup gave (the default, spelled out: it is the point).

@@ -41,15 +41,15 @@ def _outbound(text: str, policy: str, path: Path) -> str:
     policy keeps queued says only "Network error on destination MXs" (the cause is in the log: "mta
     error reason=SSL certificate check failed", "TLS required but not supported by remote host"), and
     smtpd disables the route to that MX for 15 s. smtpd 6.8 has no DANE: "dane" is "may" there (no
-    TLSA lookup, STARTTLS when offered, any certificate); the bundled DANE scenarios say so in their
-    OpenSMTPD overrides."""
+    TLSA lookup, STARTTLS when offered, any certificate); nor MTA-STS: "mta-sts" is "may" too. The
+    bundled DANE and MTA-STS scenarios say so in their OpenSMTPD overrides."""
     actions = _RELAY_ACTION.findall(text)
     if not actions:
         raise UsageError(f"{path}: tls: outbound needs an `action ... relay` line to set TLS on")
     if any(re.search(r"(?:^|\s)(?:tls|ca)(?:\s|$)", rest) for _, rest in actions):
         raise UsageError(f"{path}: tls: outbound sets `tls` and `ca` on the relay actions itself; this "
                          "configuration already has one there")
-    options = {"may": "", "encrypt": " tls no-verify", "verify": " tls", "dane": ""}[policy]
+    options = {"may": "", "encrypt": " tls no-verify", "verify": " tls", "dane": "", "mta-sts": ""}[policy]
     return _RELAY_ACTION.sub(lambda m: f"{m.group(1)}{options} ca {_CA_NAME}{m.group(2)}", text)
 
 

@@ -24,6 +24,23 @@ from harness.observe.observations import QueuedMessage
 # master.cf's TLS session cache and entropy service, as Debian's default master.cf has it (not chrooted).
 _TLSMGR = re.compile(r"^tlsmgr[ \t]", re.MULTILINE)
 _TLSMGR_LINE = "tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n"
+# postfix-mta-sts-resolver's daemon (compose/postfix/mta-sts-start): its configuration, where it listens.
+MTA_STS_CONF = "mta-sts-daemon.yml"
+MTA_STS_START = "/usr/local/bin/mta-sts-start"
+_MTA_STS_MAP = "socketmap:inet:127.0.0.1:8461:postfix"
+# An in-memory cache (emptied with the daemon at every reset); testing-mode policies are not enforced
+# (strict_testing: false, the default, spelled out: it is what "testing" means in a scenario).
+_MTA_STS_DAEMON = """# postfix-mta-sts-resolver for tls: outbound: mta-sts (mailflow-harness)
+host: 127.0.0.1
+port: 8461
+cache:
+  type: internal
+  options:
+    cache_size: 100
+default_zone:
+  strict_testing: false
+  timeout: 4
+"""
 
 
 def _outbound(policy: str | None) -> dict[str, str]:
@@ -35,7 +52,10 @@ def _outbound(policy: str | None) -> dict[str, str]:
     # handshake defers the message, and it goes in clear only once it has waited minimal_backoff_time),
     # "encrypt" (STARTTLS or defer; any certificate), "verify" (STARTTLS with a certificate from
     # smtp_tls_CAfile, or defer).
-    params = {"smtp_tls_security_level": policy,
+    # "mta-sts" (RFC 8461): "may", unless the next hop's domain has a policy in enforce mode, which
+    # postfix-mta-sts-resolver turns into "secure match=<the policy's mx patterns>": STARTTLS with a
+    # certificate from smtp_tls_CAfile that names a host the policy allows, or the message is deferred.
+    params = {"smtp_tls_security_level": "may" if policy == "mta-sts" else policy,
               # One line per handshake: "<Trust> TLS connection established to <host>[<addr>]:25: TLSv1.3
               # with cipher ...", Verified / Trusted (chain ok, name not checked) / Untrusted /
               # Anonymous, or why verification failed: the sender's own account of the hop's TLS.
@@ -50,6 +70,8 @@ def _outbound(policy: str | None) -> dict[str, str]:
         # RFC 7672: the next hop's TLSA records, when its MX and A lookups were DNSSEC-secure (the AD
         # bit from the resolver), else "may". A TLSA record that matches nothing defers the message.
         params["smtp_dns_support_level"] = "dnssec"
+    if policy == "mta-sts":
+        params["smtp_tls_policy_maps"] = _MTA_STS_MAP
     return params
 
 
@@ -90,7 +112,13 @@ class Postfix(MtaDriver):
             # Without tlsmgr smtpd finds "no entropy for TLS key generation: disabling TLS support" and
             # answers STARTTLS with 454: the harness roles' master.cf runs no TLS service of its own.
             files["master.cf"] = (master.rstrip("\n") + "\n" + _TLSMGR_LINE).encode("utf-8")
+        if tls.outbound == "mta-sts":
+            files[MTA_STS_CONF] = _MTA_STS_DAEMON.encode("utf-8")
         return files
+
+    def started_commands(self, tls: TlsOffer | None) -> list[list[str]]:
+        # The daemon's resolver (c-ares) reads resolv.conf once: it starts after the harness wrote it.
+        return [[MTA_STS_START]] if tls is not None and tls.outbound == "mta-sts" else []
 
     def flush(self, run: CommandRunner) -> None:
         run(["postqueue", "-f"])
@@ -115,4 +143,6 @@ class Postfix(MtaDriver):
     def reset(self, run: CommandRunner) -> None:
         # Every queue (incoming, active, deferred, hold) purged; `postfix reload` restarts qmgr (its
         # in-memory dead-destination and backoff state) and the connection cache (scache).
-        run(["sh", "-c", f"postsuper -d ALL >/dev/null 2>&1; {EMPTY_MAILDIRS}; postfix reload >/dev/null 2>&1"])
+        # An MTA-STS role's policy daemon restarts with an empty cache (a no-op for every other role).
+        run(["sh", "-c", f"postsuper -d ALL >/dev/null 2>&1; {EMPTY_MAILDIRS}; postfix reload >/dev/null 2>&1"
+                         f" && {MTA_STS_START}"])

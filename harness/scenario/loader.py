@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from harness.dns.zones import STANDARD_ZONE_NAMES, zone_origin
+from harness.dns.zones import STANDARD_ZONE_NAMES, standard_mx_hosts, zone_origin
 from harness.errors import ScenarioError, UsageError
 from harness.mta import DRIVERS
 from harness.scenario.context import KNOWN_MTAS, STANDARD_ROLES, one_of
 from harness.scenario.inputs import config_tree_problem, outside_problem, trusted_roots
 from harness.scenario.messages import DEFAULT_BODY
-from harness.scenario.model import UNREACHABLE_ROLE, Dnssec, RoleOverride, RoleTls, Scenario
+from harness.scenario.model import UNREACHABLE_ROLE, Dnssec, MtaSts, RoleOverride, RoleTls, Scenario
 from harness.scenario.steps import DEFAULT_EHLO, DSN_FIELDS, StepBuilder, build_steps
 from harness.scenario.validate import JsonPath, SourceMap, load_schema, schema_path, validate_document
 from harness.scenario.yamlmarks import read_yaml
@@ -113,6 +113,7 @@ class _Builder(StepBuilder):
         self.records = dns
         tls = self.role_tls(data.get("tls", {}))
         dnssec = self.dnssec(data["dnssec"]) if "dnssec" in data else None
+        mta_sts = self.mta_sts(data["mta_sts"]) if "mta_sts" in data else None
         steps, overrides = build_steps(self, data["steps"], name)
         return Scenario(
             path=self.path,
@@ -126,14 +127,13 @@ class _Builder(StepBuilder):
             overrides=overrides,
             tls=tls,
             dnssec=dnssec,
+            mta_sts=mta_sts,
         )
 
     def dnssec(self, raw: dict[str, Any]) -> Dnssec:
         """The zones to sign: each a zone the scenario serves (a standard one, or the zone of a record
         it declares), once, and either signed or bogus."""
-        served = {zone_origin(name) for name in STANDARD_ZONE_NAMES}
-        served |= {zone_origin(r.name) for r in self.records}
-        served |= {zone_origin(f"{role}.hosts.test.") for role in self.roles if role not in STANDARD_ROLES}
+        served = self.served_zones()
         seen: dict[str, str] = {}
         lists: dict[str, list[str]] = {}
         for kind in ("signed", "bogus"):
@@ -152,6 +152,34 @@ class _Builder(StepBuilder):
         if not seen:
             raise self.fail(self.at_key("dnssec"), "dnssec lists no zone: name one under signed (or bogus)")
         return Dnssec(signed=tuple(lists["signed"]), bogus=tuple(lists["bogus"]), mark=self.at_key("dnssec"))
+
+    def served_zones(self) -> set[str]:
+        """Zone origins this scenario serves: the standard ones, its records' and its added roles'."""
+        served = {zone_origin(name) for name in STANDARD_ZONE_NAMES}
+        served |= {zone_origin(r.name) for r in self.records}
+        served |= {zone_origin(f"{role}.hosts.test.") for role in self.roles if role not in STANDARD_ROLES}
+        return served
+
+    def mta_sts(self, raw: dict[str, Any]) -> MtaSts:
+        """A destination's MTA-STS policy. Its domain must be one the scenario serves (the TXT record and
+        the policy host's name go into that zone); its mx patterns default to the domain's MX hosts."""
+        domain = str(raw.get("domain", "example.test")).lower().rstrip(".")
+        if zone_origin(f"{domain}.") not in self.served_zones():
+            raise self.fail(self.at("mta_sts", "domain") if "domain" in raw else self.at_key("mta_sts"),
+                            f"domain {domain!r} is not served in this scenario (served: "
+                            f"{', '.join(sorted(z.rstrip('.') for z in self.served_zones()))})")
+        if "mx" in raw:
+            mx = tuple(str(m).lower().rstrip(".") for m in raw["mx"])
+        else:
+            declared = [r.value.split()[-1].rstrip(".").lower() for r in self.records
+                        if r.rtype == "MX" and r.value and r.name.lower().rstrip(".") == domain]
+            mx = tuple(dict.fromkeys([*standard_mx_hosts(f"{domain}."), *declared]))
+            mx = tuple(m for m in mx if m)
+            if not mx:
+                raise self.fail(self.at_key("mta_sts"), f"{domain} has no MX host in this scenario to put in "
+                                "its policy: list the policy's patterns under mta_sts: mx")
+        return MtaSts(domain=domain, mode=raw["mode"], mx=mx, max_age=raw.get("max_age", 86400),
+                      certificate=raw.get("certificate", "valid"), mark=self.at_key("mta_sts"))
 
     def role_tls(self, raw: dict[str, Any]) -> dict[str, RoleTls]:
         result: dict[str, RoleTls] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,8 +349,9 @@ class RoleOverride:
 # A role's TLS toward its next hop: "may" (STARTTLS when offered, any certificate, else in clear),
 # "encrypt" (STARTTLS or nothing is sent; any certificate), "verify" (STARTTLS, and a certificate from
 # the run's CA for the next hop's name, or nothing is sent), "dane" (DNSSEC-validated lookups, and STARTTLS
-# authenticated by the next hop's TLSA records when its zone is signed; RFC 7672).
-OUTBOUND_TLS = ("may", "encrypt", "verify", "dane")
+# authenticated by the next hop's TLSA records when its zone is signed; RFC 7672), "mta-sts" (RFC 8461: the
+# destination's MTA-STS policy decides; Postfix asks postfix-mta-sts-resolver, else "may").
+OUTBOUND_TLS = ("may", "encrypt", "verify", "dane", "mta-sts")
 # A role's TLSA record (_25._tcp.<host>, 3 1 1): from its real certificate, or the digest of another key.
 TLSA_KINDS = ("valid", "wrong")
 
@@ -380,6 +382,36 @@ class Dnssec:
     mark: Mark | None = field(default=None, compare=False)
 
 
+# An MTA-STS policy's mode (RFC 8461 section 3.2).
+MTA_STS_MODES = ("enforce", "testing", "none")
+
+
+@dataclass(frozen=True)
+class MtaSts:
+    """A destination domain's MTA-STS policy (RFC 8461): the ``_mta-sts.<domain>`` TXT record and a
+    policy host, ``mta-sts.<domain>``, serving ``/.well-known/mta-sts.txt`` over HTTPS with a certificate
+    of ``certificate`` kind from the run's CA. ``mx``: the policy's mx patterns, as written."""
+
+    domain: str  # lower case, no trailing dot
+    mode: str
+    mx: tuple[str, ...]
+    max_age: int = 86400
+    certificate: str = "valid"
+    mark: Mark | None = field(default=None, compare=False)
+
+    @property
+    def policy_text(self) -> str:
+        """The policy file (RFC 8461 section 3.2: key/value lines, CRLF)."""
+        lines = ["version: STSv1", f"mode: {self.mode}", *(f"mx: {mx}" for mx in self.mx),
+                 f"max_age: {self.max_age}"]
+        return "".join(line + "\r\n" for line in lines)
+
+    @property
+    def policy_id(self) -> str:
+        """The TXT record's id: the policy's digest, so another policy is another id (section 3.1)."""
+        return hashlib.sha256(self.policy_text.encode("ascii")).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class StepOverride:
     """How one step differs on one MTA implementation, always with a reason (shown in every report)."""
@@ -408,6 +440,8 @@ class Scenario:
     tls: Mapping[str, RoleTls] = field(default_factory=dict)
     # Signed zones and a validating resolver the MTAs use (None: unsigned zones, no resolver).
     dnssec: Dnssec | None = None
+    # A destination's MTA-STS policy and the host that serves it (None: no MTA-STS).
+    mta_sts: MtaSts | None = None
 
     def steps_for(self, mta: str) -> tuple[tuple[int, Step, StepOverride | None], ...]:
         """(1-based index, step, override applied) for ``mta``; a skipped step keeps its override

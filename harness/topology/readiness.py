@@ -89,11 +89,11 @@ def container_state(container: Container) -> ContainerState | None:
 class _ExitWatch:
     """Raises ContainerExitedError once the container has ended; looks at most every STATE_EVERY_S."""
 
-    def __init__(self, container: Container | None, what: str, expected_code: int,
+    def __init__(self, container: Container | None, what: str, awaited: str,
                  logs: Callable[[], str] | None) -> None:
         self._container = container
         self._what = what
-        self._expected = expected_code
+        self._awaited = awaited
         self._logs = logs
         self._started = time.monotonic()
         self._last = float("-inf")
@@ -117,7 +117,7 @@ class _ExitWatch:
             log = self._logs().rstrip()
             tail = "\n--- last log lines ---\n" + (log or "(the container logged nothing)")
         code = None if state.oom_killed or state.status == "removed" else state.exit_code
-        raise ContainerExitedError(f"{self._what} {how}, before greeting with {self._expected}{tail}",
+        raise ContainerExitedError(f"{self._what} {how}, before {self._awaited}{tail}",
                                    exit_code=code, log=log)
 
 
@@ -176,7 +176,7 @@ def wait_for_greeting(address: str, expected_code: int, *, what: str, timeout_s:
     ``container``, its state is looked at every STATE_EVERY_S: once it has exited (or died, or was
     removed), ContainerExitedError says so at once, with ``logs()`` (its last lines)."""
     started = time.monotonic()
-    watch = _ExitWatch(container, what, expected_code, logs)
+    watch = _ExitWatch(container, what, f"greeting with {expected_code}", logs)
     last = "nothing yet"
     while (remaining := timeout_s - (time.monotonic() - started)) > 0:
         watch.check()
@@ -198,3 +198,24 @@ def wait_for_greeting(address: str, expected_code: int, *, what: str, timeout_s:
         f"{what} at {address}:{port} did not greet with {expected_code} within {timeout_s:.0f} s "
         f"(last: {last}){tail}"
     )
+
+
+def wait_for_listener(address: str, port: int, *, what: str, timeout_s: float = 30.0,
+                      logs: Callable[[], str] | None = None, container: Container | None = None) -> float:
+    """Poll until a TCP connection to ``address``:``port`` is accepted (a service that does not speak
+    first, such as HTTPS); return the seconds it took. ``container`` is watched as in wait_for_greeting."""
+    started = time.monotonic()
+    watch = _ExitWatch(container, what, "accepting connections", logs)
+    last = "nothing yet"
+    while (remaining := timeout_s - (time.monotonic() - started)) > 0:
+        watch.check()
+        try:
+            with socket.create_connection((address, port), timeout=min(1.0, remaining)):
+                return time.monotonic() - started
+        except OSError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.05)
+    watch.check(force=True)
+    tail = "\n--- last log lines ---\n" + logs() if logs is not None else ""
+    raise ReadinessTimeoutError(f"{what} at {address}:{port} accepted no connection within {timeout_s:.0f} s "
+                                f"(last: {last}){tail}")

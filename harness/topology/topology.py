@@ -27,13 +27,13 @@ from harness.dns.zones import NS_HOST
 from harness.errors import ConfigurationError, ContainerExitedError, InfrastructureError
 from harness.mta.base import COMPLAINT, TLS_CA, TLS_CERT, TLS_KEY, TlsOffer
 from harness.report.progress import Progress
-from harness.scenario.model import UNREACHABLE_ROLE, Dnssec, RoleTls
+from harness.scenario.model import UNREACHABLE_ROLE, Dnssec, MtaSts, RoleTls
 from harness.tls.ca import Credentials, RunTls
 from harness.topology.engine import API_TIMEOUT_S
 from harness.topology.images import ImageStore
 from harness.topology.labels import ROLE_LABEL, remove_run, run_labels
 from harness.topology.mta import IMPLEMENTATIONS, MtaImplementation
-from harness.topology.readiness import wait_for_greeting
+from harness.topology.readiness import wait_for_greeting, wait_for_listener
 
 DNS_ROLE = "dns"
 # A scenario with dnssec: the validating resolver (Unbound, in the dns image) the MTAs then use.
@@ -41,8 +41,14 @@ RESOLVER_ROLE = "resolver"
 RESOLVER_HOSTNAME = "resolver.harness.test"
 # Where the resolver container reads its configuration (compose/dns/resolver-start).
 RESOLVER_CONF_PATH = "/etc/unbound/harness/unbound.conf"
+# A scenario with mta_sts: the policy host (mta-sts.<domain>, openssl s_server in the dns image).
+POLICY_ROLE = "policy"
+# Where it serves from (compose/dns/policy-start): the policy is <root>/.well-known/mta-sts.txt.
+POLICY_ROOT = "/srv/mta-sts"
+POLICY_PATH = f"{POLICY_ROOT}/.well-known/mta-sts.txt"
+POLICY_PORT = 443
 # Host part of each role's address in the run's /24; the gateway (.1) is where the scenario client appears.
-HOST_OFFSETS = {DNS_ROLE: 2, RESOLVER_ROLE: 3, "mx": 10, "relay": 11, "nomail": 12}
+HOST_OFFSETS = {DNS_ROLE: 2, RESOLVER_ROLE: 3, POLICY_ROLE: 4, "mx": 10, "relay": 11, "nomail": 12}
 # Private /24s for run networks: 172.28.0.0/14 is rarely routed on a LAN, and the engine refuses
 # overlaps with its other networks, so two runs at once simply pick again.
 SUBNET_POOL = ipaddress.IPv4Network("172.28.0.0/14")
@@ -91,6 +97,8 @@ class TopologyPlan:
     hosts: tuple[HostPlan, ...]
     # Signed zones: a resolver role runs, with keys made for the run (None: no DNSSEC).
     dnssec: Dnssec | None = None
+    # A destination's MTA-STS policy: a policy host runs (None: no MTA-STS).
+    mta_sts: MtaSts | None = None
 
     @property
     def infrastructure(self) -> tuple[str, ...]:
@@ -120,11 +128,16 @@ class RoleChange:
 
 
 def standard_plan(compose_dir: Path, hostnames: Mapping[str, str], *, mta: str = "postfix",
-                  changes: Mapping[str, RoleChange] | None = None, dnssec: Dnssec | None = None) -> TopologyPlan:
+                  changes: Mapping[str, RoleChange] | None = None, dnssec: Dnssec | None = None,
+                  mta_sts: MtaSts | None = None) -> TopologyPlan:
     changes = changes or {}
     hosts = [HostPlan(DNS_ROLE, hostnames[DNS_ROLE], None, None)]
     if dnssec is not None:
         hosts.append(HostPlan(RESOLVER_ROLE, RESOLVER_HOSTNAME, None, None))
+    if mta_sts is not None:
+        # Its certificate is issued with the MTAs' (create_network), for the name RFC 8461 fetches from.
+        hosts.append(HostPlan(POLICY_ROLE, f"mta-sts.{mta_sts.domain}", None, None,
+                              tls=RoleTls(POLICY_ROLE, mta_sts.certificate, require=False)))
     roles = list(IMPLEMENTATIONS[mta].roles) + [r for r in changes if r not in IMPLEMENTATIONS[mta].roles]
     for role in roles:
         change = changes.get(role, RoleChange())
@@ -133,7 +146,7 @@ def standard_plan(compose_dir: Path, hostnames: Mapping[str, str], *, mta: str =
         hosts.append(HostPlan(role, hostnames.get(role, f"{role}.hosts.test"), impl,
                               change.config_dir or impl.default_config(compose_dir, base),
                               dict(change.settings), change.like, change.tls))
-    return TopologyPlan(tuple(hosts), dnssec)
+    return TopologyPlan(tuple(hosts), dnssec, mta_sts)
 
 
 @dataclass
@@ -405,6 +418,9 @@ def start_hosts(
             topology.hosts[RESOLVER_ROLE] = resolver
             # A name NSD serves, asked recursively: an answer through Unbound means both are up.
             wait_until_resolving(addresses[RESOLVER_ROLE], NS_HOST, timeout_s=READY_TIMEOUT_S)
+        policy_plan = next((h for h in plan.hosts if h.role == POLICY_ROLE), None)
+        if policy_plan is not None:
+            start_policy_host(topology, policy_plan, plan, images[POLICY_ROLE], addresses[POLICY_ROLE], labels)
 
         mtas = [h for h in plan.hosts if h.mta is not None]
         t0 = time.monotonic()
@@ -415,6 +431,24 @@ def start_hosts(
         with contextlib.suppress(InfrastructureError):
             topology.destroy()
         raise
+
+
+def start_policy_host(topology: Topology, host_plan: HostPlan, plan: TopologyPlan, image: str, address: str,
+                      labels: dict[str, str]) -> None:
+    """The MTA-STS policy host: its certificate and the policy copied in, then HTTPS on POLICY_PORT."""
+    if plan.mta_sts is None:
+        raise InfrastructureError("a policy host without a policy (TopologyPlan.mta_sts)")
+    network = topology.network
+    assert network is not None, "create_network() first"
+    policy = _container(network, host_plan, image, address, labels, dns=None, tls=topology.tls,
+                        credentials=topology.credentials.get(POLICY_ROLE))
+    policy.container.with_command("/usr/local/bin/policy-start")
+    policy.container.with_copy_into_container(plan.mta_sts.policy_text.encode("ascii"), POLICY_PATH, 0o644)
+    policy.container.start()
+    topology.hosts[POLICY_ROLE] = policy
+    wait_for_listener(address, POLICY_PORT, what=f"{POLICY_ROLE} ({host_plan.hostname}) on port {POLICY_PORT}",
+                      timeout_s=READY_TIMEOUT_S, logs=lambda: policy.logs(tail=20),
+                      container=policy.container.get_wrapped_container())
 
 
 def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[str, str],
@@ -451,6 +485,13 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
                 _run_checked(host, ["sh", "-c", f"printf '%s' '{direct}' > /etc/resolv.conf"])
             except InfrastructureError as exc:
                 key_problem = exc
+        if key_problem is None:
+            for command in driver.started_commands(plan_host.tls_offer):
+                try:
+                    _run_checked(host, command)
+                except InfrastructureError as exc:
+                    key_problem = exc
+                    break
         if plan_host.tls is not None and driver.tls_key_owner is not None:
             # Before any client can connect: the greeting is waited for below.
             try:
