@@ -131,6 +131,24 @@ HOP_MUTANTS = [
     # The zone unsigned: the wrong TLSA record is insecure, ignored, and the message is delivered.
     ("32-relay-dane-wrong-tlsa-deferred.yaml", [("dnssec:\n  signed: [example.test]\n", "")],
      {("queue_state", None), ("no_delivery", None)}),
+    # A certificate that names mx: the enforced policy is met, the message is delivered.
+    ("33-relay-mta-sts-enforce-certificate-mismatch-deferred.yaml",
+     [("mx: {certificate: wrong-name}", "mx: {certificate: valid}")],
+     {("queue_state", None), ("no_delivery", None)}),
+    # The policy only in testing mode: nothing is enforced, the message is delivered.
+    ("33-relay-mta-sts-enforce-certificate-mismatch-deferred.yaml", [("  mode: enforce\n", "  mode: testing\n")],
+     {("queue_state", None), ("no_delivery", None)}),
+    # The policy host's own certificate expired: no policy can be fetched, so there is none to enforce.
+    ("33-relay-mta-sts-enforce-certificate-mismatch-deferred.yaml",
+     [("  mode: enforce\n", "  mode: enforce\n  certificate: expired\n")],
+     {("queue_state", None), ("no_delivery", None)}),
+    # The relay does not consult MTA-STS: at "may" it takes the mismatching certificate, and delivers.
+    ("33-relay-mta-sts-enforce-certificate-mismatch-deferred.yaml",
+     [("relay: {outbound: mta-sts}", "relay: {outbound: may}")],
+     {("queue_state", None), ("no_delivery", None)}),
+    # The same policy enforced: the message is deferred, not delivered.
+    ("34-relay-mta-sts-testing-certificate-mismatch-delivered.yaml", [("  mode: testing\n", "  mode: enforce\n")],
+     {("delivery", None)}),
 ]
 
 

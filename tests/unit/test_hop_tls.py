@@ -137,4 +137,4 @@ def test_bad_outbound_is_located(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as info:
         load_scenario(path)
     assert (info.value.line, info.value.col) == (5, 21)
-    assert "may, encrypt, verify or dane" in str(info.value)
+    assert "may, encrypt, verify, dane or mta-sts" in str(info.value)
