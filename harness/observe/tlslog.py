@@ -81,7 +81,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OUTCOMES", "TRUST_LEVELS", "HopTlsLog", "hop_tls_from_log"]
+__all__ = ["OUTCOMES", "TRUST_LEVELS", "HopTlsLog", "hop_tls_from_log", "tls_log_evidence"]
 
 # How far the sending MTA trusted the next hop's certificate (None: in clear, or the log does not say).
 TRUST_LEVELS = ("verified", "trusted", "untrusted", "anonymous")
@@ -327,3 +327,31 @@ _READERS: dict[str, Callable[[Sequence[str], str], HopTlsLog | None]] = {
     "exim": _exim,
     "opensmtpd": _opensmtpd,
 }
+
+
+# The words in a sender's account of a hop that say what it made of the next hop's TLS, the same from run
+# to run (no time, queue id, pid or address): the trust phrase, the verification's complaint, and the
+# reason a message was kept. In order of appearance; a next hop's "250 ... queued as X" is not among them.
+_EVIDENCE = re.compile(
+    r"(?P<pf_trust>(?:Verified|Trusted|Untrusted|Anonymous) TLS connection established)"
+    r"|server certificate verification failed for [^:]+:\d+: (?P<pf_failed>.+)$"
+    r"|(?P<pf_status>status=(?:deferred|bounced|expired) \(.*\))$"
+    r"|(?P<exim_cv>\bCV=\w+)"
+    r"|(?P<exim_dane>DANE attempt failed)"
+    r"|\bdefer \(-?\d+\) .*?DT=[\d.]+m?s: (?P<exim_defer>.+)$"
+    r"|(?P<os_name>ssl_check_name: no match for '[^']*' in cert)"
+    r"|(?P<os_check>server-cert-check result=\"\w+\")"
+    r"|result=\"(?:TempFail|PermFail)\" stat=\"(?P<os_stat>[^\"]*)\"",
+    re.MULTILINE)
+_ADDRESS = re.compile(r"\[?\b\d{1,3}(?:\.\d{1,3}){3}\b\]?(?::\d+)?")
+
+
+def tls_log_evidence(line: str) -> list[str]:
+    """What ``HopTlsLog.line`` says about the hop's TLS, as phrases stable across runs (addresses dropped)."""
+    found: list[str] = []
+    for match in _EVIDENCE.finditer(line):
+        phrase = next(v for v in match.groupdict().values() if v is not None)
+        phrase = " ".join(_ADDRESS.sub("", phrase).split())
+        if phrase not in found:
+            found.append(phrase)
+    return found

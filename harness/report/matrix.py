@@ -13,6 +13,7 @@ from harness.observe.observations import (
     QueueObservation,
     SessionObservation,
 )
+from harness.observe.tlslog import tls_log_evidence
 from harness.smtp.transcript import Exchange, outcome_word, tls_version
 
 _MARK = {PASSED: "pass", FAILED: "FAIL", ERROR: "ERROR", CONFIG_ERROR: "CONFIG"}
@@ -115,6 +116,28 @@ def overrides_text(results: Sequence[ScenarioResult]) -> list[str]:
     return seen
 
 
+def tls_log_cell(result: ScenarioResult) -> str | None:
+    """What the sending MTA's log said about the TLS of the scenario's hops (tlslog.tls_log_evidence),
+    None when no hop step read one."""
+    phrases: list[str] = []
+    seen = False
+    for step in result.steps:
+        obs = step.observation
+        if isinstance(obs, HopObservation) and obs.tls_log is not None:
+            seen = True
+            phrases += [p for p in tls_log_evidence(obs.tls_log.line) if p not in phrases]
+    if not seen:
+        return None
+    return "; ".join(f"`{p}`" for p in phrases) if phrases else "(no TLS words)"
+
+
+def _tls_log_rows(results: Sequence[ScenarioResult], mtas: Sequence[str]) -> list[list[str]]:
+    by = {(r.name, r.mta): tls_log_cell(r) for r in results}
+    names = list(dict.fromkeys(r.name for r in results))
+    return [[name, *[by.get((name, m)) or "-" for m in mtas]] for name in names
+            if any(by.get((name, m)) for m in mtas)]
+
+
 def matrix_markdown(results: Sequence[ScenarioResult], mtas: Sequence[str]) -> str:
     header, rows = _rows(results, mtas)
 
@@ -132,6 +155,15 @@ def matrix_markdown(results: Sequence[ScenarioResult], mtas: Sequence[str]) -> s
         md(["---"] * len(header)),
         *[md(row) for row in rows],
     ]
+    tls_rows = _tls_log_rows(results, mtas)
+    if tls_rows:
+        lines += ["", "## What each sender logged about its hop's TLS", "",
+                  "From the sending MTA's own log lines about the scenario's message (by queue id): the trust",
+                  "it gave the next hop's certificate, what verification said, why a message was kept.",
+                  "Postfix: `Verified` (chain and name), `Trusted` (chain only), `Untrusted`; Exim: `CV=yes`,",
+                  "`CV=dane`, `CV=no`; OpenSMTPD: `server-cert-check result=`. DANE is Postfix's and Exim's",
+                  "only; MTA-STS only Postfix's (postfix-mta-sts-resolver): the others send as at `may`.", "",
+                  md(["scenario", *mtas]), md(["---"] * (len(mtas) + 1)), *[md(row) for row in tls_rows]]
     notes = overrides_text(results)
     if notes:
         lines += ["", "## Where implementations differ (overrides, with their reasons)", ""]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.observe.tlslog import OUTCOMES, TRUST_LEVELS, HopTlsLog, hop_tls_from_log
+from harness.observe.tlslog import OUTCOMES, TRUST_LEVELS, HopTlsLog, hop_tls_from_log, tls_log_evidence
 
 # Postfix relay, outbound verify, six messages sent to it back to back: four smtp processes deliver
 # them at once (smtp[116] twice, smtp[117] twice), their lines interleaved.
@@ -561,3 +561,50 @@ def test_json_round_trip_and_final() -> None:
     assert facts is not None and facts.final
     assert HopTlsLog.from_json(facts.to_json()) == facts
     assert facts.trust in TRUST_LEVELS and facts.outcome in OUTCOMES
+
+
+# --- the phrases the compatibility doc shows (harness.report.matrix) ---------------------------------
+# Lines of the bundled MTA-STS scenario 33 (mx with a wrong-name certificate, the policy enforced), as
+# HopTlsLog.line held them on 2026-12-01.
+EVIDENCE_CASES = [
+    ("Dec 01 02:58:11 relay postfix/smtp[145]: server certificate verification failed for "
+     "mx.example.test[172.30.254.10]:25: num=62:hostname mismatch\n"
+     "Dec 01 02:58:11 relay postfix/smtp[145]: Untrusted TLS connection established to "
+     "mx.example.test[172.30.254.10]:25: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) "
+     "key-exchange X25519 server-signature RSA-PSS (2048 bits) server-digest SHA256\n"
+     "Dec 01 02:58:11 relay postfix/smtp[145]: 07FEC2CE719: to=<bob@example.test>, "
+     "relay=mx.example.test[172.30.254.10]:25, delay=0.14, delays=0.03/0.03/0.08/0, dsn=4.7.5, "
+     "status=deferred (Server certificate not verified)",
+     ["num=62:hostname mismatch", "Untrusted TLS connection established",
+      "status=deferred (Server certificate not verified)"]),
+    ("2026-12-01 02:58:10.390 1xYE4I-00000i-0P => bob@example.test P=<alice@origin.test> R=dnslookup "
+     "T=remote_smtp S=547 H=mx.example.test [172.28.171.10]:25 "
+     "X=TLS1.3:ECDHE_SECP256R1__RSA_PSS_RSAE_SHA256__AES_256_GCM:256 CV=no "
+     'C="250 2.0.0 Ok: queued as 5570B2CE77A" QT=0.260s DT=0.130s',
+     ["CV=no"]),
+    ("5bd48bb811f87026 mta tls ciphers=TLSv1.3:TLS_AES_256_GCM_SHA384:256\n"
+     "5bd48bb811f87026 mta ssl_check_name: no match for 'mx.example.test' in cert\n"
+     '5bd48bb811f87026 mta server-cert-check result="failure"\n'
+     "5bd48bb811f87026 mta delivery evpid=9e37a25401b3c794 from=<alice@origin.test> to=<bob@example.test> "
+     'rcpt=<-> source="172.30.96.11" relay="172.30.96.10 (172.30.96.10)" delay=0s result="Ok" '
+     'stat="250 2.0.0 Ok: queued as CFCCB2CEBDB"',
+     ["ssl_check_name: no match for 'mx.example.test' in cert", 'server-cert-check result="failure"']),
+    # Kept for want of TLS: the reason, with the run's addresses dropped (they differ every run).
+    ("Dec 01 02:56:47 relay postfix/smtp[123]: A59222CE60A: to=<bob@example.test>, "
+     "relay=mx.example.test[172.31.51.10]:25, delay=0.11, delays=0.07/0.04/0/0, dsn=4.7.4, "
+     "status=deferred (TLS is required, but was not offered by host mx.example.test[172.31.51.10])",
+     ["status=deferred (TLS is required, but was not offered by host mx.example.test)"]),
+    ("2026-12-01 02:57:52.109 1xYE3z-00000i-36 == bob@example.test R=dnslookup T=remote_smtp defer (-37) "
+     "H=mx.example.test [172.31.116.10]:25 DT=0.021s: TLS session: (certificate verification failed): "
+     "Verification failed. The certificate differs.",
+     ["TLS session: (certificate verification failed): Verification failed. The certificate differs."]),
+    ('0000000000000000 mta delivery evpid=442426f6ea5c3f26 from=<alice@origin.test> to=<bob@example.test> '
+     'rcpt=<-> source="-" relay="example.test" delay=2s result="TempFail" stat="Network error on destination MXs"',
+     ["Network error on destination MXs"]),
+]
+
+
+@pytest.mark.parametrize(("line", "phrases"), EVIDENCE_CASES)
+def test_evidence_is_the_trust_the_complaint_and_the_reason_without_run_details(line: str,
+                                                                                phrases: list[str]) -> None:
+    assert tls_log_evidence(line) == phrases
