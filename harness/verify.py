@@ -415,7 +415,7 @@ class StepRunner:
             if obs.matched_by is None:
                 return False
             if step.tls is not None and step.tls.outcome != "none":
-                wants_log = step.tls.verified is not None
+                wants_log = step.tls.verified is not None or step.tls.dane is not None
                 return tls_decided(obs) and (not wants_log or (obs.tls_log is not None and obs.tls_log.final))
             return obs.complete
 

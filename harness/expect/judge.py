@@ -87,7 +87,7 @@ def _hop(index: int, step: HopStep, obs: HopObservation) -> list[Failure]:
 
 def _hop_tls(index: int, step: HopStep, exp: TlsExpectation, obs: HopObservation) -> list[Failure]:
     """The hop's handshake as the wire shows it (outcome, version), and as the sending MTA logged it
-    for the message (whether it verified the certificate)."""
+    for the message (whether it verified the certificate, and whether by DANE)."""
     exchange = obs.tls
     log = obs.tls_log
     seen = "none" if exchange is None else outcome_word(exchange)
@@ -107,6 +107,15 @@ def _hop_tls(index: int, step: HopStep, exp: TlsExpectation, obs: HopObservation
                             "client handed to the sender can be found there)")
         elif (log.trust == "verified") != exp.verified:
             problems.append(f"the sender's log says {log.trust or 'no TLS'}")
+    if exp.dane is not None:
+        if log is None:
+            problems.append("nothing in the sender's log about the message's delivery")
+        elif log.dane is None:
+            problems.append("the sender's log does not say how it matched the certificate (Postfix: "
+                            "smtp_tls_loglevel needs certmatch)")
+        elif log.dane != exp.dane:
+            problems.append("the sender's log says it matched a TLSA record" if log.dane else
+                            f"the sender's log says no TLSA record matched (trust: {log.trust or 'no TLS'})")
     if exp.reason is not None and re.search(exp.reason, account) is None:
         problems.append(f"no /{exp.reason}/ in it")
     if not problems:

@@ -59,7 +59,9 @@ def _outbound(policy: str | None) -> dict[str, str]:
               # One line per handshake: "<Trust> TLS connection established to <host>[<addr>]:25: TLSv1.3
               # with cipher ...", Verified / Trusted (chain ok, name not checked) / Untrusted /
               # Anonymous, or why verification failed: the sender's own account of the hop's TLS.
-              "smtp_tls_loglevel": "1"}
+              # "certmatch": also how the certificate matched ("Matched DANE EE certificate at depth 0"
+              # or "matched peername"), the one line that tells DANE from the CA and the name.
+              "smtp_tls_loglevel": "1, certmatch"}
     if policy == "verify":
         # The name the certificate must carry: the MX host name (from the MX lookup, so DNS decides,
         # as at "verify" it must). Postfix's default for verify, set here so a changed default

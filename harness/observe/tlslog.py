@@ -97,7 +97,9 @@ class HopTlsLog:
     reached. ``version`` ("TLSv1.3") and ``cipher`` (the MTA's own name for it): None when the attempt
     went in clear or never started a session. ``trust``: one of TRUST_LEVELS, None without TLS.
     ``reply``: the next hop's reply as logged ("250 2.0.0 Ok: queued as ABC"), None when the MTA gave
-    up before one (its own reason is in ``line``). ``outcome``: one of OUTCOMES. ``line``: the log
+    up before one (its own reason is in ``line``). ``outcome``: one of OUTCOMES. ``dane``: whether the
+    sender authenticated the next hop by its TLSA records (RFC 7672), None when its log cannot say (a
+    Postfix that logs no certificate matching, smtp_tls_loglevel without "certmatch"). ``line``: the log
     lines the facts come from, oldest first, one per line of the text."""
 
     peer: str | None
@@ -107,6 +109,7 @@ class HopTlsLog:
     reply: str | None
     line: str
     outcome: str
+    dane: bool | None = False
 
     @property
     def final(self) -> bool:
@@ -117,12 +120,12 @@ class HopTlsLog:
 
     def to_json(self) -> dict[str, Any]:
         return {"peer": self.peer, "version": self.version, "cipher": self.cipher, "trust": self.trust,
-                "reply": self.reply, "line": self.line, "outcome": self.outcome}
+                "reply": self.reply, "line": self.line, "outcome": self.outcome, "dane": self.dane}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> HopTlsLog:
         return cls(d.get("peer"), d.get("version"), d.get("cipher"), d.get("trust"), d.get("reply"),
-                   str(d.get("line", "")), str(d.get("outcome", "")))
+                   str(d.get("line", "")), str(d.get("outcome", "")), d.get("dane"))
 
 
 def hop_tls_from_log(mta: str, lines: Sequence[str], queue_id: str) -> HopTlsLog | None:
@@ -165,6 +168,10 @@ _PF_TLS = re.compile(r"^(Verified|Trusted|Untrusted|Anonymous) TLS connection es
 _PF_TLS_TROUBLE = re.compile(r"^(?:[0-9A-Za-z]+: )?(?:SSL_connect error to |server certificate verification "
                              r"failed for |certificate verification failed for |Cannot start TLS|"
                              r"warning: TLS library problem)")
+# With smtp_tls_loglevel "certmatch": how the certificate was matched, logged before "Verified ...":
+# "mx.example.test[172.29.248.10]:25: Matched DANE EE certificate at depth 0: 3 1 1 6FD1..." (DANE) or
+# "...: matched peername: mx.example.test" (the run's CA and the host name).
+_PF_CERTMATCH = re.compile(r"^\S+: (?:(Matched DANE )|matched (?:peername|subjectAltName|CommonName)\b)")
 _PF_DELIVERY = re.compile(r"^([0-9A-Za-z]+): to=<[^>]*>, (?:orig_to=<[^>]*>, )?relay=([^,]+), .*?"
                           r"\bstatus=(\w+)(?: \((.*)\))?$")
 _PF_ACTIVE = re.compile(r"^([0-9A-Za-z]+): from=<[^>]*>, .*\(queue active\)$")
@@ -179,6 +186,12 @@ _PF_OUTCOMES = {"sent": "sent", "deferred": "deferred", "bounced": "bounced", "e
 class _PostfixConnection(_Tls):
     owner: str | None = None  # the queue id whose delivery line used this handshake
     attempt: int = 0  # ... in its attempt number (qmgr's "queue active" lines for it)
+    dane: bool | None = None  # how its certificate matched, when the log said (certmatch)
+
+    def authenticated_by_dane(self) -> bool | None:
+        if self.trust != "verified":
+            return False
+        return self.dane
 
 
 def _postfix(lines: Sequence[str], queue_id: str) -> HopTlsLog | None:
@@ -200,6 +213,10 @@ def _postfix(lines: Sequence[str], queue_id: str) -> HopTlsLog | None:
         process, text = m.groups()
         if active := _PF_ACTIVE.match(text):
             attempts[active.group(1)] = attempts.get(active.group(1), 0) + 1
+        elif match := _PF_CERTMATCH.match(text):
+            conn = fresh(process)
+            conn.dane = match.group(1) is not None
+            conn.lines.append(line)
         elif tls := _PF_TLS.match(text):
             conn = fresh(process)
             conn.trust, conn.version, conn.cipher = tls.group(1).lower(), tls.group(4), tls.group(5)
@@ -222,7 +239,8 @@ def _postfix(lines: Sequence[str], queue_id: str) -> HopTlsLog | None:
             used = used or _PostfixConnection()
             said = _PF_SAID.match(detail or "")
             found = HopTlsLog(peer, used.version, used.cipher, used.trust, _reply(said.group(1) if said else detail),
-                              "\n".join([*used.lines, line]), _PF_OUTCOMES.get(status, status))
+                              "\n".join([*used.lines, line]), _PF_OUTCOMES.get(status, status),
+                              used.authenticated_by_dane())
     return found
 
 
@@ -262,7 +280,8 @@ def _exim(lines: Sequence[str], queue_id: str) -> HopTlsLog | None:
         trust = _EXIM_TRUST.get(verified.group(1)) if tls and verified else None
         found = HopTlsLog((host.group(1) or host.group(2)) if host else None,
                           _version(tls.group(1)) if tls else None, tls.group(2) if tls else None, trust,
-                          _reply(reply), "\n".join([*context, line]), _EXIM_OUTCOMES[marker.group(1)])
+                          _reply(reply), "\n".join([*context, line]), _EXIM_OUTCOMES[marker.group(1)],
+                          bool(tls and verified and verified.group(1) == "dane"))
         context = []
     return found
 
@@ -333,7 +352,8 @@ _READERS: dict[str, Callable[[Sequence[str], str], HopTlsLog | None]] = {
 # to run (no time, queue id, pid or address): the trust phrase, the verification's complaint, and the
 # reason a message was kept. In order of appearance; a next hop's "250 ... queued as X" is not among them.
 _EVIDENCE = re.compile(
-    r"(?P<pf_trust>(?:Verified|Trusted|Untrusted|Anonymous) TLS connection established)"
+    r"(?P<pf_dane>Matched DANE \w+ certificate at depth \d+)"
+    r"|(?P<pf_trust>(?:Verified|Trusted|Untrusted|Anonymous) TLS connection established)"
     r"|server certificate verification failed for [^:]+:\d+: (?P<pf_failed>.+)$"
     r"|(?P<pf_status>status=(?:deferred|bounced|expired) \(.*\))$"
     r"|(?P<exim_cv>\bCV=\w+)"

@@ -81,6 +81,7 @@ class TlsExpectation:
     mark: Mark | None = field(default=None, compare=False)
     version: str | None = None  # hops: the version on the wire ("TLSv1.3")
     verified: bool | None = None  # hops: the sending MTA's log says it verified the certificate
+    dane: bool | None = None  # hops: ... that it authenticated the next hop by its TLSA records
 
     def __str__(self) -> str:
         words = [f"TLS {self.outcome}"]
@@ -88,6 +89,8 @@ class TlsExpectation:
             words.append(self.version)
         if self.verified is not None:
             words.append("verified by the sender" if self.verified else "not verified by the sender")
+        if self.dane is not None:
+            words.append("DANE-authenticated" if self.dane else "not DANE-authenticated")
         return " ".join(words) + (f" /{self.reason}/" if self.reason else "")
 
 

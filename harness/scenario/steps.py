@@ -256,7 +256,7 @@ class StepBuilder(RecordBuilder):
         if reason is not None:
             self.regex(reason, *path, "reason")
         return TlsExpectation(outcome=spec["outcome"], reason=reason, mark=self.at(*path),
-                              version=spec.get("version"), verified=spec.get("verified"))
+                              version=spec.get("version"), verified=spec.get("verified"), dane=spec.get("dane"))
 
     def expectations(
         self, path: JsonPath, raw_expect: dict[str, Any], rcpt_to: tuple[str, ...] | None
@@ -380,8 +380,9 @@ class StepBuilder(RecordBuilder):
         if tls is not None and tls.outcome != "established" and tls.version:
             raise self.fail(self.at_key(*here, "tls"), f"tls {tls.outcome!r} with a version: a version is "
                             "known only for an established session")
-        if tls is not None and tls.outcome == "none" and tls.verified is not None:
-            raise self.fail(self.at_key(*here, "tls"), "tls 'none' with verified: without a handshake there "
+        if tls is not None and tls.outcome == "none" and (tls.verified is not None or tls.dane is not None):
+            key = "dane" if tls.verified is None else "verified"
+            raise self.fail(self.at_key(*here, "tls"), f"tls 'none' with {key}: without a handshake there "
                             "is no certificate to verify")
         return HopStep(
             hop=hop,

@@ -122,6 +122,9 @@ HOP_MUTANTS = [
     # A TLSA record that matches no key: DANE must fail, nothing is delivered.
     ("31-relay-dane-valid-tlsa-delivered.yaml", [("tlsa: valid", "tlsa: wrong")],
      {("hop", "TLS"), ("delivery", None)}),
+    # The relay verifies by the run's CA and the name instead of DANE: verified, but no TLSA record matched.
+    ("31-relay-dane-valid-tlsa-delivered.yaml", [("relay: {outbound: dane}", "relay: {outbound: verify}")],
+     {("hop", "TLS")}),
     # The zone unsigned: the TLSA record is insecure, the relay falls back to "may" and never says verified.
     ("31-relay-dane-valid-tlsa-delivered.yaml", [("dnssec:\n  signed: [example.test]\n", "")],
      {("hop", "TLS")}),

@@ -70,6 +70,21 @@ def test_an_established_verified_hop_passes_and_each_difference_fails() -> None:
     assert _observed(_step(want), _obs(TLS_TEXT))[0].startswith("TLS started")
 
 
+def test_dane_is_judged_on_how_the_sender_matched_the_certificate() -> None:
+    want = TlsExpectation("established", verified=True, dane=True)
+    assert judge(4, _step(want), _obs(log=replace(VERIFIED, dane=True))) == []
+    # Verified by the run's CA and the name: not DANE.
+    ca_only = _obs(log=replace(VERIFIED, dane=False))
+    assert "no TLSA record matched (trust: verified)" in _observed(_step(want), ca_only)[0]
+    # A log that cannot tell (Postfix without certmatch) fails rather than guesses.
+    assert "does not say how it matched" in _observed(_step(want), _obs(log=replace(VERIFIED, dane=None)))[0]
+    assert "nothing in the sender's log" in _observed(_step(want), _obs(log=None))[0]
+    # dane: false fails on a DANE match.
+    assert "matched a TLSA record" in _observed(_step(TlsExpectation("established", dane=False)),
+                                                _obs(log=replace(VERIFIED, dane=True)))[0]
+    assert str(want) == "TLS established verified by the sender DANE-authenticated"
+
+
 def test_the_failure_reads_the_wire_and_the_senders_log_line() -> None:
     failure = judge(4, _step(TlsExpectation("established", verified=False)), _obs())[0]
     assert (failure.kind, failure.stage, failure.hop) == ("hop", "TLS", HOP)
@@ -117,6 +132,8 @@ def test_hop_tls_and_cleartext_load(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("hop", "where", "words"), [
     ("      tls: {outcome: failed, version: TLSv1.2}\n", (13, 7), "known only for an established session"),
     ("      tls: {outcome: none, verified: false}\n", (13, 7), "no certificate to verify"),
+    ("      tls: {outcome: none, dane: false}\n", (13, 7), "tls 'none' with dane"),
+    ("      tls: {outcome: established, dane: maybe}\n", (13, 41), "true or false"),
     ("      tls: sometimes\n", (13, 12), "established, failed or none"),
     ("      tls: {outcome: established, version: SSLv3}\n", (13, 44), "TLSv1.3, TLSv1.2"),
     ("      within: 3\n", (12, 7), "checks nothing: give it expect"),

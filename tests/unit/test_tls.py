@@ -273,7 +273,7 @@ def _relay(mta: str, outbound: str) -> str:
 def test_each_driver_sends_with_the_outbound_policy(outbound: str, postfix: str, exim: list[str],
                                                     opensmtpd: str) -> None:
     main = _relay("postfix", outbound)
-    assert postfix in main and f"smtp_tls_CAfile = {TLS_CA}" in main and "smtp_tls_loglevel = 1" in main
+    assert postfix in main and f"smtp_tls_CAfile = {TLS_CA}" in main and "smtp_tls_loglevel = 1, certmatch" in main
     assert ("smtp_tls_verify_cert_match = hostname" in main) == (outbound == "verify")
     transport = _relay("exim", outbound)
     assert "hosts_avoid_tls" not in transport and f"tls_verify_certificates = {TLS_CA}" in transport

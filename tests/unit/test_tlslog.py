@@ -608,3 +608,73 @@ EVIDENCE_CASES = [
 def test_evidence_is_the_trust_the_complaint_and_the_reason_without_run_details(line: str,
                                                                                 phrases: list[str]) -> None:
     assert tls_log_evidence(line) == phrases
+
+
+# --- DANE: how the certificate matched ----------------------------------------------------------------
+# Postfix relays with smtp_tls_loglevel = "1, certmatch" (as the harness configures them), 2026-12-01:
+# outbound dane to an mx whose TLSA record matches, and outbound verify (the run's CA and the name).
+POSTFIX_DANE = (
+    'Dec 01 03:01:27 relay postfix/qmgr[38]: C2EBD2CE354: from=<alice@origin.test>, size=506, nrcpt=1 '
+        '(queue active)',
+    'Dec 01 03:01:27 relay postfix/smtp[123]: mx.example.test[172.29.248.10]:25: Matched DANE EE certificate '
+        'at depth 0: 3 1 1 6FD1C8D9EBAA5DF53A17E4B46B24072A5600542E0B88A55FAEDD76F3514DF58C',
+    'Dec 01 03:01:27 relay postfix/smtp[123]: mx.example.test[172.29.248.10]:25: subject_CN=mx.example.test, '
+        'issuer_CN=mailflow-harness run 20261201-030118-8f5e95 CA, fingerprint=4F:A5:72:AF, pkey_fingerprint=6F:D1',
+    'Dec 01 03:01:27 relay postfix/smtp[123]: Verified TLS connection established to '
+        'mx.example.test[172.29.248.10]:25: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) '
+        'key-exchange X25519 server-signature RSA-PSS (2048 bits) server-digest SHA256',
+    'Dec 01 03:01:27 relay postfix/smtp[123]: C2EBD2CE354: to=<bob@example.test>, '
+        'relay=mx.example.test[172.29.248.10]:25, delay=0.08, delays=0.02/0.03/0.01/0.03, dsn=2.0.0, '
+        'status=sent (250 2.0.0 Ok: queued as D21BD2CE397)',
+)
+POSTFIX_CA_MATCH = (
+    'Dec 01 03:01:26 relay postfix/smtp[121]: mx.example.test[172.28.59.10]:25: matched peername: '
+        'mx.example.test',
+    'Dec 01 03:01:26 relay postfix/smtp[121]: Verified TLS connection established to '
+        'mx.example.test[172.28.59.10]:25: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) '
+        'key-exchange X25519 server-signature RSA-PSS (2048 bits) server-digest SHA256',
+    'Dec 01 03:01:26 relay postfix/smtp[121]: 699CF2CE236: to=<bob@example.test>, '
+        'relay=mx.example.test[172.28.59.10]:25, delay=0.13, delays=0.02/0.08/0.01/0.02, dsn=2.0.0, '
+        'status=sent (250 2.0.0 Ok: queued as 8565E2CE275)',
+)
+# Exim relay, outbound dane, the TLSA record matching (bundled scenario 31, 2026-12-01).
+EXIM_DANE = (
+    '2026-12-01 02:57:35.988 1xYE3j-00000h-0b => bob@example.test P=<alice@origin.test> R=dnslookup '
+        'T=remote_smtp S=543 H=mx.example.test [172.31.42.10]:25 '
+        'X=TLS1.3:ECDHE_SECP256R1__RSA_PSS_RSAE_SHA256__AES_256_GCM:256 CV=dane C="250 2.0.0 Ok: queued as '
+        'B1C602CE206"',
+)
+
+
+def test_postfix_a_dane_match_is_dane_and_a_name_match_is_not() -> None:
+    dane = hop_tls_from_log("postfix", POSTFIX_DANE, "C2EBD2CE354")
+    assert dane is not None and (dane.trust, dane.dane, dane.outcome) == ("verified", True, "sent")
+    assert "Matched DANE EE certificate" in dane.line
+    ca = hop_tls_from_log("postfix", POSTFIX_CA_MATCH, "699CF2CE236")
+    assert ca is not None and (ca.trust, ca.dane) == ("verified", False)
+
+
+def test_postfix_verified_without_certmatch_lines_cannot_say() -> None:
+    # smtp_tls_loglevel = 1 (a configuration of the user's own): "Verified" alone is DANE or the CA.
+    facts = hop_tls_from_log("postfix", POSTFIX_DANE[:1] + POSTFIX_DANE[3:], "C2EBD2CE354")
+    assert facts is not None and (facts.trust, facts.dane) == ("verified", None)
+    # Not verified at all is never DANE.
+    unverified = hop_tls_from_log("postfix", POSTFIX_VERIFY_EXPIRED, "AE01227E5C2")
+    assert unverified is not None and unverified.dane is False
+
+
+def test_exim_cv_dane_is_dane_and_opensmtpd_never_is() -> None:
+    dane = hop_tls_from_log("exim", EXIM_DANE, "1xYE3j-00000h-0b")
+    assert dane is not None and (dane.trust, dane.dane) == ("verified", True)
+    yes = hop_tls_from_log("exim", EXIM_VALID, "1xY94h-00000c-12")
+    assert yes is not None and (yes.trust, yes.dane) == ("verified", False)
+    for lines, queue_id in ((OPENSMTPD_WRONG_NAME, "9c95140c"), (OPENSMTPD_CLEAR, "44482032")):
+        facts = hop_tls_from_log("opensmtpd", lines, queue_id)
+        assert facts is not None and facts.dane is False
+
+
+def test_dane_survives_json_and_old_records_say_unknown() -> None:
+    dane = hop_tls_from_log("postfix", POSTFIX_DANE, "C2EBD2CE354")
+    assert dane is not None and HopTlsLog.from_json(dane.to_json()) == dane
+    old = {k: v for k, v in dane.to_json().items() if k != "dane"}
+    assert HopTlsLog.from_json(old).dane is None
