@@ -23,7 +23,16 @@ from harness.mta import DRIVERS
 from harness.scenario.context import KNOWN_MTAS, STANDARD_ROLES, one_of
 from harness.scenario.inputs import config_tree_problem, outside_problem, trusted_roots
 from harness.scenario.messages import DEFAULT_BODY
-from harness.scenario.model import UNREACHABLE_ROLE, Dnssec, MtaSts, RoleOverride, RoleTls, Scenario
+from harness.scenario.model import (
+    POLICY_ROLE,
+    RESOLVER_ROLE,
+    UNREACHABLE_ROLE,
+    Dnssec,
+    MtaSts,
+    RoleOverride,
+    RoleTls,
+    Scenario,
+)
 from harness.scenario.steps import DEFAULT_EHLO, DSN_FIELDS, StepBuilder, build_steps
 from harness.scenario.validate import JsonPath, SourceMap, load_schema, schema_path, validate_document
 from harness.scenario.yamlmarks import read_yaml
@@ -50,6 +59,10 @@ _NOT_ROLES = {
     "dns": "'dns' is the scenario's DNS server, not a mail role: it cannot be changed or added under roles",
     "client": "'client' is the harness's own SMTP client, not a role: it cannot be changed or added "
               "under roles",
+    RESOLVER_ROLE: f"'{RESOLVER_ROLE}' is the validating resolver of a scenario with dnssec:, not a mail role: "
+                   "choose another name",
+    POLICY_ROLE: f"'{POLICY_ROLE}' is the MTA-STS policy host of a scenario with mta_sts:, not a mail role: "
+                 "choose another name",
     UNREACHABLE_ROLE: f"'{UNREACHABLE_ROLE}' names the address in the run's network that nothing answers "
                       f"on (address_of: {UNREACHABLE_ROLE}), not a role: choose another name",
 }

@@ -314,6 +314,10 @@ Step = (SmtpSessionStep | DeliveryStep | NoDeliveryStep | HopStep | NoConnection
 # ``address_of: unreachable``: an address in the run's own network that nothing answers on, so MX
 # fallback past a dead host is written without a literal address outside the network.
 UNREACHABLE_ROLE = "unreachable"
+# Containers of a run that are not mail roles, their names reserved: the validating resolver of a scenario
+# with dnssec:, the MTA-STS policy host of one with mta_sts:.
+RESOLVER_ROLE = "resolver"
+POLICY_ROLE = "policy"
 
 
 @dataclass(frozen=True)

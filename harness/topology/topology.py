@@ -27,7 +27,7 @@ from harness.dns.zones import NS_HOST
 from harness.errors import ConfigurationError, ContainerExitedError, InfrastructureError
 from harness.mta.base import COMPLAINT, TLS_CA, TLS_CERT, TLS_KEY, TlsOffer
 from harness.report.progress import Progress
-from harness.scenario.model import UNREACHABLE_ROLE, Dnssec, MtaSts, RoleTls
+from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE, UNREACHABLE_ROLE, Dnssec, MtaSts, RoleTls
 from harness.tls.ca import Credentials, RunTls
 from harness.topology.engine import API_TIMEOUT_S
 from harness.topology.images import ImageStore
@@ -36,14 +36,13 @@ from harness.topology.mta import IMPLEMENTATIONS, MtaImplementation
 from harness.topology.readiness import wait_for_greeting, wait_for_listener
 
 DNS_ROLE = "dns"
-# A scenario with dnssec: the validating resolver (Unbound, in the dns image) the MTAs then use.
-RESOLVER_ROLE = "resolver"
+# A scenario with dnssec: the validating resolver (Unbound, in the dns image) the MTAs then use
+# (RESOLVER_ROLE).
 RESOLVER_HOSTNAME = "resolver.harness.test"
 # Where the resolver container reads its configuration (compose/dns/resolver-start).
 RESOLVER_CONF_PATH = "/etc/unbound/harness/unbound.conf"
-# A scenario with mta_sts: the policy host (mta-sts.<domain>, openssl s_server in the dns image).
-POLICY_ROLE = "policy"
-# Where it serves from (compose/dns/policy-start): the policy is <root>/.well-known/mta-sts.txt.
+# A scenario with mta_sts: the policy host (POLICY_ROLE: mta-sts.<domain>, openssl s_server in the dns
+# image). Where it serves from (compose/dns/policy-start): the policy is <root>/.well-known/mta-sts.txt.
 POLICY_ROOT = "/srv/mta-sts"
 POLICY_PATH = f"{POLICY_ROOT}/.well-known/mta-sts.txt"
 POLICY_PORT = 443

@@ -127,3 +127,14 @@ def test_exim_and_opensmtpd_send_as_at_may() -> None:
         may = driver.role_files(COMPOSE / driver.name / "relay", {}, TlsOffer("relay.origin.test", False, "may"))
         assert sts == may, driver.name
         assert driver.started_commands(OFFER) == []
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ("roles:\n  policy: {like: mx}\n", "'policy' is the MTA-STS policy host"),
+    ("roles:\n  resolver: {like: nomail}\n", "'resolver' is the validating resolver"),
+    ("tls:\n  policy: {certificate: valid}\n", "'policy' is the MTA-STS policy host"),
+])
+def test_the_infrastructure_roles_names_are_reserved(tmp_path: Path, body: str, words: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(_write(tmp_path, body))
+    assert (info.value.line, info.value.col) == (4, 3) and words in str(info.value), str(info.value)
