@@ -176,23 +176,29 @@ class StepRunner:
     def _watch(self, index: int, step: Step, within_s: float, look: Callable[[float], _O], *,
                until_pass: bool, settled: Callable[[_O], bool] | None = None,
                gone: Callable[[], bool] | None = None, interval: float = POLL_INTERVAL_S,
-               wake: threading.Event | None = None) -> _O:
+               wake: threading.Event | None = None, absent: Callable[[_O], bool] | None = None) -> _O:
         """Look until the step's verdict is known, or ``within_s`` has passed; the last observation.
 
-        A positive step (``until_pass``) is known once its judge passes (and ``settled`` holds for it);
-        a negative one ("no ...") once its judge fails, or once ``gone`` says the outcome can no longer
-        change (the message is in no queue of the topology any more). ``gone`` is asked before each look,
-        so a copy delivered in between is still seen by that look."""
+        A positive step (``until_pass``) is known once its judge passes (and ``settled`` holds for it), or
+        once it fails on a look that saw nothing (``absent``) taken after ``gone`` said the outcome can no
+        longer change: asked only then, as listing every queue costs a command per host. A negative one
+        ("no ...") once its judge fails, or once ``gone`` says so; there ``gone`` is asked before each
+        look, so a copy delivered in between is still seen by that look."""
         finished = [False]
+        hopeless = [False]  # a positive step's last look failed and saw nothing: ask ``gone`` next
 
         def look_after_gone(waited: float) -> _O:
-            finished[0] = gone is not None and gone()
+            if not until_pass or hopeless[0]:
+                finished[0] = gone is not None and gone()
             return look(waited)
 
         def done(obs: _O) -> bool:
             failures = judge(index, step, obs)
             if until_pass:
-                return not failures and (settled is None or settled(obs))
+                if not failures:
+                    return settled is None or settled(obs)
+                hopeless[0] = absent is not None and absent(obs)
+                return finished[0] and hopeless[0]
             return bool(failures) or finished[0]
 
         return self._look_until(within_s, look_after_gone, done, interval=interval, wake=wake)
@@ -390,7 +396,12 @@ class StepRunner:
         def look(waited: float) -> QueueObservation:
             return QueueObservation(step.host, step.of, tuple(queue_entries(host, message, step.of)), waited)
 
-        return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=True, interval=0.5)
+        # The message in no queue of the topology: delivered or returned, it never comes back to one, so
+        # a state still expected of it is known not to come (a bounce may yet be made: ``of: bounce``
+        # waits out its bound).
+        gone = self._nowhere(message) if step.of == "message" else None
+        return self._watch(index, step, self._bound(step.within_s, message), look, until_pass=True, interval=0.5,
+                           gone=gone, absent=lambda obs: not obs.entries)
 
     # -- hops between hosts ----------------------------------------------------------------------------
     def hop(self, index: int, step: Step) -> Observation:

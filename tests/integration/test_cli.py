@@ -363,3 +363,29 @@ def test_no_connection_fails_on_a_connection_made_just_before_the_verdict(
     assert failure["kind"] == "no_connection", failure
     (observation,) = [s["observation"] for s in result["steps"] if s["kind"] == "no_connection"]
     assert [a["destination"] for a in observation["attempts"]] == ["mx"]
+
+
+QUEUE_STATE_WRONG = """\
+name: deferred expected where the relay delivers at once
+description: the relay hands the message to mx within milliseconds; "deferred in the relay's queue" must fail
+steps:
+  - smtp: {host: relay, mail_from: alice@origin.test, rcpt_to: bob@example.test}
+  - queue_state: {host: relay, state: deferred, within: 30}
+"""
+
+
+@pytest.mark.parametrize("mta", ["postfix", "exim", "opensmtpd"])
+def test_a_queue_state_fails_once_the_message_has_left_every_queue(
+        engine: docker.DockerClient, tmp_path: Path, mta: str) -> None:
+    """Delivered, the message never returns to a queue: the expected state is known not to come, and the
+    step says so at once instead of at its bound."""
+    scenario = tmp_path / "left.yaml"
+    scenario.write_text(QUEUE_STATE_WRONG)
+    out = tmp_path / "r.json"
+    done = harness("run", str(scenario), "--mta", mta, "--json", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    (result,) = json.loads(out.read_text())["scenarios"]
+    (failure,) = result["failures"]
+    assert failure["kind"] == "queue_state" and failure["observed"] == "not in the queue", failure
+    (observation,) = [s["observation"] for s in result["steps"] if s["kind"] == "queue_state"]
+    assert observation["entries"] == [] and observation["waited_s"] < 10, observation
