@@ -56,11 +56,10 @@ _STANDARD_MX: tuple[tuple[str, str], ...] = (
     ("nullmx.test.", "0 ."),  # RFC 7505 null MX
 )
 
-
-
 def standard_mx_hosts(domain: str) -> tuple[str, ...]:
     """The host names the standard topology's MX records give ``domain`` (absolute), none for a null MX."""
-    return tuple(value.split()[1].rstrip(".") for d, value in _STANDARD_MX if d == domain and value.split()[1] != ".")
+    hosts = (value.split()[1] for d, value in _STANDARD_MX if d == domain)
+    return tuple(h.rstrip(".") for h in hosts if h != ".")
 
 
 # Names whose zones every run serves (the standard MX domains and role hosts).

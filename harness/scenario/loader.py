@@ -177,17 +177,18 @@ class _Builder(StepBuilder):
         """A destination's MTA-STS policy. Its domain must be one the scenario serves (the TXT record and
         the policy host's name go into that zone); its mx patterns default to the domain's MX hosts."""
         domain = str(raw.get("domain", "example.test")).lower().rstrip(".")
-        if zone_origin(f"{domain}.") not in self.served_zones():
+        served = self.served_zones()
+        if zone_origin(f"{domain}.") not in served:
             raise self.fail(self.at("mta_sts", "domain") if "domain" in raw else self.at_key("mta_sts"),
                             f"domain {domain!r} is not served in this scenario (served: "
-                            f"{', '.join(sorted(z.rstrip('.') for z in self.served_zones()))})")
+                            f"{', '.join(sorted(z.rstrip('.') for z in served))})")
         if "mx" in raw:
             mx = tuple(str(m).lower().rstrip(".") for m in raw["mx"])
         else:
+            # A declared null MX ("0 .") names no host.
             declared = [r.value.split()[-1].rstrip(".").lower() for r in self.records
                         if r.rtype == "MX" and r.value and r.name.lower().rstrip(".") == domain]
-            mx = tuple(dict.fromkeys([*standard_mx_hosts(f"{domain}."), *declared]))
-            mx = tuple(m for m in mx if m)
+            mx = tuple(dict.fromkeys(h for h in [*standard_mx_hosts(f"{domain}."), *declared] if h))
             if not mx:
                 raise self.fail(self.at_key("mta_sts"), f"{domain} has no MX host in this scenario to put in "
                                 "its policy: list the policy's patterns under mta_sts: mx")

@@ -389,10 +389,6 @@ class Dnssec:
     mark: Mark | None = field(default=None, compare=False)
 
 
-# An MTA-STS policy's mode (RFC 8461 section 3.2).
-MTA_STS_MODES = ("enforce", "testing", "none")
-
-
 @dataclass(frozen=True)
 class MtaSts:
     """A destination domain's MTA-STS policy (RFC 8461): the ``_mta-sts.<domain>`` TXT record and a
@@ -400,7 +396,7 @@ class MtaSts:
     of ``certificate`` kind from the run's CA. ``mx``: the policy's mx patterns, as written."""
 
     domain: str  # lower case, no trailing dot
-    mode: str
+    mode: str  # enforce, testing or none (RFC 8461 section 3.2; the schema's enum)
     mx: tuple[str, ...]
     max_age: int = 86400
     certificate: str = "valid"

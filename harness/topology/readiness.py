@@ -169,53 +169,53 @@ def read_greeting(address: str, port: int = 25, *, timeout_s: float = 2.0,
             buf += chunk
 
 
+def _wait_until_ready(attempt: Callable[[float, _ExitWatch], str | None], watch: _ExitWatch, *, timeout_s: float,
+                      logs: Callable[[], str] | None, failed: str) -> float:
+    """Call ``attempt`` (the time left, the watch to tick) until it finds nothing wrong (None); the seconds
+    it took. A refused or timed-out attempt is tried again; past ``timeout_s``: ReadinessTimeoutError
+    saying ``failed`` and what the last attempt met, with ``logs()``."""
+    started = time.monotonic()
+    last = "nothing yet"
+    while (remaining := timeout_s - (time.monotonic() - started)) > 0:
+        watch.check()
+        try:
+            problem = attempt(remaining, watch)
+        except (OSError, TimeoutError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.05)
+            continue
+        if problem is None:
+            return time.monotonic() - started
+        last = problem
+        time.sleep(0.1)
+    watch.check(force=True)  # ended at the last moment: say so rather than "did not greet"
+    tail = "\n--- last log lines ---\n" + logs() if logs is not None else ""
+    raise ReadinessTimeoutError(f"{failed} within {timeout_s:.0f} s (last: {last}){tail}")
+
+
 def wait_for_greeting(address: str, expected_code: int, *, what: str, timeout_s: float = 30.0,
                       port: int = 25, logs: Callable[[], str] | None = None,
                       container: Container | None = None) -> float:
     """Poll until a greeting with ``expected_code`` is read; return the seconds it took. With
     ``container``, its state is looked at every STATE_EVERY_S: once it has exited (or died, or was
     removed), ContainerExitedError says so at once, with ``logs()`` (its last lines)."""
-    started = time.monotonic()
-    watch = _ExitWatch(container, what, f"greeting with {expected_code}", logs)
-    last = "nothing yet"
-    while (remaining := timeout_s - (time.monotonic() - started)) > 0:
-        watch.check()
-        try:
-            code, line = read_greeting(address, port, timeout_s=min(5.0, remaining), tick=watch.check)
-        except (OSError, TimeoutError) as exc:
-            last = f"{type(exc).__name__}: {exc}"
-            time.sleep(0.05)
-            continue
-        if code == expected_code:
-            return time.monotonic() - started
-        last = f"greeting {line!r}"
-        time.sleep(0.1)
-    watch.check(force=True)  # ended at the last moment: say so rather than "did not greet"
-    tail = ""
-    if logs is not None:
-        tail = "\n--- last log lines ---\n" + logs()
-    raise ReadinessTimeoutError(
-        f"{what} at {address}:{port} did not greet with {expected_code} within {timeout_s:.0f} s "
-        f"(last: {last}){tail}"
-    )
+    def attempt(remaining: float, watch: _ExitWatch) -> str | None:
+        code, line = read_greeting(address, port, timeout_s=min(5.0, remaining), tick=watch.check)
+        return None if code == expected_code else f"greeting {line!r}"
+
+    return _wait_until_ready(attempt, _ExitWatch(container, what, f"greeting with {expected_code}", logs),
+                             timeout_s=timeout_s, logs=logs,
+                             failed=f"{what} at {address}:{port} did not greet with {expected_code}")
 
 
 def wait_for_listener(address: str, port: int, *, what: str, timeout_s: float = 30.0,
                       logs: Callable[[], str] | None = None, container: Container | None = None) -> float:
     """Poll until a TCP connection to ``address``:``port`` is accepted (a service that does not speak
     first, such as HTTPS); return the seconds it took. ``container`` is watched as in wait_for_greeting."""
-    started = time.monotonic()
-    watch = _ExitWatch(container, what, "accepting connections", logs)
-    last = "nothing yet"
-    while (remaining := timeout_s - (time.monotonic() - started)) > 0:
-        watch.check()
-        try:
-            with socket.create_connection((address, port), timeout=min(1.0, remaining)):
-                return time.monotonic() - started
-        except OSError as exc:
-            last = f"{type(exc).__name__}: {exc}"
-            time.sleep(0.05)
-    watch.check(force=True)
-    tail = "\n--- last log lines ---\n" + logs() if logs is not None else ""
-    raise ReadinessTimeoutError(f"{what} at {address}:{port} accepted no connection within {timeout_s:.0f} s "
-                                f"(last: {last}){tail}")
+    def attempt(remaining: float, watch: _ExitWatch) -> str | None:
+        with socket.create_connection((address, port), timeout=min(1.0, remaining)):
+            return None
+
+    return _wait_until_ready(attempt, _ExitWatch(container, what, "accepting connections", logs),
+                             timeout_s=timeout_s, logs=logs,
+                             failed=f"{what} at {address}:{port} accepted no connection")

@@ -472,33 +472,29 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
         host.container.start()
         driver = plan_host.mta
         assert driver is not None
-        key_problem: InfrastructureError | None = None
+        # Before any client can connect (the greeting is waited for below), in order:
+        commands: list[list[str]] = []
         if direct is not None:
-            # Before any mail: Docker's embedded resolver (127.0.0.11) answers the containers' host names
-            # itself, from the aliases the engine gives every endpoint (mx.example.test: TTL 600, no RRSIG,
-            # no AD), whatever the scenario's DNS says about them; a record or dns_fault for a role's host
-            # name would be silently ignored, and a DANE lookup of an MX host could never be secure
+            # Docker's embedded resolver (127.0.0.11) answers the containers' host names itself, from
+            # the aliases the engine gives every endpoint (mx.example.test: TTL 600, no RRSIG, no AD),
+            # whatever the scenario's DNS says about them; a record or dns_fault for a role's host name
+            # would be silently ignored, and a DANE lookup of an MX host could never be secure
             # (docs/dane-notes.md). So every MTA asks the scenario's server (or resolver) directly. glibc
             # rereads a changed resolv.conf; Docker leaves one changed inside the container alone.
-            try:
-                _run_checked(host, ["sh", "-c", f"printf '%s' '{direct}' > /etc/resolv.conf"])
-            except InfrastructureError as exc:
-                key_problem = exc
-        if key_problem is None:
-            for command in driver.started_commands(plan_host.tls_offer):
-                try:
-                    _run_checked(host, command)
-                except InfrastructureError as exc:
-                    key_problem = exc
-                    break
+            commands.append(["sh", "-c", f"printf '%s' '{direct}' > /etc/resolv.conf"])
+        # Companions of the MTA that resolve names start once resolv.conf says where to ask.
+        commands += driver.started_commands(plan_host.tls_offer)
         if plan_host.tls is not None and driver.tls_key_owner is not None:
-            # Before any client can connect: the greeting is waited for below.
+            commands.append(["chown", driver.tls_key_owner, TLS_KEY])
+        setup_problem: InfrastructureError | None = None
+        for command in commands:
             try:
-                _run_checked(host, ["chown", driver.tls_key_owner, TLS_KEY])
+                _run_checked(host, command)
             except InfrastructureError as exc:
-                # A container that exits at once (a configuration refused) says so below, in the
-                # MTA's words; only a running one that kept its key from the MTA is this error.
-                key_problem = exc
+                # A container that exits at once (a configuration refused) says so below, in the MTA's
+                # words; only a running one whose set-up failed is this error.
+                setup_problem = exc
+                break
         host.ready_code = driver.ready_code(plan_host.base_role)
         # The container's state is watched too: one that exits while starting (a configuration the
         # MTA refuses) is reported at once with its exit code and last log lines, not after the bound.
@@ -510,8 +506,8 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
             if exc.container_exit_code is None or exc.container_exit_code >= 128:
                 raise  # killed (a signal, out of memory) or removed: not the configuration's doing
             raise configuration_error(plan_host, exc.log.splitlines(), str(exc)) from exc
-        if key_problem is not None:
-            raise key_problem
+        if setup_problem is not None:
+            raise setup_problem
         host.check_warnings = tuple(_as_configured(plan_host, driver.check(_Exec(host))))
         if any(_FATAL.search(line) for line in host.check_warnings):
             raise configuration_error(plan_host, list(host.check_warnings),

@@ -10,15 +10,18 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import docker
 import pytest
 
+import harness.topology.topology as topology_module
 from harness.expect.results import ScenarioResult
 from harness.report.files import write_json
 from harness.report.progress import Progress
 from harness.runner import RunContext, default_jobs, implementations_for, run_all
 from harness.scenario.loader import load_scenarios
+from harness.tls.ca import RunTls
 from harness.topology.engine import ensure_engine
 from harness.topology.images import ImageStore
 from harness.topology.mta import available
@@ -33,6 +36,30 @@ def harness(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     its exit status."""
     return subprocess.run([sys.executable, "-m", "harness", "--compose", str(COMPOSE), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class WatchedRunTls(RunTls):
+    """The run's key directory, noted when made, with what it held once the roles started."""
+
+    made: ClassVar[list[WatchedRunTls]] = []
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.held: list[str] = []
+        WatchedRunTls.made.append(self)
+
+    def issue(self, role: str, hostname: str, kind: str) -> Any:
+        credentials = super().issue(role, hostname, kind)
+        self.held = sorted(str(p.relative_to(self.directory)) for p in self.directory.rglob("*.pem"))
+        return credentials
+
+
+@pytest.fixture
+def run_keys(monkeypatch: pytest.MonkeyPatch) -> list[WatchedRunTls]:
+    """Every run's key directory made during the test (the topologies' RunTls watched)."""
+    monkeypatch.setattr(topology_module, "RunTls", WatchedRunTls)
+    WatchedRunTls.made.clear()
+    return WatchedRunTls.made
 
 
 def _engine_or_fail() -> docker.DockerClient:

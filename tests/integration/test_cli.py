@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import docker
 import pytest
@@ -325,13 +326,19 @@ def test_hop_of_a_refused_message_is_not_judged_on_the_other_messages_transactio
     assert hops[1]["matched_by"].startswith("Message-ID")
 
 
-def test_no_bounce_fails_when_a_dsn_about_the_message_arrives(engine: docker.DockerClient, tmp_path: Path) -> None:
-    scenario = tmp_path / "bounced.yaml"
-    scenario.write_text(NO_BOUNCE_WRONG)
+def _failed_run(tmp_path: Path, text: str, mta: str) -> dict[str, Any]:
+    """The result of a one-scenario run that must fail (exit 1)."""
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(text)
     out = tmp_path / "r.json"
-    done = harness("run", str(scenario), "--mta", "postfix", "--json", str(out))
+    done = harness("run", str(scenario), "--mta", mta, "--json", str(out))
     assert done.returncode == 1, done.stdout + done.stderr
     (result,) = json.loads(out.read_text())["scenarios"]
+    return cast(dict[str, Any], result)
+
+
+def test_no_bounce_fails_when_a_dsn_about_the_message_arrives(engine: docker.DockerClient, tmp_path: Path) -> None:
+    result = _failed_run(tmp_path, NO_BOUNCE_WRONG, "postfix")
     (failure,) = result["failures"]
     assert failure["kind"] == "no_bounce" and "Status: 5.1.0" in failure["observed"], failure
     (observation,) = [s["observation"] for s in result["steps"] if s["kind"] == "no_bounce"]
@@ -353,12 +360,7 @@ def test_no_connection_fails_on_a_connection_made_just_before_the_verdict(
         engine: docker.DockerClient, tmp_path: Path, mta: str) -> None:
     """The message leaves every queue within milliseconds, which ends the wait at once; the capture
     hands packets over up to a second late, so the verdict must wait for it or it passes falsely."""
-    scenario = tmp_path / "connected.yaml"
-    scenario.write_text(NO_CONNECTION_WRONG)
-    out = tmp_path / "r.json"
-    done = harness("run", str(scenario), "--mta", mta, "--json", str(out))
-    assert done.returncode == 1, done.stdout + done.stderr
-    (result,) = json.loads(out.read_text())["scenarios"]
+    result = _failed_run(tmp_path, NO_CONNECTION_WRONG, mta)
     (failure,) = result["failures"]
     assert failure["kind"] == "no_connection", failure
     (observation,) = [s["observation"] for s in result["steps"] if s["kind"] == "no_connection"]
@@ -379,12 +381,7 @@ def test_a_queue_state_fails_once_the_message_has_left_every_queue(
         engine: docker.DockerClient, tmp_path: Path, mta: str) -> None:
     """Delivered, the message never returns to a queue: the expected state is known not to come, and the
     step says so at once instead of at its bound."""
-    scenario = tmp_path / "left.yaml"
-    scenario.write_text(QUEUE_STATE_WRONG)
-    out = tmp_path / "r.json"
-    done = harness("run", str(scenario), "--mta", mta, "--json", str(out))
-    assert done.returncode == 1, done.stdout + done.stderr
-    (result,) = json.loads(out.read_text())["scenarios"]
+    result = _failed_run(tmp_path, QUEUE_STATE_WRONG, mta)
     (failure,) = result["failures"]
     assert failure["kind"] == "queue_state" and failure["observed"] == "not in the queue", failure
     (observation,) = [s["observation"] for s in result["steps"] if s["kind"] == "queue_state"]

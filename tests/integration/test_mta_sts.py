@@ -13,9 +13,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 import dns.rdatatype
-import pytest
 
-import harness.topology.topology as topology_module
 from harness.mta.postfix import Postfix
 from harness.observe.queue import HostCommands
 from harness.plan import plan_scenario
@@ -24,8 +22,7 @@ from harness.scenario.loader import load_scenario
 from harness.topology.labels import new_run_id
 from harness.topology.topology import DNS_ROLE, POLICY_PORT, POLICY_ROLE
 
-from .conftest import COMPOSE, SCENARIOS, harness
-from .test_tls import _Watched
+from .conftest import COMPOSE, SCENARIOS, WatchedRunTls, harness
 
 SCENARIO = """\
 name: a policy to fetch
@@ -129,14 +126,12 @@ def test_a_policy_naming_another_mx_defers_even_a_valid_certificate(tmp_path: Pa
 
 
 def test_the_policy_hosts_key_lives_and_goes_with_the_run(run_context: RunContext,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                          run_keys: list[WatchedRunTls]) -> None:
     before = set(Path("/tmp").glob("mailflow-tls-*"))
-    monkeypatch.setattr(topology_module, "RunTls", _Watched)
-    _Watched.made.clear()
     scenario = load_scenario(SCENARIOS / "33-relay-mta-sts-enforce-certificate-mismatch-deferred.yaml")
     (result,) = run_all(run_context, [scenario], mtas=["postfix"])
     assert result.status == "passed", result.failures or result.error
-    (lab,) = _Watched.made
+    (lab,) = run_keys
     # The run's CA, mx's broken certificate, the relay's (it trusts the CA), the policy host's: nothing else.
     assert lab.held == ["ca.pem", "mx/cert.pem", "mx/key.pem", "policy/cert.pem", "policy/key.pem",
                         "relay/cert.pem", "relay/key.pem"]

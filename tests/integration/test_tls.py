@@ -7,46 +7,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
 
-import pytest
-
-import harness.topology.topology as topology_module
 from harness.runner import RunContext, run_all
 from harness.scenario.loader import load_scenario
-from harness.tls.ca import RunTls
 
-from .conftest import SCENARIOS, harness
+from .conftest import SCENARIOS, WatchedRunTls, harness
 
 SCENARIO = SCENARIOS / "23-mx-requires-starttls.yaml"
 MTA = "exim"
 
 
-class _Watched(RunTls):
-    """The run's key directory, noted when made, with what it held once the roles started."""
-
-    made: ClassVar[list[_Watched]] = []
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(run_id)
-        self.held: list[str] = []
-        _Watched.made.append(self)
-
-    def issue(self, role: str, hostname: str, kind: str) -> Any:
-        credentials = super().issue(role, hostname, kind)
-        self.held = sorted(str(p.relative_to(self.directory)) for p in self.directory.rglob("*.pem"))
-        return credentials
-
-
 def test_starttls_required_and_its_mutant_and_no_key_left(run_context: RunContext, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                          run_keys: list[WatchedRunTls]) -> None:
     text = SCENARIO.read_text(encoding="utf-8")
     assert "mx: {certificate: valid, require: true}" in text
     mutant_path = tmp_path / "23-mx-offers-starttls-only.yaml"
     mutant_path.write_text(text.replace("require: true", "require: false"), encoding="utf-8")
     before = set(Path("/tmp").glob("mailflow-tls-*"))
-    monkeypatch.setattr(topology_module, "RunTls", _Watched)
-    _Watched.made.clear()
 
     scenarios = [load_scenario(SCENARIO), load_scenario(mutant_path)]
     run_context.fresh = False
@@ -63,8 +40,8 @@ def test_starttls_required_and_its_mutant_and_no_key_left(run_context: RunContex
 
     # Two topologies (require true / false differ), each with its own CA and key directory.
     assert bundled.run_id != mutant.run_id
-    assert len(_Watched.made) == 2
-    for lab in _Watched.made:
+    assert len(run_keys) == 2
+    for lab in run_keys:
         assert lab.held == ["ca.pem", "mx/cert.pem", "mx/key.pem"]
         assert not lab.directory.exists(), f"{lab.directory} outlived its run"
     assert set(Path("/tmp").glob("mailflow-tls-*")) == before
@@ -74,7 +51,7 @@ def test_starttls_required_and_its_mutant_and_no_key_left(run_context: RunContex
 
 
 def test_a_failing_start_leaves_no_key(run_context: RunContext, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                       run_keys: list[WatchedRunTls]) -> None:
     """A TLS role that never greets (its configuration refused) still takes the run's keys with it."""
     config = tmp_path / "broken"
     config.mkdir()
@@ -83,11 +60,9 @@ def test_a_failing_start_leaves_no_key(run_context: RunContext, tmp_path: Path,
     path = tmp_path / "broken.yaml"
     path.write_text(SCENARIO.read_text(encoding="utf-8").replace(
         "tls:\n", f"mta: [{MTA}]\nroles:\n  mx: {{config: {{{MTA}: broken}}}}\ntls:\n", 1), encoding="utf-8")
-    monkeypatch.setattr(topology_module, "RunTls", _Watched)
-    _Watched.made.clear()
     (result,) = run_all(run_context, [load_scenario(path)], mtas=[MTA])
     assert result.status == "config-error", result.error
-    assert _Watched.made and all(not lab.directory.exists() for lab in _Watched.made)
+    assert run_keys and all(not lab.directory.exists() for lab in run_keys)
 
 
 def _mutated(tmp_path: Path, scenario: str, edits: list[tuple[str, str]]) -> Path:
