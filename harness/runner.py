@@ -45,6 +45,7 @@ from harness.plan import ScenarioPlan, plan_scenario
 from harness.report.progress import Progress
 from harness.scenario.model import Scenario
 from harness.shard import topology_key
+from harness.topology.faults import restore
 from harness.topology.images import ImageStore
 from harness.topology.labels import debugging_lines, new_run_id, reap_abandoned, run_containers, run_labels
 from harness.topology.readiness import container_state
@@ -132,8 +133,11 @@ class SharedTopology:
         except BaseException:
             self.topology.destroy()
             raise
+        self.captures = captures
         # Deliveries noticed as they are written, not at the next poll.
-        self.mail_events = {h.role: MailWatch(ctx.client, h.container_id, h.role).start().changed for h in mtas}
+        self.mail_watches = {h.role: MailWatch(ctx.client, h.container_id, h.role).start() for h in mtas}
+        self.mail_events = {role: watch.changed for role, watch in self.mail_watches.items()}
+        self.faulted: set[str] = set()  # roles the last scenario's fault steps acted on
         names = {h.address: h.role for h in self.topology.hosts.values()}
         if self.topology.unreachable is not None:
             names[self.topology.unreachable] = "unreachable"
@@ -151,12 +155,31 @@ class SharedTopology:
         if not self.used:
             self.used = True  # bring_up served this scenario's zones and nothing has run yet
             return
+        if self.faulted:
+            self._restore(sorted(self.faulted))
+            self.faulted = set()
         hosts = [h for h in self.topology.hosts.values() if h.mta is not None]
         with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
             futures = [pool.submit(_reset, h) for h in hosts]
             futures.append(pool.submit(self._serve, plan))
             for future in futures:
                 future.result()
+
+    def _restore(self, roles: Sequence[str]) -> None:
+        """Every role a fault step acted on running, unpaused and on the network again (the queue and
+        retry state it kept are the reset's), its capture and mail watch following a new container
+        process. What cannot be restored ends this topology: the caller starts a new one."""
+        for role in roles:
+            error = restore(self.topology, role, resume_capture=lambda host: self.hops.resume(host.role))
+            if error is not None:
+                raise InfrastructureError(f"{role} could not be brought back after the faults of the last scenario: "
+                                          f"{error}")
+            watch = self.mail_watches.get(role)
+            if watch is not None and not watch.alive:
+                # A started or restarted container ended the watch's process with its own.
+                host = self.topology.hosts[role]
+                self.mail_watches[role] = MailWatch(self.ctx.client, host.container_id, role).start()
+                self.mail_events[role] = self.mail_watches[role].changed
 
     def _serve(self, plan: ScenarioPlan) -> None:
         self._zones(plan)  # plan.records: the scenario's records, resolved
@@ -219,6 +242,9 @@ class SharedTopology:
             check_records(server, records)  # raises, naming the record that is not served
 
     def close(self, *, keep: bool) -> None:
+        for capture in self.captures.values():
+            capture.shell.close()
+        self.topology.close_shells()
         if keep:
             # Kept for poking at: the containers keep their keys, the host forgets its copies now.
             self.topology.forget_keys()
@@ -239,10 +265,11 @@ def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mt
     # Capture timestamps are wall-clock; the client's clock is monotonic from the same instant.
     shared.window_start = time.time()
     hops = shared.hops.since(shared.window_start)
+    steps = StepRunner(shared.topology, scenario, result, started, mta=mta, hops=hops,
+                       dns=ServedDns(list(plan.records), signer=shared.topology.signer),
+                       mail_events=shared.mail_events, serve_dns=shared.serve_dns)
     try:
-        StepRunner(shared.topology, scenario, result, started, mta=mta, hops=hops,
-                   dns=ServedDns(list(plan.records), signer=shared.topology.signer), mail_events=shared.mail_events,
-                   serve_dns=shared.serve_dns).run_all()
+        steps.run_all()
         result.status = FAILED if result.failures else PASSED
     except HarnessError as exc:
         result.status, result.error = ERROR, str(exc)
@@ -250,6 +277,7 @@ def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mt
         result.status = ERROR
         result.error = f"internal error (a bug in the harness: please report it): {exc!r}\n" + traceback.format_exc()
     finally:
+        shared.faulted |= steps.faulted  # undone before the next scenario (SharedTopology.prepare)
         _add_hop_exchanges(result, hops)
         if result.status != PASSED:
             # The MTAs' own explanation: read only when something went wrong (one logs call per role).

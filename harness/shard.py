@@ -23,9 +23,11 @@ from pathlib import Path
 from harness.errors import UsageError
 from harness.mta import DRIVERS, ROLES
 from harness.plan import role_changes
-from harness.scenario.model import Scenario
+from harness.scenario.model import RoleFaultStep, Scenario
 
 Pair = tuple[Scenario, str]
+# Fault actions after which the role's address answers nothing at all.
+GONE_FROM_NETWORK = frozenset({"stop", "kill", "disconnect"})
 # (implementation under test, ((role, config dir, ((setting, value), ...), like, role mta), ...))
 TopologyKey = tuple[str, tuple[tuple[str, str | None, tuple[tuple[str, str], ...], str | None, str | None], ...]]
 
@@ -99,9 +101,14 @@ def topology_key(scenario: Scenario, mta: str) -> TopologyKey:
         roles.append(("mta_sts", None, (("domain", policy.domain), ("mode", policy.mode), ("mx", ",".join(policy.mx)),
                                         ("max_age", str(policy.max_age)), ("certificate", policy.certificate)),
                       None, None))
-    if any(step.kind in ("fault", "dns_fault", "dns_change") for step in scenario.steps):
-        # A fault (a role stopped, paused, disconnected; DNS failing or changed) is not something the
-        # reset between two scenarios is built to undo: such a scenario gets a topology of its own.
+    if any(isinstance(step, RoleFaultStep) and step.action in GONE_FROM_NETWORK
+           and not (override is not None and override.skip) for _, step, override in scenario.steps_for(mta)):
+        # A role taken off the network is told apart from a fresh topology by its neighbours: one that
+        # spoke to it in an earlier scenario still has its address in its neighbour (ARP) cache, so a
+        # connection to it goes unanswered until the entry times out, where on a fresh topology it
+        # fails at once ("no route to host"). Such a scenario gets a topology of its own. What other
+        # faults leave (a role paused or restarted; DNS failing or changed) is undone before the next
+        # scenario (SharedTopology.prepare).
         roles.append(("fault", _path_text(scenario.path), (), None, None))
     return (mta, tuple(roles))
 

@@ -22,6 +22,7 @@ from testcontainers.core.container import DockerContainer
 from harness.errors import InfrastructureError, ReadinessTimeoutError
 from harness.observe.polling import CANCELLED
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL
+from harness.topology.shell import ContainerShell
 from harness.topology.topology import ENGINE_CLIENT, Host, confinement, limits
 
 __all__ = ["CAPTURE_CAPS", "CAPTURE_FILE", "CAPTURE_IMAGE", "CaptureError", "HopCapture", "start_captures"]
@@ -66,6 +67,8 @@ class HopCapture:
             )
         )
         self.listening_after_s: float | None = None
+        # Reads of the capture file through a shell kept running in the companion (a fork, not an archive call).
+        self.shell = ContainerShell(lambda: self.container.get_wrapped_container())
         # What was captured before the MTA's container restarted (tcpdump starts a new file then).
         self.earlier: list[bytes] = []
 
@@ -146,6 +149,12 @@ class HopCapture:
     def read_pcap(self) -> bytes:
         """The capture file as it is now (complete up to the last packet written; works while running
         and after the companion stopped)."""
+        with contextlib.suppress(DockerException):  # a stopped companion: its file is still there to copy
+            done = self.shell.run(["cat", CAPTURE_FILE])
+            if done.exit_code == 0:
+                return done.stdout
+            raise CaptureError(f"no {CAPTURE_FILE} in the capture companion of {self.host.role}: "
+                               + done.stderr.decode("utf-8", "replace").strip())
         try:
             stream, _ = self.container.get_wrapped_container().get_archive(CAPTURE_FILE)
             data = b"".join(stream)
@@ -168,18 +177,18 @@ class HopCapture:
         """
         argv = ["timeout", str(int(TSHARK_TIMEOUT_S)), "tshark", "-r", CAPTURE_FILE, *args]
         try:
-            exit_code, output = self.container.get_wrapped_container().exec_run(argv, demux=True)
+            done = self.shell.run(argv)
         except DockerException as exc:
             raise CaptureError(f"could not run tshark in the capture companion of {self.host.role}: {exc}") from exc
-        stdout, stderr = output if output is not None else (None, None)
-        out = (stdout or b"").decode("utf-8", "replace")
+        exit_code, out = done.exit_code, done.stdout.decode("utf-8", "replace")
         if exit_code != 0:
-            err = (stderr or b"").decode("utf-8", "replace").strip()
+            err = done.stderr.decode("utf-8", "replace").strip()
             raise CaptureError(f"tshark {' '.join(args)} exited with {exit_code}: {err}")
         return out
 
     def remove(self) -> None:
         """Remove the companion (the run's label cleanup would do it too); the capture file goes with it."""
+        self.shell.close()
         with contextlib.suppress(DockerException):
             self.container.stop()
 

@@ -40,6 +40,11 @@ class MailWatch:
         self._started.wait(START_TIMEOUT_S)
         return self
 
+    @property
+    def alive(self) -> bool:
+        """Still following the container's process (it ends with the container's main process)."""
+        return self._thread.is_alive()
+
     def _follow(self) -> None:
         api = self._client.api
         try:

@@ -16,24 +16,22 @@ __all__ = ["flush", "is_bounce_about", "queue_entries"]
 
 
 class HostCommands:
-    """A running host as a driver's CommandRunner (docker exec, standard output only)."""
+    """A running host as a driver's CommandRunner (through its shell, standard output only)."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
 
     def __call__(self, argv: list[str]) -> str:
-        wrapped = self.host.container.get_wrapped_container()
         try:
             # Standard output apart: a warning on stderr must not end up in JSON being parsed. Standard
             # error is kept for the message when the command fails (a reset script says why there).
-            result = wrapped.exec_run(argv, stdout=True, stderr=True, demux=True)
+            result = self.host.shell.run(argv)
         except DockerException as exc:
             raise InfrastructureError(f"`{' '.join(argv)}` on {self.host.role} failed: {exc}"
                                       + self._ended()) from exc
-        out, err = result.output if isinstance(result.output, tuple) else (result.output, None)
-        output = bytes(out or b"").decode("utf-8", "replace")
+        output = result.stdout.decode("utf-8", "replace")
         if result.exit_code != 0:
-            said = (bytes(err or b"").decode("utf-8", "replace") + output).strip()
+            said = (result.stderr.decode("utf-8", "replace") + output).strip()
             raise InfrastructureError(f"`{' '.join(argv)}` on {self.host.role} exited {result.exit_code}: "
                                       f"{said[-500:] or '(it printed nothing)'}" + self._ended())
         return output

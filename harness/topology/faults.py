@@ -5,7 +5,10 @@ reconnect) is back once it greets with its ready code again (an MTA) or answers 
 ``disconnect`` takes the container off the run's network: connections to its address then time out
 (no host answers), like a host that is down; ``stop`` keeps the address's neighbours but nothing
 listens. A started or restarted container has a new network namespace: its capture companion is
-started again in it (``HopCapture.resume``), keeping what it had captured."""
+started again in it (``HopCapture.resume``), keeping what it had captured.
+
+``restore`` undoes whatever state fault steps left a role in (stopped, paused, off the network), so a
+topology a fault scenario ran on can serve the next scenario."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from harness.errors import HarnessError
 from harness.topology.readiness import wait_for_greeting
 from harness.topology.topology import Host, Topology
 
-__all__ = ["ACTIONS", "BRINGS_BACK", "NEW_NAMESPACE", "do_fault"]
+__all__ = ["ACTIONS", "BRINGS_BACK", "NEW_NAMESPACE", "do_fault", "restore"]
 
 ACTIONS = ("stop", "start", "restart", "kill", "pause", "unpause", "disconnect", "reconnect")
 # After these the role must be usable again before the scenario goes on.
@@ -37,6 +40,37 @@ def do_fault(topology: Topology, role: str, action: str,
              *, resume_capture: Callable[[Host], None] | None = None) -> str | None:
     """Do ``action`` to ``role``; None when it is in that state, else what went wrong."""
     host = topology.hosts[role]
+    error = _act(topology, host, action, resume_capture)
+    if error is None and action in BRINGS_BACK:
+        return _back(host)
+    return error
+
+
+def restore(topology: Topology, role: str, *, resume_capture: Callable[[Host], None] | None = None) -> str | None:
+    """``role`` running, unpaused, on the run's network and greeting (or answering) again, whatever fault
+    steps did to it; None when it is (or never stopped being), else what went wrong."""
+    host = topology.hosts[role]
+    try:
+        container = host.container.get_wrapped_container()
+        container.reload()
+        networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    except DockerException as exc:
+        return f"could not inspect {role}'s container: {exc}"
+    # Back on the network first: the start or unpause then waits for a greeting that can reach us.
+    actions = [] if topology.network_name in networks else ["reconnect"]
+    if container.status == "paused":
+        actions.append("unpause")
+    elif container.status != "running":
+        actions.append("start")
+    for action in actions:
+        error = _act(topology, host, action, resume_capture)
+        if error is not None:
+            return error
+    return _back(host) if actions else None
+
+
+def _act(topology: Topology, host: Host, action: str, resume_capture: Callable[[Host], None] | None) -> str | None:
+    role = host.role
     try:
         container = host.container.get_wrapped_container()
         if action == "stop":
@@ -65,8 +99,6 @@ def do_fault(topology: Topology, role: str, action: str,
             resume_capture(host)
         except HarnessError as exc:
             return f"{role} {action}ed, but its capture could not follow it: {exc}"
-    if action in BRINGS_BACK:
-        return _back(host)
     return None
 
 

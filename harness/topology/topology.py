@@ -3,11 +3,13 @@ a static address so zones can be rendered before anything starts."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import ipaddress
 import random
 import re
+import shlex
 import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +36,7 @@ from harness.topology.images import ImageStore
 from harness.topology.labels import ROLE_LABEL, remove_run, run_labels
 from harness.topology.mta import IMPLEMENTATIONS, MtaImplementation
 from harness.topology.readiness import wait_for_greeting, wait_for_listener
+from harness.topology.shell import ContainerShell
 
 DNS_ROLE = "dns"
 # A scenario with dnssec: the validating resolver (Unbound, in the dns image) the MTAs then use
@@ -160,6 +163,11 @@ class Host:
     check_warnings: tuple[str, ...] = ()
     # The greeting code that says the role is ready (220; 521 for a host that accepts no mail).
     ready_code: int = 220
+    # Commands and reads in the container through one shell kept running there (a fork each, not an exec).
+    shell: ContainerShell = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.shell = ContainerShell(lambda: self.container.get_wrapped_container())
 
     @property
     def container_id(self) -> str:
@@ -173,24 +181,34 @@ class Host:
             return f"(logs unavailable: {exc})"
 
     def read_tree(self, path: str) -> dict[str, bytes]:
-        """Every regular file under ``path`` in the container (one API call, no exec)."""
+        """Every regular file under ``path`` in the container, named as ``docker cp`` names them (the
+        last component of ``path`` first); {} when there is no such path. A tar stream through the
+        container's shell; an archive call when that stream cannot be read."""
+        parent, _, base = path.rstrip("/").rpartition("/")
+        try:
+            done = self.shell.run(["sh", "-c", 'if [ -e "$1/$2" ]; then tar cf - -C "$1" "$2"; fi', "sh",
+                                   parent or "/", base])
+            # tar says "file changed as we read it" (1) of a file being written: the archive still holds
+            # every other file, and a Maildir delivery is renamed into place once complete.
+            if done.exit_code in (0, 1):
+                return _tar_files(done.stdout) if done.stdout else {}
+        except (DockerException, tarfile.TarError):
+            pass
         try:
             stream, _ = self.container.get_wrapped_container().get_archive(path)
         except NotFound:
             return {}
-        data = b"".join(stream)
-        files: dict[str, bytes] = {}
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            for member in tar.getmembers():
-                if member.isfile():
-                    extracted = tar.extractfile(member)
-                    if extracted is not None:
-                        files[member.name] = extracted.read()
-        return files
+        return _tar_files(b"".join(stream))
 
     def put_files(self, directory: str, files: Mapping[str, bytes]) -> None:
         """Write ``files`` (name -> content) into ``directory`` of the running container, with the
-        current mtime (NSD skips a zone file whose mtime did not change)."""
+        current mtime (NSD skips a zone file whose mtime did not change). Through the container's
+        shell; an archive call when that cannot write them."""
+        script = "; ".join(f"printf %s {base64.b64encode(content).decode()} | base64 -d > "
+                           f"{shlex.quote(directory.rstrip('/') + '/' + name)}" for name, content in files.items())
+        with contextlib.suppress(DockerException):
+            if self.shell.run(["sh", "-ec", f"umask 022; {script}"]).exit_code == 0:
+                return
         buffer = io.BytesIO()
         now = time.time()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -233,11 +251,17 @@ class Topology:
         return self.hosts[role].address
 
     def destroy(self) -> None:
+        self.close_shells()
         self.forget_keys()
         try:
             remove_run(self.client, self.run_id)
         except DockerException as exc:
             raise InfrastructureError(f"could not remove run {self.run_id}: {exc}") from exc
+
+    def close_shells(self) -> None:
+        """End the shell sessions kept in the containers (their sockets are this process's)."""
+        for host in self.hosts.values():
+            host.shell.close()
 
     def forget_keys(self) -> None:
         """Remove the run's keys and certificates from the host (those in its containers go with them)."""
@@ -520,6 +544,17 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
 _FATAL = re.compile(r"\b(fatal|panic)\b", re.IGNORECASE)
 
 
+def _tar_files(data: bytes) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                extracted = tar.extractfile(member)
+                if extracted is not None:
+                    files[member.name] = extracted.read()
+    return files
+
+
 class _Exec:
     """A running host as a driver's CommandRunner for its check: output whatever the exit status."""
 
@@ -528,19 +563,19 @@ class _Exec:
 
     def __call__(self, argv: list[str]) -> str:
         try:
-            result = self.host.container.get_wrapped_container().exec_run(argv)
+            result = self.host.shell.run(argv)
         except DockerException as exc:
             raise InfrastructureError(f"`{' '.join(argv)}` on {self.host.role} failed: {exc}") from exc
-        return bytes(result.output or b"").decode("utf-8", "replace")
+        return (result.stdout + result.stderr).decode("utf-8", "replace")
 
 
 def _run_checked(host: Host, argv: list[str]) -> None:
     try:
-        result = host.container.get_wrapped_container().exec_run(argv)
+        result = host.shell.run(argv)
     except DockerException as exc:
         raise InfrastructureError(f"`{' '.join(argv)}` on {host.role} failed: {exc}") from exc
     if result.exit_code != 0:
-        output = bytes(result.output or b"").decode("utf-8", "replace").strip()
+        output = (result.stdout + result.stderr).decode("utf-8", "replace").strip()
         raise InfrastructureError(f"`{' '.join(argv)}` on {host.role} exited {result.exit_code}: {output}")
 
 
