@@ -414,9 +414,10 @@ def start_hosts(
     *,
     progress: Progress,
 ) -> Topology:
-    """Phase two: start dns with ``zones``, wait for it (and the resolver of a scenario with dnssec:, the
-    MTAs' DNS then), then start the MTAs in parallel and wait for their greetings. On any failure
-    everything created so far is removed before the error propagates."""
+    """Phase two: start dns with ``zones``, then the MTAs in parallel, and wait for their greetings and
+    for dns to answer (with dnssec: the resolver, the MTAs' DNS, and with mta_sts: the policy host start
+    once dns answers, before the MTAs). On any failure everything created so far is removed before the
+    error propagates."""
     labels = run_labels(topology.run_id, keep=topology.kept)
     network = topology.network
     assert network is not None, "create_network() first"
@@ -428,8 +429,18 @@ def start_hosts(
             dns_host.container.with_copy_into_container(text.encode(), f"/etc/nsd/harness/{name}")
         dns_host.container.start()
         topology.hosts[DNS_ROLE] = dns_host
-        wait_dns(addresses[DNS_ROLE], zones.probe_zone)
         resolver_plan = next((h for h in plan.hosts if h.role == RESOLVER_ROLE), None)
+        policy_plan = next((h for h in plan.hosts if h.role == POLICY_ROLE), None)
+        mtas = [h for h in plan.hosts if h.mta is not None]
+        if resolver_plan is None and policy_plan is None:
+            # NSD loads its zones while the MTAs start: nothing an MTA does before its greeting asks DNS,
+            # and no mail is sent before both are ready.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                answering = pool.submit(wait_dns, addresses[DNS_ROLE], zones.probe_zone)
+                _start_mtas(topology, mtas, images, addresses, progress)  # an error here is the one reported
+                answering.result()
+            return topology
+        wait_dns(addresses[DNS_ROLE], zones.probe_zone)
         if resolver_plan is not None:
             if zones.resolver_conf is None:
                 raise InfrastructureError("a resolver role without its configuration (ZoneSetup.resolver_conf)")
@@ -441,19 +452,21 @@ def start_hosts(
             topology.hosts[RESOLVER_ROLE] = resolver
             # A name NSD serves, asked recursively: an answer through Unbound means both are up.
             wait_until_resolving(addresses[RESOLVER_ROLE], NS_HOST, timeout_s=READY_TIMEOUT_S)
-        policy_plan = next((h for h in plan.hosts if h.role == POLICY_ROLE), None)
         if policy_plan is not None:
             start_policy_host(topology, policy_plan, plan, images[POLICY_ROLE], addresses[POLICY_ROLE], labels)
-
-        mtas = [h for h in plan.hosts if h.mta is not None]
-        t0 = time.monotonic()
-        start_roles(topology, mtas, images, addresses)
-        progress.line(f"run {topology.run_id}: {len(mtas)} MTAs greeting after {time.monotonic() - t0:.1f}s")
+        _start_mtas(topology, mtas, images, addresses, progress)
         return topology
     except BaseException:
         with contextlib.suppress(InfrastructureError):
             topology.destroy()
         raise
+
+
+def _start_mtas(topology: Topology, mtas: list[HostPlan], images: Mapping[str, str], addresses: Mapping[str, str],
+                progress: Progress) -> None:
+    t0 = time.monotonic()
+    start_roles(topology, mtas, images, addresses)
+    progress.line(f"run {topology.run_id}: {len(mtas)} MTAs greeting after {time.monotonic() - t0:.1f}s")
 
 
 def start_policy_host(topology: Topology, host_plan: HostPlan, plan: TopologyPlan, image: str, address: str,
@@ -622,9 +635,12 @@ def container_options(plan: HostPlan) -> dict[str, object]:
 
 def resolver_conf(address: str) -> str:
     """An MTA's resolv.conf: the scenario's DNS server (with dnssec:, the validating resolver) itself,
-    and glibc (>= 2.31) told to keep the AD bit of its answers, which it clears otherwise."""
+    and glibc (>= 2.31) told to keep the AD bit of its answers, which it clears otherwise. A server that
+    does not answer is given up on after 1 s, three times, not glibc's 5 s twice: the server is on the
+    same bridge and answers in milliseconds, so only a scenario's `answer: timeout` waits that long, and
+    it then waits 3 s per lookup instead of 10 (the verdict, a temporary failure, is the same)."""
     ipaddress.ip_address(address)  # nothing but an address goes into the shell command
-    return f"nameserver {address}\noptions trust-ad\n"
+    return f"nameserver {address}\noptions trust-ad timeout:1 attempts:3\n"
 
 
 def _container(network: Network, plan: HostPlan, image: str, address: str, labels: dict[str, str],

@@ -56,6 +56,6 @@ def test_resolver_validates_signed_zones_only(tmp_path: Path, run_context: RunCo
         # Inside an MTA: the resolver itself, not Docker's 127.0.0.11, with glibc keeping the AD bit.
         relay = topology.hosts["relay"].container.get_wrapped_container()
         conf = bytes(relay.exec_run(["cat", "/etc/resolv.conf"]).output).decode()
-        assert conf == f"nameserver {resolver}\noptions trust-ad\n"
+        assert conf == f"nameserver {resolver}\noptions trust-ad timeout:1 attempts:3\n"
     finally:
         topology.destroy()
