@@ -7,7 +7,6 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,6 @@ KEEP_LABEL = "mailflow-harness.keep"
 ROLE_LABEL = "mailflow-harness.role"
 # How long removing a run's network waits for endpoints another process is still removing.
 NETWORK_REMOVE_WAIT_S = 10.0
-REMOVE_WORKERS = 8
 
 
 def new_run_id() -> str:
@@ -100,22 +98,16 @@ def remove_run(client: docker.DockerClient, run_id: str) -> int:
     removed. What vanishes meanwhile (another process removing the same run) counts as gone, not as an
     error."""
     label = f"{RUN_LABEL}={run_id}"
-
-    def remove(container_id: str) -> int:
+    removed = 0
+    for c in _containers(client, label):
         try:
-            client.api.remove_container(container_id, force=True, v=True)
-            return 1
+            client.api.remove_container(c["Id"], force=True, v=True)
+            removed += 1
         except NotFound:
-            return 0
+            pass
         except APIError as exc:
             if exc.status_code != 409:  # 409: removal already in progress
                 raise
-            return 0
-
-    # Side by side: each removal mostly waits for the engine to kill and unmount (a topology's eight
-    # containers one after another took 2.5 s of the job slot).
-    with ThreadPoolExecutor(max_workers=REMOVE_WORKERS) as pool:
-        removed = sum(pool.map(remove, [str(c["Id"]) for c in _containers(client, label)]))
     for n in _networks(client, label):
         if _remove_network(client, str(n["Id"])):
             removed += 1
