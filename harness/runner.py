@@ -244,8 +244,8 @@ class SharedTopology:
     def close(self, *, keep: bool) -> None:
         for capture in self.captures.values():
             capture.shell.close()
-        self.topology.close_shells()
         if keep:
+            self.topology.close_shells()  # destroy() closes them otherwise
             # Kept for poking at: the containers keep their keys, the host forgets its copies now.
             self.topology.forget_keys()
             for line in debugging_lines(self.run_id, run_containers(self.ctx.client, self.run_id)):

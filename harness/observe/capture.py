@@ -10,8 +10,6 @@ packet as it arrives) and ``harness.observe.smtpstream`` decodes it.
 from __future__ import annotations
 
 import contextlib
-import io
-import tarfile
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +21,7 @@ from harness.errors import InfrastructureError, ReadinessTimeoutError
 from harness.observe.polling import CANCELLED
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL
 from harness.topology.shell import ContainerShell
-from harness.topology.topology import ENGINE_CLIENT, Host, confinement, limits
+from harness.topology.topology import ENGINE_CLIENT, Host, confinement, limits, tar_files
 
 __all__ = ["CAPTURE_CAPS", "CAPTURE_FILE", "CAPTURE_IMAGE", "CaptureError", "HopCapture", "start_captures"]
 
@@ -162,12 +160,8 @@ class HopCapture:
             raise CaptureError(f"no {CAPTURE_FILE} in the capture companion of {self.host.role}: {exc}") from exc
         except DockerException as exc:
             raise CaptureError(f"could not read the capture of {self.host.role}: {exc}") from exc
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            for member in tar.getmembers():
-                if member.isfile():
-                    extracted = tar.extractfile(member)
-                    if extracted is not None:
-                        return extracted.read()
+        for content in tar_files(data).values():
+            return content
         raise CaptureError(f"the archive of {CAPTURE_FILE} from {self.host.role} holds no file")
 
     def tshark(self, *args: str) -> str:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from docker.errors import DockerException
 from docker.models.containers import Container
 
+from harness.topology.readiness import container_state
+
 __all__ = ["ContainerShell", "ShellResult"]
 
 # How long a reply may take before the container's state is looked at (paused, ended), and how long
@@ -173,9 +175,5 @@ class ContainerShell:
 
     def _running(self) -> bool:
         """Whether the shell can still answer: its container runs and is not paused."""
-        try:
-            container = self._container()
-            container.reload()
-        except DockerException:
-            return False
-        return bool(container.status == "running")
+        state = container_state(self._container())
+        return state is None or state.status == "running"  # None: the engine could not say, wait on

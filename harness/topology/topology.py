@@ -191,14 +191,14 @@ class Host:
             # tar says "file changed as we read it" (1) of a file being written: the archive still holds
             # every other file, and a Maildir delivery is renamed into place once complete.
             if done.exit_code in (0, 1):
-                return _tar_files(done.stdout) if done.stdout else {}
+                return tar_files(done.stdout) if done.stdout else {}
         except (DockerException, tarfile.TarError):
             pass
         try:
             stream, _ = self.container.get_wrapped_container().get_archive(path)
         except NotFound:
             return {}
-        return _tar_files(b"".join(stream))
+        return tar_files(b"".join(stream))
 
     def put_files(self, directory: str, files: Mapping[str, bytes]) -> None:
         """Write ``files`` (name -> content) into ``directory`` of the running container, with the
@@ -557,7 +557,8 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
 _FATAL = re.compile(r"\b(fatal|panic)\b", re.IGNORECASE)
 
 
-def _tar_files(data: bytes) -> dict[str, bytes]:
+def tar_files(data: bytes) -> dict[str, bytes]:
+    """Every regular file of a tar stream (an archive copy out of a container), by member name."""
     files: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for member in tar.getmembers():
