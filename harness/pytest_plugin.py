@@ -240,7 +240,7 @@ class BrokenScenarioItem(pytest.Item):
 
 @dataclass
 class _Topologies:
-    """This process's engine context and one ``ScenarioSequence`` (a shared topology) per topology key,
+    """This process's engine context and one ``ScenarioSequence`` (a shared topology) per sharing key,
     made on first use: scenario items and the fixture run on them as `harness run` would."""
 
     keep: str
@@ -275,12 +275,12 @@ class _Topologies:
         return ctx
 
     def sequence(self, scenario: Scenario | None, mta: str) -> ScenarioSequence:
-        """The sequence of ``scenario``'s topology (its implementation and role changes, as
-        ``harness run`` groups them); the standard topology's for None."""
+        """The sequence of ``scenario``'s topology (its implementation and what of its topology cannot be
+        changed on a running one, as ``harness run`` groups them); the standard topology's for None."""
         from harness.runner import ScenarioSequence
-        from harness.shard import TopologyKey, topology_key
+        from harness.shard import TopologyKey, sharing_key
 
-        key: TopologyKey = topology_key(scenario, mta) if scenario is not None else (mta, ())
+        key: TopologyKey = sharing_key(scenario, mta) if scenario is not None else (mta, ())
         if key not in self.sequences:
             self.sequences[key] = ScenarioSequence(self.context())
         return self.sequences[key]

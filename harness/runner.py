@@ -1,8 +1,9 @@
 """A scenario's lifecycle: create (images, network, containers), converge (DNS checked), verify (the
 steps), destroy (always, unless asked to keep the topology for debugging).
 
-Scenarios that need the same topology (implementation, role changes; ``topology_key``) share one: it
-is created once, and between two scenarios ``SharedTopology.prepare`` resets what one could leak into
+Scenarios that can share a topology (implementation, added roles, DNSSEC, MTA-STS; ``sharing_key``)
+share one: it is created once, and between two scenarios ``SharedTopology.prepare`` replaces the
+container of a role whose configuration the next scenario changes, resets what one could leak into
 the next (queues, Maildirs, retry and dead-destination state: each driver's ``reset``) and serves the
 next scenario's DNS records. Every observation is about the scenario's own message and its own time
 window, which is what makes the sharing safe; tests/integration/test_isolation.py proves the results
@@ -18,6 +19,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import docker
@@ -44,7 +46,7 @@ from harness.observe.queue import HostCommands
 from harness.plan import ScenarioPlan, plan_scenario
 from harness.report.progress import Progress
 from harness.scenario.model import Scenario
-from harness.shard import topology_key
+from harness.shard import key_text, sharing_key, topology_key
 from harness.topology.faults import restore
 from harness.topology.images import ImageStore
 from harness.topology.labels import debugging_lines, new_run_id, reap_abandoned, run_containers, run_labels
@@ -57,6 +59,7 @@ from harness.topology.topology import (
     ZoneSetup,
     build_images,
     create_network,
+    replace_roles,
     start_hosts,
 )
 from harness.verify import StepRunner
@@ -138,6 +141,9 @@ class SharedTopology:
         self.mail_watches = {h.role: MailWatch(ctx.client, h.container_id, h.role).start() for h in mtas}
         self.mail_events = {role: watch.changed for role, watch in self.mail_watches.items()}
         self.faulted: set[str] = set()  # roles the last scenario's fault steps acted on
+        # The plan each MTA role's container was made from; a role whose plan a scenario changes is
+        # replaced (a role missing here, one whose replacement failed, is replaced by the next one).
+        self.roles = {h.role: h for h in plan.topology.hosts if h.mta is not None}
         names = {h.address: h.role for h in self.topology.hosts.values()}
         if self.topology.unreachable is not None:
             names[self.topology.unreachable] = "unreachable"
@@ -158,12 +164,43 @@ class SharedTopology:
         if self.faulted:
             self._restore(sorted(self.faulted))
             self.faulted = set()
-        hosts = [h for h in self.topology.hosts.values() if h.mta is not None]
+        replaced = self._replace(plan)
+        # A new container is as a fresh topology's: only the others are reset.
+        hosts = [h for h in self.topology.hosts.values() if h.mta is not None and h.role not in replaced]
         with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
             futures = [pool.submit(_reset, h) for h in hosts]
             futures.append(pool.submit(self._serve, plan))
             for future in futures:
                 future.result()
+
+    def _replace(self, plan: ScenarioPlan) -> set[str]:
+        """Every MTA role whose plan (configuration, settings, TLS, implementation) differs from the one
+        its container was made from, in a new container made from ``plan``'s, with a capture companion
+        and a mail watch of its own; the roles replaced. The others keep their containers."""
+        changed = [h for h in plan.topology.hosts if h.mta is not None and self.roles.get(h.role) != h]
+        if not changed:
+            return set()
+        began = time.monotonic()
+        images = build_images(self.ctx.images, plan.topology)
+        for host in changed:
+            self.roles.pop(host.role, None)  # until its new container greets
+            self.mail_watches.pop(host.role, None)
+            self.mail_events.pop(host.role, None)
+            capture = self.captures.pop(host.role, None)
+            if capture is not None:
+                capture.discard()  # before the container whose network namespace it shares
+        replace_roles(self.topology, changed, images)
+        new = [self.topology.hosts[h.role] for h in changed]
+        # The same mapping the hop reader holds: the new companions join it.
+        self.captures.update(start_captures(new, self.ctx.images.image(CAPTURE_IMAGE),
+                                            run_labels(self.run_id, keep=self.keep_label)))
+        for started in new:
+            self.mail_watches[started.role] = MailWatch(self.ctx.client, started.container_id, started.role).start()
+            self.mail_events[started.role] = self.mail_watches[started.role].changed
+        self.roles.update({h.role: h for h in changed})
+        self.ctx.progress.line(f"run {self.run_id}: {', '.join(h.role for h in changed)} replaced for the next "
+                               f"scenario's configuration, greeting after {time.monotonic() - began:.1f}s")
+        return {h.role for h in changed}
 
     def _restore(self, roles: Sequence[str]) -> None:
         """Every role a fault step acted on running, unpaused and on the network again (the queue and
@@ -289,11 +326,11 @@ def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mt
 
 
 class ScenarioSequence:
-    """Scenarios of one topology key, one after another on one shared topology, started with the
+    """Scenarios of one sharing key, one after another on one shared topology, started with the
     first. A role configuration the MTA refuses is reported in full once: a later scenario needing the
     same one ends at once, referring to that report, and the others still run. A topology that cannot
     start at all is reported once too: every later scenario refers to it. Used by ``run_group`` and by
-    the pytest plugin (one per topology key and process)."""
+    the pytest plugin (one per sharing key and process)."""
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -414,6 +451,7 @@ def _keep(keep: str, status: str) -> bool:
 # A rough cost model, only for the order in which groups start: a topology's start and removal, and
 # what a passing scenario waits out (its "no ..." steps' bounds) plus a little for every other step.
 TOPOLOGY_COST_S = 8.0
+REPLACE_COST_S = 3.0  # a role replaced between two scenarios of a group (SharedTopology._replace)
 STEP_COST_S = {"fault": 2.0, "dns_fault": 1.5, "dns_change": 1.5}
 
 
@@ -429,21 +467,30 @@ def estimated_s(scenario: Scenario, mta: str) -> float:
     return cost
 
 
+def group_estimated_s(group: Sequence[tuple[Scenario, str]]) -> float:
+    """A group's topology start, a replacement for every change of topology in it, and its scenarios."""
+    changes = sum(1 for a, b in pairwise(group) if topology_key(*a) != topology_key(*b))
+    return TOPOLOGY_COST_S + REPLACE_COST_S * changes + sum(estimated_s(s, m) for s, m in group)
+
+
 def longest_first(groups: list[list[tuple[Scenario, str]]]) -> list[int]:
     """Indices of ``groups`` in the order to start them: the longest estimated first (ties keep their
     order), so no long group starts last and runs alone while the other job slots idle."""
-    costs = [TOPOLOGY_COST_S + sum(estimated_s(s, m) for s, m in group) for group in groups]
+    costs = [group_estimated_s(group) for group in groups]
     return sorted(range(len(groups)), key=lambda i: -costs[i])
 
 
 def groups_of(pairs: Sequence[tuple[Scenario, str]], *, fresh: bool) -> list[list[tuple[Scenario, str]]]:
-    """Pairs sharing a topology key, in the order their first pair appears; each pair alone when fresh."""
+    """Pairs sharing a topology (``sharing_key``), in the order their first pair appears; each pair
+    alone when fresh. In a group, the pairs of one exact topology (``topology_key``) run one after
+    another, in the order the first of each appears, so a role is replaced once per change of plan."""
     if fresh:
         return [[pair] for pair in pairs]
-    groups: dict[object, list[tuple[Scenario, str]]] = {}
+    groups: dict[str, dict[str, list[tuple[Scenario, str]]]] = {}
     for scenario, mta in pairs:
-        groups.setdefault(topology_key(scenario, mta), []).append((scenario, mta))
-    return list(groups.values())
+        variants = groups.setdefault(key_text(sharing_key(scenario, mta)), {})
+        variants.setdefault(key_text(topology_key(scenario, mta)), []).append((scenario, mta))
+    return [[pair for variant in variants.values() for pair in variant] for variants in groups.values()]
 
 
 def run_all(ctx: RunContext, scenarios: Sequence[Scenario],

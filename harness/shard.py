@@ -1,12 +1,13 @@
 """Sharding for CI runners: `harness run --shard K/N` runs a deterministic 1/N of the (scenario,
 implementation) pairs.
 
-Pairs that would share a topology (the same *topology key*: the implementation under test and the
-scenario's role changes) stay in one shard, so a shard starts each of its topologies once. Groups are
-ordered by their key's text and assigned greedily, the largest first, to the shard with the fewest
-pairs so far (ties: the lowest shard number). Everything here is a pure function of the pairs as
-given: no ``hash()`` (randomised per process), no clock, no machine-specific paths, so every runner of
-a CI matrix computes the same assignment and the N shards together run every pair exactly once.
+Pairs that would share a topology (the same *sharing key*: the implementation under test and what of
+the scenario's topology cannot be changed on a running one) stay in one shard, so a shard starts each
+of its topologies once. Groups are ordered by their key's text and assigned greedily, the largest
+first, to the shard with the fewest pairs so far (ties: the lowest shard number). Everything here is
+a pure function of the pairs as given: no ``hash()`` (randomised per process), no clock, no
+machine-specific paths, so every runner of a CI matrix computes the same assignment and the N shards
+together run every pair exactly once.
 
 A shard can be empty (more shards than groups): that is not an error, the run says so and writes
 empty results, since CI matrices have a fixed N."""
@@ -113,6 +114,17 @@ def topology_key(scenario: Scenario, mta: str) -> TopologyKey:
     return (mta, tuple(roles))
 
 
+def sharing_key(scenario: Scenario, mta: str) -> TopologyKey:
+    """What decides the topology a scenario can share: ``topology_key`` without the changes to the
+    standard roles (configuration directory, settings, TLS, another implementation). Those are made
+    between two scenarios by replacing just that role's container (``SharedTopology.prepare``); the
+    rest (added roles, DNSSEC's resolver, an MTA-STS policy host, a role taken off the network) needs a
+    topology of its own."""
+    standard = DRIVERS[mta].roles if mta in DRIVERS else ROLES
+    implementation, roles = topology_key(scenario, mta)
+    return implementation, tuple(r for r in roles if r[0].removeprefix("tls:") not in standard)
+
+
 def key_text(key: Hashable) -> str:
     """A key as text, for ordering groups the same way on every machine."""
     return json.dumps(key, separators=(",", ":"), ensure_ascii=True)
@@ -125,7 +137,7 @@ def _grouped_indices(pairs: Sequence[Pair], key: Callable[[Scenario, str], Hasha
     return [by_key[k] for k in sorted(by_key)]
 
 
-def groups(pairs: Sequence[Pair], key: Callable[[Scenario, str], Hashable] = topology_key) -> list[list[Pair]]:
+def groups(pairs: Sequence[Pair], key: Callable[[Scenario, str], Hashable] = sharing_key) -> list[list[Pair]]:
     """The pairs grouped by ``key``, groups ordered by key text, pairs in each group in input order."""
     return [[pairs[i] for i in g] for g in _grouped_indices(pairs, key)]
 
@@ -143,7 +155,7 @@ def assign(sizes: Sequence[int], total: int) -> list[int]:
 
 
 def shard(pairs: Sequence[Pair], k: int, n: int,
-          key: Callable[[Scenario, str], Hashable] = topology_key) -> list[Pair]:
+          key: Callable[[Scenario, str], Hashable] = sharing_key) -> list[Pair]:
     """The pairs of shard ``k`` of ``n`` (1-based), in their input order."""
     if not 1 <= k <= n:
         raise ValueError(f"shard {k}/{n}: need 1 <= k <= n")
@@ -163,7 +175,7 @@ def restrict(scenarios: Sequence[Scenario], pairs: Sequence[Pair]) -> list[Scena
 
 
 def describe(selected: Sequence[Pair], pairs: Sequence[Pair], spec: ShardSpec,
-             key: Callable[[Scenario, str], Hashable] = topology_key) -> str:
+             key: Callable[[Scenario, str], Hashable] = sharing_key) -> str:
     """One line saying what this shard runs, e.g. ``shard 2/3: 17 of 54 run(s), 4 of 11 topology group(s)``."""
     mine = len(groups(selected, key))
     total = len(groups(pairs, key))
@@ -174,4 +186,4 @@ def describe(selected: Sequence[Pair], pairs: Sequence[Pair], spec: ShardSpec,
 
 
 __all__ = ["Pair", "ShardSpec", "TopologyKey", "assign", "describe", "groups", "key_text", "parse_shard",
-           "restrict", "shard", "topology_key"]
+           "restrict", "shard", "sharing_key", "topology_key"]

@@ -186,6 +186,17 @@ class HopCapture:
         with contextlib.suppress(DockerException):
             self.container.stop()
 
+    def discard(self) -> None:
+        """Remove the companion's container now, with what it captured: its MTA's container is about
+        to be replaced (a companion cannot follow a container into another one's network namespace)."""
+        self.shell.close()
+        try:
+            self.container.get_wrapped_container().remove(force=True, v=True)
+        except NotFound:
+            pass
+        except DockerException as exc:
+            raise CaptureError(f"could not remove the capture companion of {self.host.role}: {exc}") from exc
+
 
 def start_captures(hosts: Iterable[Host], image: str, labels: Mapping[str, str], *,
                    timeout_s: float = READY_TIMEOUT_S) -> dict[str, HopCapture]:

@@ -554,6 +554,33 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
         list(pool.map(start_one, zip(started, hosts, strict=True)))
 
 
+def replace_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[str, str]) -> None:
+    """Each of ``hosts`` (MTA roles the topology has) in a new container made from its plan: the old
+    one removed (its capture companion, which shares its network namespace, must be gone already),
+    the new one started at the same address, with a certificate of its own when it offers TLS, and
+    greeting. The engine gives a container the MAC address made from its IP address, so a neighbour
+    that still has the old container in its ARP cache reaches the new one as it would a fresh one."""
+    addresses = {h.role: topology.hosts[h.role].address for h in hosts}
+    for plan_host in hosts:
+        old = topology.hosts[plan_host.role]
+        old.shell.close()
+        try:
+            old.container.get_wrapped_container().remove(force=True, v=True)
+        except NotFound:
+            pass
+        except DockerException as exc:
+            raise InfrastructureError(f"could not remove {plan_host.role}'s container to replace it: {exc}"
+                                      ) from exc
+        if plan_host.tls is not None:
+            if topology.tls is None:
+                topology.tls = RunTls(topology.run_id)
+            topology.credentials[plan_host.role] = topology.tls.issue(plan_host.role, plan_host.hostname,
+                                                                      plan_host.tls.certificate)
+        else:
+            topology.credentials.pop(plan_host.role, None)
+    start_roles(topology, hosts, images, addresses)
+
+
 _FATAL = re.compile(r"\b(fatal|panic)\b", re.IGNORECASE)
 
 

@@ -1,13 +1,22 @@
-"""How pairs are dealt to topologies: one per topology key, in the order their first pair appears."""
+"""How pairs are dealt to topologies: one per sharing key, in the order their first pair appears; in
+a topology, the pairs of one exact topology (``topology_key``) one after another."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from harness.runner import estimated_s, groups_of, implementations_for, longest_first
+from harness.runner import (
+    REPLACE_COST_S,
+    TOPOLOGY_COST_S,
+    estimated_s,
+    group_estimated_s,
+    groups_of,
+    implementations_for,
+    longest_first,
+)
 from harness.scenario.loader import load_scenarios
 from harness.scenario.model import Scenario
-from harness.shard import topology_key
+from harness.shard import key_text, sharing_key, topology_key
 
 ROOT = Path(__file__).resolve().parents[2]
 MTAS = ["postfix", "exim", "opensmtpd"]
@@ -18,12 +27,29 @@ def _pairs() -> list[tuple[Scenario, str]]:
     return [(s, m) for s in scenarios for m in implementations_for(s, MTAS)]
 
 
-def test_one_topology_per_key_and_every_pair_once() -> None:
+def test_one_topology_per_sharing_key_and_every_pair_once() -> None:
     pairs = _pairs()
     groups = groups_of(pairs, fresh=False)
-    assert [len({topology_key(s, m) for s, m in g}) for g in groups] == [1] * len(groups)
-    assert len(groups) == len({topology_key(s, m) for s, m in pairs})
+    assert [len({sharing_key(s, m) for s, m in g}) for g in groups] == [1] * len(groups)
+    assert len(groups) == len({sharing_key(s, m) for s, m in pairs})
     assert sorted(id(s) for g in groups for s, _ in g) == sorted(id(s) for s, _ in pairs)
+    # The bundled TLS and role-change scenarios share the standard topology: fewer topologies than
+    # exact topologies.
+    assert len(groups) < len({topology_key(s, m) for s, m in pairs})
+
+
+def test_in_a_group_each_exact_topology_runs_once_in_a_row_in_the_order_of_its_first_pair() -> None:
+    pairs = _pairs()
+    for group in groups_of(pairs, fresh=False):
+        runs = [key_text(topology_key(s, m)) for s, m in group]
+        changes = [k for i, k in enumerate(runs) if i == 0 or runs[i - 1] != k]
+        assert len(changes) == len(set(changes)), changes  # no exact topology comes back later
+        firsts = [next(p for p in group if key_text(topology_key(*p)) == k) for k in changes]
+        assert firsts == sorted(firsts, key=pairs.index)
+        # Within an exact topology, pairs keep their input order.
+        for k in changes:
+            members = [p for p in group if key_text(topology_key(*p)) == k]
+            assert members == sorted(members, key=pairs.index)
 
 
 def test_groups_in_the_order_their_first_pair_appears() -> None:
@@ -42,12 +68,20 @@ def test_the_longest_group_starts_first_and_ties_keep_their_order() -> None:
     groups = groups_of(pairs, fresh=False)
     order = longest_first(groups)
     assert sorted(order) == list(range(len(groups)))
-    costs = [sum(estimated_s(s, m) for s, m in groups[i]) for i in order]
+    costs = [group_estimated_s(groups[i]) for i in order]
     assert costs == sorted(costs, reverse=True)
     # A shared group of many scenarios goes before any group of one.
     assert len(groups[order[0]]) > 1
     ties = [i for i in order if costs[order.index(i)] == costs[-1]]
     assert ties == sorted(ties)
+
+
+def test_a_group_is_estimated_with_a_replacement_per_change_of_topology() -> None:
+    by_name = {s.path.name[:2]: s for s in load_scenarios([ROOT / "scenarios"])}
+    plain, tls = (by_name["01"], "postfix"), (by_name["23"], "postfix")
+    scenarios = estimated_s(*plain) * 2 + estimated_s(*tls)
+    assert group_estimated_s([plain, plain, tls]) == TOPOLOGY_COST_S + REPLACE_COST_S + scenarios
+    assert group_estimated_s([plain, tls, plain]) == TOPOLOGY_COST_S + 2 * REPLACE_COST_S + scenarios
 
 
 def test_a_scenario_is_estimated_by_what_it_waits_out(tmp_path: Path) -> None:

@@ -1,0 +1,102 @@
+"""A shared topology changed between two scenarios by replacing just the roles whose configuration
+the next scenario changes (``SharedTopology._replace``): the changed role runs as the scenario says,
+the unchanged ones keep their containers, and the scenario after it finds the standard role again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.expect.results import CONFIG_ERROR, PASSED
+from harness.runner import RunContext, ScenarioSequence
+from harness.scenario.loader import load_scenario
+
+PLAIN = """\
+name: the standard roles
+description: mx takes mail in clear; the relay's hop to mx is seen by mx's capture companion
+steps:
+  - smtp: {host: mx, mail_from: alice@origin.test, rcpt_to: bob@example.test, expect: {mail: 250, data: 354}}
+  - smtp: {host: relay, mail_from: alice@origin.test, rcpt_to: carol@example.test}
+  - delivery: {host: mx, mailbox: carol@example.test, within: 15, copies: 1}
+  - hop: {hop: relay->mx, expect: {data: 354, end_of_data: 250}}
+"""
+
+# Every implementation refuses MAIL in clear with 530 when it requires STARTTLS (scenario 23).
+MX_REQUIRES_TLS = """\
+name: mx requires STARTTLS
+description: only mx changes; MAIL in clear is refused
+tls:
+  mx: {certificate: valid, require: true}
+steps:
+  - smtp:
+      host: mx
+      mail_from: alice@origin.test
+      rcpt_to: bob@example.test
+      expect: {ehlo: {code: 250, text: STARTTLS}, mail: 530}
+"""
+
+# Postfix refuses to start with a queue directory that does not exist (test_start_failure.py).
+RELAY_REFUSED = """\
+name: a relay configuration Postfix refuses
+description: the replaced relay never greets
+roles:
+  relay:
+    settings:
+      postfix: {queue_directory: /nonexistent}
+steps:
+  - smtp: {host: mx, mail_from: alice@origin.test, rcpt_to: bob@example.test}
+"""
+
+
+@pytest.mark.parametrize("mta", ["postfix", "exim"])
+def test_a_role_the_next_scenario_changes_is_replaced_and_the_others_are_kept(
+        run_context: RunContext, tmp_path: Path, mta: str) -> None:
+    plain = load_scenario(_write(tmp_path, "plain.yaml", PLAIN))
+    tls = load_scenario(_write(tmp_path, "tls.yaml", MX_REQUIRES_TLS))
+    sequence = ScenarioSequence(run_context)
+    containers: list[dict[str, str]] = []
+    try:
+        results = []
+        for scenario in (plain, tls, plain):
+            results.append(sequence.run(scenario, mta))
+            assert sequence.shared is not None
+            containers.append({role: h.container_id for role, h in sequence.shared.topology.hosts.items()})
+        watching = {role: watch.alive for role, watch in sequence.shared.mail_watches.items()}
+        captured = sorted(sequence.shared.captures)
+    finally:
+        sequence.close()
+    assert [r.status for r in results] == [PASSED] * 3, [(r.name, r.error, r.failures) for r in results]
+    # One topology throughout: a new one per configuration would pass too, and is what this avoids.
+    assert len({r.run_id for r in results}) == 1, [r.run_id for r in results]
+    # mx replaced twice (TLS required, then the standard mx again); nothing else touched.
+    assert len({c["mx"] for c in containers}) == 3, containers
+    for role in ("dns", "relay", "nomail"):
+        assert len({c[role] for c in containers}) == 1, (role, containers)
+    # The new mx has a capture companion (the last scenario's hop was read from it) and a mail watch.
+    assert watching == {"mx": True, "relay": True, "nomail": True}, watching
+    assert captured == ["mx", "nomail", "relay"], captured
+
+
+def test_a_replacement_the_mta_refuses_is_reported_and_replaced_by_the_next_scenario(
+        run_context: RunContext, tmp_path: Path) -> None:
+    plain = load_scenario(_write(tmp_path, "plain.yaml", PLAIN))
+    refused = load_scenario(_write(tmp_path, "refused.yaml", RELAY_REFUSED))
+    sequence = ScenarioSequence(run_context)
+    try:
+        results = [sequence.run(scenario, "postfix") for scenario in (plain, refused, plain)]
+    finally:
+        sequence.close()
+    first, broken, after = results
+    assert broken.status == CONFIG_ERROR, (broken.status, broken.error)
+    # The MTA's own words, as on a topology of its own.
+    assert "fatal: chdir(/nonexistent): No such file or directory" in (broken.error or ""), broken.error
+    # The standard relay is back for the next scenario, on the same topology.
+    assert (first.status, after.status) == (PASSED, PASSED), [(r.error, r.failures) for r in (first, after)]
+    assert first.run_id == after.run_id, (first.run_id, after.run_id)
+
+
+def _write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
