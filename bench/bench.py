@@ -27,6 +27,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from harness.report.progress import Progress
 from harness.runner import RunContext, bring_up, default_jobs, groups_of, implementations_for, run_all
 from harness.scenario.loader import load_scenario, load_scenarios
 from harness.scenario.model import Scenario, SmtpSessionStep
+from harness.shard import topology_key
 from harness.smtp.client import run_session
 from harness.smtp.message import render_message
 from harness.topology.engine import ensure_engine
@@ -278,6 +280,9 @@ def run_matrix(ctx: RunContext, scenarios: Sequence[Scenario], mtas: Sequence[st
         members = [by_pair[(s.path.stem, m)] for s, m in group if (s.path.stem, m) in by_pair]
         scenario_time = sum(r["duration_s"] for r in members)
         entry: dict[str, Any] = {"mta": group[0][1], "scenarios": [s.path.stem for s, _ in group],
+                                 # Changes of exact topology in the group: a role replaced for each.
+                                 "replacements": sum(1 for a, b in pairwise(group)
+                                                     if topology_key(*a) != topology_key(*b)),
                                  "scenario_time_s": round(scenario_time, 3),
                                  "finished_at_s": max((r["finished_at_s"] for r in members), default=None)}
         if members:
@@ -564,7 +569,7 @@ def table(doc: dict[str, Any]) -> str:
         groups = shared[0]["groups"]
         lines.append(f"  shared topologies (first run): {len(groups)} for {shared[0]['pairs']} pairs")
         for label, members in (("several scenarios", [g for g in groups if len(g["scenarios"]) > 1]),
-                               ("one scenario (role changes)", [g for g in groups if len(g["scenarios"]) == 1])):
+                               ("one scenario", [g for g in groups if len(g["scenarios"]) == 1])):
             if not members:
                 continue
             done = [g["finished_at_s"] for g in members if g["finished_at_s"] is not None]
@@ -574,8 +579,9 @@ def table(doc: dict[str, Any]) -> str:
             between = [g.get("between_scenarios_s", 0.0) for g in members if len(g["scenarios"]) > 1]
             if between:
                 gaps = sum(len(g["scenarios"]) - 1 for g in members)
-                lines.append(f"       between their scenarios (reset, DNS): {' '.join(f'{b:.0f}' for b in between)}"
-                             f" s, {sum(between) / gaps:.2f} s per scenario")
+                replaced = sum(g.get("replacements", 0) for g in members)
+                lines.append(f"       between their scenarios (reset, DNS, {replaced} role replacements): "
+                             f"{' '.join(f'{b:.0f}' for b in between)} s, {sum(between) / gaps:.2f} s per scenario")
     samples = doc.get("floor_samples")
     if samples:
         lines += ["", f"{'per implementation, medians of ' + str(doc['rounds']) + ' round(s)':52} "
