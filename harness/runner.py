@@ -172,6 +172,13 @@ class SharedTopology:
             futures.append(pool.submit(self._serve, plan))
             for future in futures:
                 future.result()
+            # Then the neighbour caches emptied, as a fresh topology's are, so that a role the scenario
+            # stops or takes off the network is unreachable at once, not through a stale entry. After
+            # the resets: an MTA restarted by its reset closes the sessions it kept open, and that
+            # exchange fills its neighbours' caches again. (A new container's cache is empty already.)
+            for future in [pool.submit(c.forget_neighbours) for role, c in self.captures.items()
+                           if role not in replaced]:
+                future.result()
 
     def _replace(self, plan: ScenarioPlan) -> set[str]:
         """Every MTA role whose plan (configuration, settings, TLS, implementation) differs from the one

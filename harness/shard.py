@@ -24,11 +24,9 @@ from pathlib import Path
 from harness.errors import UsageError
 from harness.mta import DRIVERS, ROLES
 from harness.plan import role_changes
-from harness.scenario.model import RoleFaultStep, Scenario
+from harness.scenario.model import Scenario
 
 Pair = tuple[Scenario, str]
-# Fault actions after which the role's address answers nothing at all.
-GONE_FROM_NETWORK = frozenset({"stop", "kill", "disconnect"})
 # (implementation under test, ((role, config dir, ((setting, value), ...), like, role mta), ...))
 TopologyKey = tuple[str, tuple[tuple[str, str | None, tuple[tuple[str, str], ...], str | None, str | None], ...]]
 
@@ -102,15 +100,8 @@ def topology_key(scenario: Scenario, mta: str) -> TopologyKey:
         roles.append(("mta_sts", None, (("domain", policy.domain), ("mode", policy.mode), ("mx", ",".join(policy.mx)),
                                         ("max_age", str(policy.max_age)), ("certificate", policy.certificate)),
                       None, None))
-    if any(isinstance(step, RoleFaultStep) and step.action in GONE_FROM_NETWORK
-           and not (override is not None and override.skip) for _, step, override in scenario.steps_for(mta)):
-        # A role taken off the network is told apart from a fresh topology by its neighbours: one that
-        # spoke to it in an earlier scenario still has its address in its neighbour (ARP) cache, so a
-        # connection to it goes unanswered until the entry times out, where on a fresh topology it
-        # fails at once ("no route to host"). Such a scenario gets a topology of its own. What other
-        # faults leave (a role paused or restarted; DNS failing or changed) is undone before the next
-        # scenario (SharedTopology.prepare).
-        roles.append(("fault", _path_text(scenario.path), (), None, None))
+    # Faults are not part of it: what they leave (a role stopped, paused, off the network; DNS failing)
+    # is undone before the next scenario, and the neighbour caches emptied (SharedTopology.prepare).
     return (mta, tuple(roles))
 
 
@@ -118,8 +109,7 @@ def sharing_key(scenario: Scenario, mta: str) -> TopologyKey:
     """What decides the topology a scenario can share: ``topology_key`` without the changes to the
     standard roles (configuration directory, settings, TLS, another implementation). Those are made
     between two scenarios by replacing just that role's container (``SharedTopology.prepare``); the
-    rest (added roles, DNSSEC's resolver, an MTA-STS policy host, a role taken off the network) needs a
-    topology of its own."""
+    rest (added roles, DNSSEC's resolver, an MTA-STS policy host) needs a topology of its own."""
     standard = DRIVERS[mta].roles if mta in DRIVERS else ROLES
     implementation, roles = topology_key(scenario, mta)
     return implementation, tuple(r for r in roles if r[0].removeprefix("tls:") not in standard)

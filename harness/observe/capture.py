@@ -29,9 +29,11 @@ CAPTURE_IMAGE = "capture"  # ImageStore.image(CAPTURE_IMAGE): built from compose
 CAPTURE_FILE = "/capture/smtp.pcap"
 # What tcpdump needs, nothing more: NET_RAW for the packet socket; CHOWN, SETUID and SETGID because
 # Debian's tcpdump hands the file to user "tcpdump" and switches to it before capturing (it then runs
-# with no capability at all). NET_ADMIN is not needed: "-i any" never turns on promiscuous mode, and
-# sharing another container's network namespace needs no capability of its own.
-CAPTURE_CAPS = ("NET_RAW", "CHOWN", "SETUID", "SETGID")
+# with no capability at all). "-i any" never turns on promiscuous mode, and sharing another
+# container's network namespace needs no capability of its own. NET_ADMIN is for ``forget_neighbours``
+# alone, run by the harness between two scenarios (an MTA container never gets it); tcpdump, once it
+# has switched to its user, has none of these.
+CAPTURE_CAPS = ("NET_RAW", "NET_ADMIN", "CHOWN", "SETUID", "SETGID")
 # tcpdump prints this on stderr once the socket is open and the filter installed.
 LISTENING = "listening on"
 READY_TIMEOUT_S = 20.0
@@ -139,6 +141,18 @@ class HopCapture:
         except DockerException as exc:
             raise CaptureError(f"could not restart the capture companion of {self.host.role}: {exc}") from exc
         self._wait_listening(started, timeout_s, heard=heard)
+
+    def forget_neighbours(self) -> None:
+        """Empty the neighbour (ARP) cache of the MTA's network namespace, as a fresh topology's is: a
+        neighbour an earlier scenario spoke to and that is now stopped or off the network must fail
+        at once ("no route to host"), not go unanswered until the stale entry times out."""
+        try:
+            done = self.shell.run(["ip", "neigh", "flush", "all"])
+        except DockerException as exc:
+            raise CaptureError(f"could not empty the neighbour cache of {self.host.role}: {exc}") from exc
+        if done.exit_code != 0:
+            raise CaptureError(f"`ip neigh flush all` in the capture companion of {self.host.role} exited "
+                               f"{done.exit_code}: " + (done.stdout + done.stderr).decode("utf-8", "replace").strip())
 
     def read_pcaps(self) -> list[bytes]:
         """Every capture file of this companion: those kept from before a restart, then the current one."""

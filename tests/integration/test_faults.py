@@ -166,6 +166,24 @@ def test_what_a_fault_scenario_leaves_is_undone_before_the_next_one(
     assert watching == {"mx": True, "relay": True, "nomail": True}, watching
 
 
+@pytest.mark.parametrize("mta", ["postfix", "opensmtpd"])
+def test_a_role_stopped_after_its_neighbours_spoke_to_it_is_unreachable_at_once(
+        run_context: RunContext, tmp_path: Path, mta: str) -> None:
+    # The first scenario leaves mx in the relay's neighbour (ARP) cache. Unless prepare empties it, the
+    # relay's SYNs to the stopped mx go to that address unanswered, where a fresh topology says "no route
+    # to host" at once: Postfix's hop then has no answer to its connection attempt, OpenSMTPD's message
+    # stays active instead of deferred (both seen before the caches were emptied).
+    after = load_scenario(_write(tmp_path, "after.yaml", AFTER))
+    stopped = load_scenario(ROOT / "scenarios" / "19-mx-down-then-back-delivered-once.yaml")
+    sequence = ScenarioSequence(run_context)
+    try:
+        results = [sequence.run(scenario, mta) for scenario in (after, stopped)]
+    finally:
+        sequence.close()
+    assert [r.status for r in results] == [PASSED] * 2, [(r.name, r.error, r.failures) for r in results]
+    assert results[0].run_id == results[1].run_id, [r.run_id for r in results]
+
+
 def _write(directory: Path, name: str, text: str) -> Path:
     path = directory / name
     path.write_text(text)
