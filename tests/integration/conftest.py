@@ -46,10 +46,12 @@ class WatchedRunTls(RunTls):
     def __init__(self, run_id: str) -> None:
         super().__init__(run_id)
         self.held: list[str] = []
+        self.issued: list[str] = []  # the role of every certificate issued, in order
         WatchedRunTls.made.append(self)
 
     def issue(self, role: str, hostname: str, kind: str) -> Any:
         credentials = super().issue(role, hostname, kind)
+        self.issued.append(role)
         self.held = sorted(str(p.relative_to(self.directory)) for p in self.directory.rglob("*.pem"))
         return credentials
 
