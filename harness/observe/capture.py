@@ -21,7 +21,7 @@ from harness.errors import InfrastructureError, ReadinessTimeoutError
 from harness.observe.polling import CANCELLED
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL
 from harness.topology.shell import ContainerShell
-from harness.topology.topology import ENGINE_CLIENT, Host, confinement, limits, tar_files
+from harness.topology.topology import ENGINE_CLIENT, Host, confinement, limits, remove_container, tar_files
 
 __all__ = ["CAPTURE_CAPS", "CAPTURE_FILE", "CAPTURE_IMAGE", "CaptureError", "HopCapture", "start_captures"]
 
@@ -204,12 +204,7 @@ class HopCapture:
         """Remove the companion's container now, with what it captured: its MTA's container is about
         to be replaced (a companion cannot follow a container into another one's network namespace)."""
         self.shell.close()
-        try:
-            self.container.get_wrapped_container().remove(force=True, v=True)
-        except NotFound:
-            pass
-        except DockerException as exc:
-            raise CaptureError(f"could not remove the capture companion of {self.host.role}: {exc}") from exc
+        remove_container(self.container, f"the capture companion of {self.host.role}")
 
 
 def start_captures(hosts: Iterable[Host], image: str, labels: Mapping[str, str], *,

@@ -554,6 +554,16 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
         list(pool.map(start_one, zip(started, hosts, strict=True)))
 
 
+def remove_container(container: DockerContainer, what: str) -> None:
+    """Remove ``container`` now (killed if running), its anonymous volumes with it; gone already is done."""
+    try:
+        container.get_wrapped_container().remove(force=True, v=True)
+    except NotFound:
+        pass
+    except DockerException as exc:
+        raise InfrastructureError(f"could not remove {what}: {exc}") from exc
+
+
 def replace_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[str, str]) -> None:
     """Each of ``hosts`` (MTA roles the topology has) in a new container made from its plan: the old
     one removed (its capture companion, which shares its network namespace, must be gone already),
@@ -564,13 +574,7 @@ def replace_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping
     for plan_host in hosts:
         old = topology.hosts[plan_host.role]
         old.shell.close()
-        try:
-            old.container.get_wrapped_container().remove(force=True, v=True)
-        except NotFound:
-            pass
-        except DockerException as exc:
-            raise InfrastructureError(f"could not remove {plan_host.role}'s container to replace it: {exc}"
-                                      ) from exc
+        remove_container(old.container, f"{plan_host.role}'s container")
         if plan_host.tls is not None:
             if topology.tls is None:
                 topology.tls = RunTls(topology.run_id)
