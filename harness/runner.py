@@ -25,6 +25,7 @@ from pathlib import Path
 import docker
 from docker.errors import DockerException
 
+from harness.dns.dnssec import resolver_flush
 from harness.dns.preflight import check_records, wait_until_answering
 from harness.dns.served import DNSDIST_CONF, ServedDns
 from harness.dns.zones import HARNESS_ZONE, ResolvedRecord
@@ -45,7 +46,7 @@ from harness.observe.polling import CANCELLED, poll_until
 from harness.observe.queue import HostCommands
 from harness.plan import ScenarioPlan, plan_scenario
 from harness.report.progress import Progress
-from harness.scenario.model import Scenario
+from harness.scenario.model import RESOLVER_ROLE, Scenario
 from harness.shard import key_text, sharing_key, topology_key
 from harness.topology.faults import restore
 from harness.topology.images import ImageStore
@@ -53,6 +54,7 @@ from harness.topology.labels import debugging_lines, new_run_id, reap_abandoned,
 from harness.topology.readiness import container_state
 from harness.topology.topology import (
     DNS_ROLE,
+    RESOLVER_CONF_PATH,
     Host,
     HostPlan,
     Topology,
@@ -126,7 +128,7 @@ class SharedTopology:
         self.run_id = new_run_id()
         self.keep_label = ctx.keep != KEEP_NEVER
         self.topology = bring_up(ctx, plan, run_id=self.run_id, keep_label=self.keep_label)
-        self.served = dict(self._zones(plan).files)  # what the dns container serves now
+        self.served = dict(self.zones_for(plan).files)  # what the dns container serves now
         self.used = False
         self.window_start = time.time()  # the current scenario's window (its MTA log lines are read from it)
         mtas = [h for h in self.topology.hosts.values() if h.mta is not None]
@@ -149,26 +151,35 @@ class SharedTopology:
             names[self.topology.unreachable] = "unreachable"
         self.hops = CapturedHops(captures, names, client_address=self.topology.gateway, start_wall=time.time())
 
-    def _zones(self, plan: ScenarioPlan) -> ZoneSetup:
+    def zones_for(self, plan: ScenarioPlan) -> ZoneSetup:
+        """``plan``'s zones on this topology's addresses, keys and certificates (``plan.records`` filled)."""
         addresses = {role: host.address for role, host in self.topology.hosts.items()}
         if self.topology.unreachable is not None:
             addresses["unreachable"] = self.topology.unreachable
         return plan.zone_setup(addresses, signer=self.topology.signer, credentials=self.topology.credentials)
 
     def prepare(self, plan: ScenarioPlan) -> None:
-        """Make the topology as a fresh one would be for ``plan``'s scenario: every MTA reset, its zones
-        served, side by side."""
+        """Make the topology as a fresh one would be for ``plan``'s scenario: every MTA reset and the
+        zones served, side by side; a role whose plan changes replaced after the resets."""
         if not self.used:
             self.used = True  # bring_up served this scenario's zones and nothing has run yet
             return
         if self.faulted:
             self._restore(sorted(self.faulted))
             self.faulted = set()
-        replaced = self._replace(plan)
+        changing = self._changing(plan)
         # A new container is as a fresh topology's: only the others are reset.
-        hosts = [h for h in self.topology.hosts.values() if h.mta is not None and h.role not in replaced]
+        hosts = [h for h in self.topology.hosts.values() if h.mta is not None and h.role not in changing]
         with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
             futures = [pool.submit(_reset, h) for h in hosts]
+            if changing:
+                # The resets first: a role still holding the last scenario's message must not hand it to
+                # the new container (which no reset empties), nor look up the next hop's records then.
+                for future in futures:
+                    future.result()
+                self._replace(plan, changing)
+                futures = []
+            # A replaced role's TLSA record is its new certificate's: the zones are served after it.
             futures.append(pool.submit(self._serve, plan))
             for future in futures:
                 future.result()
@@ -177,16 +188,18 @@ class SharedTopology:
             # the resets: an MTA restarted by its reset closes the sessions it kept open, and that
             # exchange fills its neighbours' caches again. (A new container's cache is empty already.)
             for future in [pool.submit(c.forget_neighbours) for role, c in self.captures.items()
-                           if role not in replaced]:
+                           if role not in changing]:
                 future.result()
 
-    def _replace(self, plan: ScenarioPlan) -> set[str]:
-        """Every MTA role whose plan (configuration, settings, TLS, implementation) differs from the one
-        its container was made from, in a new container made from ``plan``'s, with a capture companion
-        and a mail watch of its own; the roles replaced. The others keep their containers."""
-        changed = [h for h in plan.topology.hosts if h.mta is not None and self.roles.get(h.role) != h]
-        if not changed:
-            return set()
+    def _changing(self, plan: ScenarioPlan) -> set[str]:
+        """The MTA roles whose plan (configuration, settings, TLS, implementation) differs from the one
+        their container was made from."""
+        return {h.role for h in plan.topology.hosts if h.mta is not None and self.roles.get(h.role) != h}
+
+    def _replace(self, plan: ScenarioPlan, roles: set[str]) -> None:
+        """Each of ``roles`` in a new container made from ``plan``'s, with a capture companion and a mail
+        watch of its own. The other roles keep their containers."""
+        changed = [h for h in plan.topology.hosts if h.role in roles]
         began = time.monotonic()
         images = build_images(self.ctx.images, plan.topology)
         for host in changed:
@@ -207,7 +220,6 @@ class SharedTopology:
         self.roles.update({h.role: h for h in changed})
         self.ctx.progress.line(f"run {self.run_id}: {', '.join(h.role for h in changed)} replaced for the next "
                                f"scenario's configuration, greeting after {time.monotonic() - began:.1f}s")
-        return {h.role for h in changed}
 
     def _restore(self, roles: Sequence[str]) -> None:
         """Every role a fault step acted on running, unpaused and on the network again (the queue and
@@ -226,7 +238,7 @@ class SharedTopology:
                 self.mail_events[role] = self.mail_watches[role].changed
 
     def _serve(self, plan: ScenarioPlan) -> None:
-        self._zones(plan)  # plan.records: the scenario's records, resolved
+        self.zones_for(plan)  # plan.records: the scenario's records, resolved
         self.serve_dns(ServedDns(list(plan.records), signer=self.topology.signer))
 
     def _reload_dns(self, files: Mapping[str, str]) -> None:
@@ -270,6 +282,12 @@ class SharedTopology:
         else:
             self._reload_dns(files)
         self._wait_served(served.answering())
+        resolver = self.topology.hosts.get(RESOLVER_ROLE)
+        if resolver is not None:
+            # The validating resolver may still hold an answer of the zones replaced for up to a second
+            # (a scenario's TLSA record for the mx its DANE scenario before had): forgotten now, as a
+            # fresh topology's resolver has nothing cached.
+            HostCommands(resolver)(resolver_flush(RESOLVER_CONF_PATH))
 
     def _wait_served(self, records: Sequence[ResolvedRecord]) -> None:
         """NSD reloads in the background: wait until every record in ``records`` answers as declared."""

@@ -26,7 +26,7 @@ import dns.transaction
 import dns.zone
 from cryptography.hazmat.primitives.asymmetric import ec
 
-__all__ = ["RESOLVER_CONF", "SIGNATURE_LIFETIME", "ZoneSigner", "unbound_conf"]
+__all__ = ["RESOLVER_CONF", "RESOLVER_CONTROL", "SIGNATURE_LIFETIME", "ZoneSigner", "resolver_flush", "unbound_conf"]
 
 ALGORITHM = dns.dnssectypes.Algorithm.ECDSAP256SHA256
 # Combined signing key: ZONE | SEP.
@@ -36,6 +36,11 @@ _SKEW = datetime.timedelta(hours=1)
 SIGNATURE_LIFETIME = datetime.timedelta(days=2)
 # Where the resolver container's configuration goes (compose/dns/resolver-start reads it).
 RESOLVER_CONF = "unbound.conf"
+# Unbound's control socket: a Unix socket needs no control keys, and nothing off the container reaches it.
+RESOLVER_CONTROL = "/run/unbound.ctl"
+# What the resolver has learnt, forgotten: every cached answer (at or below the root), and what it knows
+# about NSD's responsiveness (a restart or a dns_fault can leave it marked slow or down).
+_FLUSHES = ("flush_zone .", "flush_infra all", "flush_requestlist")
 
 
 @dataclass(frozen=True)
@@ -138,8 +143,17 @@ def unbound_conf(anchors: Iterable[str], *, nsd_address: str, zones: Iterable[st
         lines.append(f"    {key}: {value}")
     for anchor in anchors:
         lines.append(f'    trust-anchor: "{anchor}"')
-    lines += ["", "remote-control:", "    control-enable: no"]
+    # Controlled from inside its container only (resolver_flush): a changed zone is answered at once,
+    # not after the second an answer may stay cached.
+    lines += ["", "remote-control:", "    control-enable: yes", f"    control-interface: {RESOLVER_CONTROL}"]
     for zone in zones:
         lines += ["", "forward-zone:", f'    name: "{zone}"', f"    forward-addr: {nsd_address}",
                   "    forward-first: no"]
     return "\n".join(lines) + "\n"
+
+
+def resolver_flush(conf_path: str) -> list[str]:
+    """The command, run in the resolver's container, that empties its caches (one unbound-control per
+    flush: it takes a single command)."""
+    control = f"unbound-control -c {conf_path}"
+    return ["sh", "-c", " && ".join(f"{control} {flush} >/dev/null" for flush in _FLUSHES)]

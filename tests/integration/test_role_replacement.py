@@ -4,13 +4,24 @@ the unchanged ones keep their containers, and the scenario after it finds the st
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import dns.message
+import dns.query
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
 import pytest
 
+from harness.dns.served import ServedDns
 from harness.expect.results import CONFIG_ERROR, PASSED
+from harness.plan import plan_scenario
 from harness.runner import RunContext, ScenarioSequence
 from harness.scenario.loader import load_scenario
+from harness.scenario.model import RESOLVER_ROLE
+
+from .conftest import SCENARIOS
 
 PLAIN = """\
 name: the standard roles
@@ -94,6 +105,43 @@ def test_a_replacement_the_mta_refuses_is_reported_and_replaced_by_the_next_scen
     # The standard relay is back for the next scenario, on the same topology.
     assert (first.status, after.status) == (PASSED, PASSED), [(r.error, r.failures) for r in (first, after)]
     assert first.run_id == after.run_id, (first.run_id, after.run_id)
+
+
+def test_a_zone_changed_between_two_scenarios_is_answered_by_the_resolver_at_once(run_context: RunContext) -> None:
+    """Unbound may keep an answer for a second (cache-max-ttl: 1): a TLSA record the last scenario's
+    relay looked up, then changed for the next scenario (a replaced mx's new key), was still answered
+    from that cache when the next relay asked, and a valid DANE scenario was deferred as the one before.
+    The zones served, the resolver answers the new record at once."""
+    scenario = load_scenario(SCENARIOS / "31-relay-dane-valid-tlsa-delivered.yaml")
+    sequence = ScenarioSequence(run_context)
+    try:
+        first = sequence.run(scenario, "postfix")
+        shared = sequence.shared
+        assert shared is not None
+        plan = plan_scenario(scenario, run_context.compose_dir, mta="postfix")
+        shared.zones_for(plan)
+        (served_tlsa,) = [r for r in plan.records if r.rtype == "TLSA"]
+        resolver = shared.topology.address(RESOLVER_ROLE)
+        before = _answer(resolver, served_tlsa.name)  # now in the resolver's cache
+        changed = replace(served_tlsa, rdata="3 1 1 " + "ab" * 32)
+        served = ServedDns(list(plan.records), signer=shared.topology.signer)
+        served.change([changed], [])
+        shared.serve_dns(served)
+        after = _answer(resolver, served_tlsa.name)
+    finally:
+        sequence.close()
+    assert first.status == PASSED, (first.error, first.failures)
+    assert before == {_tlsa(served_tlsa.rdata)}, (before, served_tlsa.rdata)
+    assert after == {_tlsa(changed.rdata)}, after
+
+
+def _answer(server: str, name: str) -> set[dns.rdata.Rdata]:
+    reply = dns.query.udp(dns.message.make_query(name, "TLSA", want_dnssec=True), server, timeout=3.0)
+    return {rdata for rrset in reply.answer if rrset.rdtype == dns.rdatatype.TLSA for rdata in rrset}
+
+
+def _tlsa(text: str) -> dns.rdata.Rdata:
+    return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TLSA, text)
 
 
 def _write(directory: Path, name: str, text: str) -> Path:

@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from harness.dns.dnssec import ZoneSigner, unbound_conf
+from harness.dns.dnssec import RESOLVER_CONTROL, ZoneSigner, resolver_flush, unbound_conf
 from harness.dns.served import ServedDns
 from harness.dns.tlsa import spki_sha256, tlsa_name, tlsa_rdata
 from harness.dns.zones import render_zones, resolve_records, standard_records
@@ -106,6 +106,17 @@ def test_unbound_conf_trusts_only_the_given_anchors_and_forwards_to_nsd() -> Non
     assert "auto-trust-anchor-file" not in text and "root.key" not in text
     assert 'local-zone: "test." nodefault' in text  # else Unbound answers NXDOMAIN for *.test itself
     assert "forward-addr: 10.0.0.2" in text and "cache-max-ttl: 1" in text
+    # Controlled through a Unix socket in its container only (no control keys, nothing on the network).
+    assert "control-enable: yes" in text and f"control-interface: {RESOLVER_CONTROL}" in text
+    assert RESOLVER_CONTROL.startswith("/")
+
+
+def test_the_resolvers_flush_forgets_every_cached_answer_and_what_it_knows_of_nsd() -> None:
+    argv = resolver_flush("/etc/unbound/harness/unbound.conf")
+    assert argv[:2] == ["sh", "-c"]
+    commands = argv[2].split(" && ")
+    assert [c.split(" -c /etc/unbound/harness/unbound.conf ")[1].removesuffix(" >/dev/null") for c in commands] == [
+        "flush_zone .", "flush_infra all", "flush_requestlist"]
 
 
 # --- TLSA --------------------------------------------------------------------------------------------
