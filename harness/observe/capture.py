@@ -30,9 +30,10 @@ CAPTURE_FILE = "/capture/smtp.pcap"
 # What tcpdump needs, nothing more: NET_RAW for the packet socket; CHOWN, SETUID and SETGID because
 # Debian's tcpdump hands the file to user "tcpdump" and switches to it before capturing (it then runs
 # with no capability at all). "-i any" never turns on promiscuous mode, and sharing another
-# container's network namespace needs no capability of its own. NET_ADMIN is for ``forget_neighbours``
-# alone, run by the harness between two scenarios (an MTA container never gets it); tcpdump, once it
-# has switched to its user, has none of these.
+# container's network namespace needs no capability of its own. NET_ADMIN is for the neighbour (ARP)
+# table alone: its probe interval, set by capture-start before tcpdump, and ``forget_neighbours``, run
+# by the harness between two scenarios (an MTA container never gets it); tcpdump, once it has switched
+# to its user, has none of these.
 CAPTURE_CAPS = ("NET_RAW", "NET_ADMIN", "CHOWN", "SETUID", "SETGID")
 # tcpdump prints this on stderr once the socket is open and the filter installed.
 LISTENING = "listening on"
