@@ -87,6 +87,8 @@ class HopSource(Protocol):
 
     def resume(self, role: str) -> None: ...
 
+    def rejoined(self, role: str) -> None: ...
+
 
 class NoHops:
     """Where no capture runs: no hop is ever seen."""
@@ -98,6 +100,9 @@ class NoHops:
         return []
 
     def resume(self, role: str) -> None:
+        pass
+
+    def rejoined(self, role: str) -> None:
         pass
 
 
@@ -345,7 +350,8 @@ class StepRunner:
             self.recaptured.add(host.role)
             self.hops.resume(host.role)
 
-        error = do_fault(self.topology, step.role, step.action, resume_capture=resume)
+        error = do_fault(self.topology, step.role, step.action, resume_capture=resume,
+                         rejoined=lambda host: self.hops.rejoined(host.role))
         return FaultObservation(step.role, step.action, at, self.clock() - at, error)
 
     def dns_fault(self, index: int, step: Step) -> Observation:

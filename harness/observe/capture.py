@@ -31,9 +31,9 @@ CAPTURE_FILE = "/capture/smtp.pcap"
 # Debian's tcpdump hands the file to user "tcpdump" and switches to it before capturing (it then runs
 # with no capability at all). "-i any" never turns on promiscuous mode, and sharing another
 # container's network namespace needs no capability of its own. NET_ADMIN is for the neighbour (ARP)
-# table alone: its probe interval, set by capture-start before tcpdump, and ``forget_neighbours``, run
-# by the harness between two scenarios (an MTA container never gets it); tcpdump, once it has switched
-# to its user, has none of these.
+# table alone (compose/capture/neighbour-table: its probe interval, set before tcpdump starts, and its
+# entries, emptied by the harness between two scenarios); an MTA container never gets it, and tcpdump,
+# once it has switched to its user, has none of these.
 CAPTURE_CAPS = ("NET_RAW", "NET_ADMIN", "CHOWN", "SETUID", "SETGID")
 # tcpdump prints this on stderr once the socket is open and the filter installed.
 LISTENING = "listening on"
@@ -146,13 +146,23 @@ class HopCapture:
     def forget_neighbours(self) -> None:
         """Empty the neighbour (ARP) cache of the MTA's network namespace, as a fresh topology's is: a
         neighbour an earlier scenario spoke to and that is now stopped or off the network must fail
-        at once ("no route to host"), not go unanswered until the stale entry times out."""
+        at once ("no route to host"), not go unanswered until the stale entry times out. The probe
+        interval is set again too (an interface the role got back when reconnected has the defaults)."""
+        self._neighbour_table("reset")
+
+    def tune_neighbours(self) -> None:
+        """The probe interval of capture-start on every interface of the MTA's namespace (after the
+        role was reconnected to the network: its new interface starts with the kernel's defaults)."""
+        self._neighbour_table("tune")
+
+    def _neighbour_table(self, command: str) -> None:
+        argv = ["neighbour-table", command]  # compose/capture/neighbour-table
         try:
-            done = self.shell.run(["ip", "neigh", "flush", "all"])
+            done = self.shell.run(argv)
         except DockerException as exc:
-            raise CaptureError(f"could not empty the neighbour cache of {self.host.role}: {exc}") from exc
+            raise CaptureError(f"`{' '.join(argv)}` for {self.host.role} failed: {exc}") from exc
         if done.exit_code != 0:
-            raise CaptureError(f"`ip neigh flush all` in the capture companion of {self.host.role} exited "
+            raise CaptureError(f"`{' '.join(argv)}` in the capture companion of {self.host.role} exited "
                                f"{done.exit_code}: " + (done.stdout + done.stderr).decode("utf-8", "replace").strip())
 
     def read_pcaps(self) -> list[bytes]:

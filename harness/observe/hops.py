@@ -55,6 +55,12 @@ class CapturedHops:
         if role in self._captures:
             self._captures[role].resume()
 
+    def rejoined(self, role: str) -> None:
+        """The role's container reconnected to the network (a new interface in the same namespace): its
+        neighbour table is tuned as at the start."""
+        if role in self._captures:
+            self._captures[role].tune_neighbours()
+
     def _connections(self) -> list[Connection]:
         return self._parsed.connections()
 

@@ -37,10 +37,17 @@ EXEC_SETTLE_S = 2.0
 
 
 def do_fault(topology: Topology, role: str, action: str,
-             *, resume_capture: Callable[[Host], None] | None = None) -> str | None:
-    """Do ``action`` to ``role``; None when it is in that state, else what went wrong."""
+             *, resume_capture: Callable[[Host], None] | None = None,
+             rejoined: Callable[[Host], None] | None = None) -> str | None:
+    """Do ``action`` to ``role``; None when it is in that state, else what went wrong. ``rejoined`` is
+    told of a role reconnected to the network (its namespace has a new interface)."""
     host = topology.hosts[role]
     error = _act(topology, host, action, resume_capture)
+    if error is None and action == "reconnect" and rejoined is not None:
+        try:
+            rejoined(host)
+        except HarnessError as exc:
+            return f"{role} reconnected, but its neighbour table could not be tuned: {exc}"
     if error is None and action in BRINGS_BACK:
         return _back(host)
     return error

@@ -16,6 +16,7 @@ from harness.expect.results import PASSED
 from harness.runner import RunContext, ScenarioSequence
 from harness.scenario.loader import load_scenario
 from harness.topology.labels import PID_LABEL, ROLE_LABEL
+from harness.topology.topology import Topology
 
 from .conftest import COMPOSE, ROOT, harness
 
@@ -135,6 +136,14 @@ steps:
   - fault: {role: mx, action: restart}
 """
 
+RECONNECTS = """\
+name: relay off the network and back
+description: the relay's container gets a new interface in the same network namespace
+steps:
+  - fault: {role: relay, action: disconnect}
+  - fault: {role: relay, action: reconnect}
+"""
+
 AFTER = """\
 name: the next scenario on the same topology
 description: every role as a fresh topology has it; the message delivered through the relay, seen on its hop
@@ -152,18 +161,27 @@ def test_what_a_fault_scenario_leaves_is_undone_before_the_next_one(
     # Without the restore the reset fails on the stopped mx and a new topology runs the next scenario:
     # the run ids would differ (and a paused nomail or an unplugged relay would fail it outright).
     scenarios = {name: load_scenario(_write(tmp_path, f"{name}.yaml", text))
-                 for name, text in (("broken", LEAVES_BROKEN), ("restarts", RESTARTS), ("after", AFTER))}
+                 for name, text in (("broken", LEAVES_BROKEN), ("restarts", RESTARTS), ("after", AFTER),
+                                    ("reconnects", RECONNECTS))}
     sequence = ScenarioSequence(run_context)
+    retrans = []
     try:
         results = [sequence.run(scenarios[name], mta) for name in ("broken", "after", "restarts", "after")]
         assert sequence.shared is not None
         watching = {role: watch.alive for role, watch in sequence.shared.mail_watches.items()}
+        # Each MTA's own view of its ARP probe interval (capture-start, neighbour-table): set again in the
+        # new network namespace of the restarted mx, and on the relay's new interface after it was
+        # reconnected, by the restore before a scenario and by a reconnect step itself.
+        retrans.append(_arp_retrans_ms(sequence.shared.topology))
+        results.append(sequence.run(scenarios["reconnects"], mta))
+        retrans.append(_arp_retrans_ms(sequence.shared.topology))
     finally:
         sequence.close()
-    assert [r.status for r in results] == [PASSED] * 4, [(r.name, r.error, r.failures) for r in results]
+    assert [r.status for r in results] == [PASSED] * 5, [(r.name, r.error, r.failures) for r in results]
     assert len({r.run_id for r in results}) == 1, [r.run_id for r in results]
     # The restarted mx has a mail watch again (a delivery is noticed as it is written, not polled for).
     assert watching == {"mx": True, "relay": True, "nomail": True}, watching
+    assert retrans == [{"mx": "200", "relay": "200", "nomail": "200"}] * 2, retrans
 
 
 @pytest.mark.parametrize("mta", ["postfix", "opensmtpd"])
@@ -182,6 +200,14 @@ def test_a_role_stopped_after_its_neighbours_spoke_to_it_is_unreachable_at_once(
         sequence.close()
     assert [r.status for r in results] == [PASSED] * 2, [(r.name, r.error, r.failures) for r in results]
     assert results[0].run_id == results[1].run_id, [r.run_id for r in results]
+
+
+def _arp_retrans_ms(topology: Topology) -> dict[str, str]:
+    """Each MTA's ARP probe interval, on every interface but lo, as its own container reads it."""
+    read = ("for d in /proc/sys/net/ipv4/neigh/*; do "
+            "[ ${d##*/} = lo ] || [ ${d##*/} = default ] || cat $d/retrans_time_ms; done")
+    return {role: host.shell.run(["sh", "-c", read]).stdout.decode().strip()
+            for role, host in topology.hosts.items() if host.mta is not None}
 
 
 def _write(directory: Path, name: str, text: str) -> Path:

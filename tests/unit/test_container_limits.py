@@ -120,8 +120,8 @@ def test_capture_companions_are_bounded_and_keep_only_what_tcpdump_needs(
                          MtaContainer())  # type: ignore[arg-type]
     companion = capture.HopCapture(host, "capture:tag", {"mailflow-harness.run": "test"})
     options = companion.container.kwargs  # type: ignore[attr-defined]
-    # NET_ADMIN, beyond Docker's defaults, only for emptying the neighbour cache of the MTA's own
-    # network namespace between two scenarios; no MTA container gets it.
+    # NET_ADMIN, beyond Docker's defaults, only for the neighbour (ARP) table of the MTA's own network
+    # namespace (its probe interval, its cache emptied between two scenarios); no MTA container gets it.
     _bounded(options, beyond_defaults=frozenset({"NET_ADMIN"}))
     assert sorted(options["cap_add"]) == sorted(capture.CAPTURE_CAPS)
     assert options["security_opt"] == ["no-new-privileges"]
