@@ -5,7 +5,8 @@ reconnect) is back once it greets with its ready code again (an MTA) or answers 
 ``disconnect`` takes the container off the run's network: connections to its address then time out
 (no host answers), like a host that is down; ``stop`` keeps the address's neighbours but nothing
 listens. A started or restarted container has a new network namespace: its capture companion is
-started again in it (``HopCapture.resume``), keeping what it had captured.
+started again in it (``HopCapture.resume``), keeping what it had captured; and a resolv.conf the
+engine wrote anew, so what the role's start set up in it is set up again (``redo_setup``).
 
 ``restore`` undoes whatever state fault steps left a role in (stopped, paused, off the network), so a
 topology a fault scenario ran on can serve the next scenario."""
@@ -22,7 +23,7 @@ from harness.dns.preflight import wait_until_answering
 from harness.dns.zones import HARNESS_ZONE
 from harness.errors import HarnessError
 from harness.topology.readiness import wait_for_greeting
-from harness.topology.topology import Host, Topology
+from harness.topology.topology import Host, Topology, redo_setup
 
 __all__ = ["ACTIONS", "BRINGS_BACK", "NEW_NAMESPACE", "do_fault", "restore"]
 
@@ -101,6 +102,11 @@ def _act(topology: Topology, host: Host, action: str, resume_capture: Callable[[
             raise AssertionError(f"the schema allows no fault action {action!r}")
     except DockerException as exc:
         return f"Docker refused to {action} {role}: {exc}"
+    if action in NEW_NAMESPACE:
+        try:
+            redo_setup(host)
+        except HarnessError as exc:
+            return f"{role} {action}ed, but what its start set up could not be set up again: {exc}"
     if action in NEW_NAMESPACE and resume_capture is not None:
         try:
             resume_capture(host)

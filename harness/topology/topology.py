@@ -163,6 +163,9 @@ class Host:
     check_warnings: tuple[str, ...] = ()
     # The greeting code that says the role is ready (220; 521 for a host that accepts no mail).
     ready_code: int = 220
+    # What start_roles ran in the container before its first greeting (resolv.conf, the MTA's companion
+    # daemons): run again whenever the container starts again (redo_setup).
+    setup_commands: tuple[tuple[str, ...], ...] = ()
     # Commands and reads in the container through one shell kept running there (a fork each, not an exec).
     shell: ContainerShell = field(init=False, repr=False, compare=False)
 
@@ -523,6 +526,7 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
         commands += driver.started_commands(plan_host.tls_offer)
         if plan_host.tls is not None and driver.tls_key_owner is not None:
             commands.append(["chown", driver.tls_key_owner, TLS_KEY])
+        host.setup_commands = tuple(tuple(c) for c in commands)
         setup_problem: InfrastructureError | None = None
         for command in commands:
             try:
@@ -552,6 +556,15 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
 
     with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
         list(pool.map(start_one, zip(started, hosts, strict=True)))
+
+
+def redo_setup(host: Host) -> None:
+    """What ``start_roles`` ran in ``host``'s container before its first greeting, again: after a start
+    or restart the engine has written a new resolv.conf (nameserver 127.0.0.11, the embedded resolver
+    that answers role host names itself; measured on engine 20.10), and the MTA's companion daemons
+    ended with the old container process."""
+    for command in host.setup_commands:
+        _run_checked(host, list(command))
 
 
 def remove_container(container: DockerContainer, what: str) -> None:

@@ -173,6 +173,11 @@ def test_what_a_fault_scenario_leaves_is_undone_before_the_next_one(
         # new network namespace of the restarted mx, and on the relay's new interface after it was
         # reconnected, by the restore before a scenario and by a reconnect step itself.
         retrans.append(_arp_retrans_ms(sequence.shared.topology))
+        # The scenario's DNS server, as at the start: the engine wrote a new resolv.conf into the
+        # restarted mx (nameserver 127.0.0.11, which answers the roles' host names itself).
+        dns = sequence.shared.topology.address("dns")
+        nameservers = {role: host.shell.run(["grep", "^nameserver", "/etc/resolv.conf"]).stdout.decode().strip()
+                       for role, host in sequence.shared.topology.hosts.items() if host.mta is not None}
         results.append(sequence.run(scenarios["reconnects"], mta))
         retrans.append(_arp_retrans_ms(sequence.shared.topology))
     finally:
@@ -182,6 +187,7 @@ def test_what_a_fault_scenario_leaves_is_undone_before_the_next_one(
     # The restarted mx has a mail watch again (a delivery is noticed as it is written, not polled for).
     assert watching == {"mx": True, "relay": True, "nomail": True}, watching
     assert retrans == [{"mx": "200", "relay": "200", "nomail": "200"}] * 2, retrans
+    assert nameservers == dict.fromkeys(("mx", "relay", "nomail"), f"nameserver {dns}"), nameservers
 
 
 @pytest.mark.parametrize("mta", ["postfix", "opensmtpd"])
