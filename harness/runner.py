@@ -1,9 +1,10 @@
 """A scenario's lifecycle: create (images, network, containers), converge (DNS checked), verify (the
 steps), destroy (always, unless asked to keep the topology for debugging).
 
-Scenarios that can share a topology (implementation, added roles, DNSSEC, MTA-STS; ``sharing_key``)
-share one: it is created once, and between two scenarios ``SharedTopology.prepare`` replaces the
-container of a role whose configuration the next scenario changes, resets what one could leak into
+Scenarios that can share a topology (implementation, DNSSEC, MTA-STS; ``sharing_key``) share one: it
+is created once, and between two scenarios ``SharedTopology.prepare`` removes a role the next scenario
+does not have, starts one it adds, replaces the container of a role whose configuration it changes,
+resets what one could leak into
 the next (queues, Maildirs, retry and dead-destination state: each driver's ``reset``) and serves the
 next scenario's DNS records. Every observation is about the scenario's own message and its own time
 window, which is what makes the sharing safe; tests/integration/test_isolation.py proves the results
@@ -61,6 +62,8 @@ from harness.topology.topology import (
     ZoneSetup,
     build_images,
     create_network,
+    plan_addresses,
+    remove_container,
     replace_roles,
     start_hosts,
 )
@@ -146,10 +149,12 @@ class SharedTopology:
         # The plan each MTA role's container was made from; a role whose plan a scenario changes is
         # replaced (a role missing here, one whose replacement failed, is replaced by the next one).
         self.roles = {h.role: h for h in plan.topology.hosts if h.mta is not None}
-        names = {h.address: h.role for h in self.topology.hosts.values()}
+        # Who is at which address, updated when a role is added, moved or removed between two scenarios;
+        # each scenario's hop reader takes it as it is then.
+        self.names = {h.address: h.role for h in self.topology.hosts.values()}
         if self.topology.unreachable is not None:
-            names[self.topology.unreachable] = "unreachable"
-        self.hops = CapturedHops(captures, names, client_address=self.topology.gateway, start_wall=time.time())
+            self.names[self.topology.unreachable] = "unreachable"
+        self.hops = CapturedHops(captures, self.names, client_address=self.topology.gateway, start_wall=time.time())
 
     def zones_for(self, plan: ScenarioPlan) -> ZoneSetup:
         """``plan``'s zones on this topology's addresses, keys and certificates (``plan.records`` filled)."""
@@ -167,6 +172,11 @@ class SharedTopology:
         if self.faulted:
             self._restore(sorted(self.faulted))
             self.faulted = set()
+        leaving = self._leaving(plan)
+        if leaving:
+            # An added role the next scenario does not have goes first: nothing it holds can reach the
+            # others while they are reset.
+            self._remove(leaving)
         changing = self._changing(plan)
         # A new container is as a fresh topology's: only the others are reset.
         hosts = [h for h in self.topology.hosts.values() if h.mta is not None and h.role not in changing]
@@ -191,26 +201,59 @@ class SharedTopology:
                            if role not in changing]:
                 future.result()
 
+    def _planned(self, plan: ScenarioPlan) -> dict[str, tuple[HostPlan, str]]:
+        """``plan``'s MTA roles, each with the address a fresh topology of that plan gives it."""
+        addresses = plan_addresses(plan.topology, self.topology.subnet)
+        return {h.role: (h, addresses[h.role]) for h in plan.topology.hosts if h.mta is not None}
+
+    def _leaving(self, plan: ScenarioPlan) -> set[str]:
+        """The MTA roles running here that ``plan`` does not have (roles an earlier scenario added)."""
+        planned = self._planned(plan)
+        return {r for r, h in self.topology.hosts.items() if h.mta is not None and r not in planned}
+
     def _changing(self, plan: ScenarioPlan) -> set[str]:
-        """The MTA roles whose plan (configuration, settings, TLS, implementation) differs from the one
-        their container was made from."""
-        return {h.role for h in plan.topology.hosts if h.mta is not None and self.roles.get(h.role) != h}
+        """The MTA roles of ``plan`` not running here as planned: a role whose plan (configuration,
+        settings, TLS, implementation) differs from the one its container was made from, whose address
+        differs from a fresh topology's, or that is not running here at all (an added role)."""
+        return {r for r, (h, address) in self._planned(plan).items()
+                if self.roles.get(r) != h or r not in self.topology.hosts or self.topology.address(r) != address}
+
+    def _remove(self, roles: set[str]) -> None:
+        """Each of ``roles`` gone from this topology, with its capture companion and mail watch."""
+        for role in sorted(roles):
+            self._forget(role)
+            host = self.topology.hosts.pop(role)
+            host.shell.close()
+            remove_container(host.container, f"{role}'s container")
+            self.names.pop(host.address, None)
+            self.topology.credentials.pop(role, None)
+        self.ctx.progress.line(f"run {self.run_id}: {', '.join(sorted(roles))} removed (the next scenario has "
+                               "no such role)")
+
+    def _forget(self, role: str) -> None:
+        """What observes ``role``'s container let go: its plan, mail watch and capture companion (removed
+        before the container whose network namespace it shares)."""
+        self.roles.pop(role, None)
+        self.mail_watches.pop(role, None)
+        self.mail_events.pop(role, None)
+        capture = self.captures.pop(role, None)
+        if capture is not None:
+            capture.discard()
 
     def _replace(self, plan: ScenarioPlan, roles: set[str]) -> None:
-        """Each of ``roles`` in a new container made from ``plan``'s, with a capture companion and a mail
-        watch of its own. The other roles keep their containers."""
-        changed = [h for h in plan.topology.hosts if h.role in roles]
+        """Each of ``roles`` in a new container made from ``plan``'s, at the address a fresh topology gives
+        it, with a capture companion and a mail watch of its own. The other roles keep their containers."""
+        planned = self._planned(plan)
+        changed = [planned[r][0] for r in sorted(roles)]
         began = time.monotonic()
         images = build_images(self.ctx.images, plan.topology)
         for host in changed:
-            self.roles.pop(host.role, None)  # until its new container greets
-            self.mail_watches.pop(host.role, None)
-            self.mail_events.pop(host.role, None)
-            capture = self.captures.pop(host.role, None)
-            if capture is not None:
-                capture.discard()  # before the container whose network namespace it shares
-        replace_roles(self.topology, changed, images)
+            self._forget(host.role)  # until its new container greets
+            if host.role in self.topology.hosts:
+                self.names.pop(self.topology.address(host.role), None)
+        replace_roles(self.topology, changed, images, {r: planned[r][1] for r in roles})
         new = [self.topology.hosts[h.role] for h in changed]
+        self.names.update({h.address: h.role for h in new})
         # The same mapping the hop reader holds: the new companions join it.
         self.captures.update(start_captures(new, self.ctx.images.image(CAPTURE_IMAGE),
                                             run_labels(self.run_id, keep=self.keep_label)))
@@ -218,7 +261,7 @@ class SharedTopology:
             self.mail_watches[started.role] = MailWatch(self.ctx.client, started.container_id, started.role).start()
             self.mail_events[started.role] = self.mail_watches[started.role].changed
         self.roles.update({h.role: h for h in changed})
-        self.ctx.progress.line(f"run {self.run_id}: {', '.join(h.role for h in changed)} replaced for the next "
+        self.ctx.progress.line(f"run {self.run_id}: {', '.join(h.role for h in changed)} started for the next "
                                f"scenario's configuration, greeting after {time.monotonic() - began:.1f}s")
 
     def _restore(self, roles: Sequence[str]) -> None:
@@ -326,7 +369,7 @@ def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mt
     started = time.monotonic()
     # Capture timestamps are wall-clock; the client's clock is monotonic from the same instant.
     shared.window_start = time.time()
-    hops = shared.hops.since(shared.window_start)
+    hops = shared.hops.since(shared.window_start, names=shared.names)
     steps = StepRunner(shared.topology, scenario, result, started, mta=mta, hops=hops,
                        dns=ServedDns(list(plan.records), signer=shared.topology.signer),
                        mail_events=shared.mail_events, serve_dns=shared.serve_dns)

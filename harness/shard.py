@@ -105,14 +105,19 @@ def topology_key(scenario: Scenario, mta: str) -> TopologyKey:
     return (mta, tuple(roles))
 
 
+# What a running topology cannot take on between two scenarios: zones signed with keys made at its
+# start and a resolver trusting them; an MTA-STS policy host serving the policy it was started with.
+_FIXED_AT_START = frozenset({"dnssec", "mta_sts"})
+
+
 def sharing_key(scenario: Scenario, mta: str) -> TopologyKey:
-    """What decides the topology a scenario can share: ``topology_key`` without the changes to the
-    standard roles (configuration directory, settings, TLS, another implementation). Those are made
-    between two scenarios by replacing just that role's container (``SharedTopology.prepare``); the
-    rest (added roles, DNSSEC's resolver, an MTA-STS policy host) needs a topology of its own."""
-    standard = DRIVERS[mta].roles if mta in DRIVERS else ROLES
+    """What decides the topology a scenario can share: ``topology_key`` without its roles (a standard
+    role's configuration directory, settings, TLS or other implementation; an added role). Those are
+    made between two scenarios by starting, replacing or removing just those roles' containers
+    (``SharedTopology.prepare``); DNSSEC's resolver and an MTA-STS policy host need a topology of
+    their own."""
     implementation, roles = topology_key(scenario, mta)
-    return implementation, tuple(r for r in roles if r[0].removeprefix("tls:") not in standard)
+    return implementation, tuple(r for r in roles if r[0] in _FIXED_AT_START)
 
 
 def key_text(key: Hashable) -> str:

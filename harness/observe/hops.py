@@ -45,10 +45,11 @@ class CapturedHops:
         self._client = client_address
         self._start_wall = start_wall
 
-    def since(self, start_wall: float) -> CapturedHops:
-        """The same captures, seen from ``start_wall`` on (the next scenario's window)."""
-        return CapturedHops(self._captures, self._names, client_address=self._client, start_wall=start_wall,
-                            parsed=self._parsed)
+    def since(self, start_wall: float, names: Mapping[str, str] | None = None) -> CapturedHops:
+        """The same captures, seen from ``start_wall`` on (the next scenario's window), with ``names``
+        when the roles changed since (one added, moved or removed)."""
+        return CapturedHops(self._captures, self._names if names is None else names, client_address=self._client,
+                            start_wall=start_wall, parsed=self._parsed)
 
     def resume(self, role: str) -> None:
         """The role's container started again (a new network namespace): its capture follows it."""

@@ -20,6 +20,7 @@ from harness.plan import plan_scenario
 from harness.runner import RunContext, ScenarioSequence
 from harness.scenario.loader import load_scenario
 from harness.scenario.model import RESOLVER_ROLE
+from harness.topology.labels import ROLE_LABEL, RUN_LABEL
 
 from .conftest import SCENARIOS
 
@@ -105,6 +106,41 @@ def test_a_replacement_the_mta_refuses_is_reported_and_replaced_by_the_next_scen
     # The standard relay is back for the next scenario, on the same topology.
     assert (first.status, after.status) == (PASSED, PASSED), [(r.error, r.failures) for r in (first, after)]
     assert first.run_id == after.run_id, (first.run_id, after.run_id)
+
+
+def test_a_role_a_scenario_adds_is_started_for_it_and_removed_before_the_next(
+        run_context: RunContext, tmp_path: Path) -> None:
+    """Scenario 10 (a second 521 host, backup, like nomail) between two plain scenarios on one topology:
+    backup runs, with its capture companion, for 10 only; the standard roles keep their containers."""
+    plain = load_scenario(_write(tmp_path, "plain.yaml", PLAIN))
+    added = load_scenario(SCENARIOS / "10-two-mx-both-521.yaml")
+    sequence = ScenarioSequence(run_context)
+    roles: list[list[str]] = []
+    captured: list[list[str]] = []
+    containers: list[dict[str, str]] = []
+    try:
+        results = []
+        for scenario in (plain, added, plain):
+            results.append(sequence.run(scenario, "postfix"))
+            assert sequence.shared is not None
+            roles.append(sorted(sequence.shared.topology.hosts))
+            captured.append(sorted(sequence.shared.captures))
+            containers.append({r: h.container_id for r, h in sequence.shared.topology.hosts.items()})
+        run_id = sequence.shared.run_id
+        backup_left, companion_left = (run_context.client.containers.list(
+            all=True, filters={"label": [f"{RUN_LABEL}={run_id}", f"{ROLE_LABEL}={role}"]})
+            for role in ("backup", "backup-capture"))
+    finally:
+        sequence.close()
+    assert [r.status for r in results] == [PASSED] * 3, [(r.name, r.error, r.failures) for r in results]
+    assert len({r.run_id for r in results}) == 1, [r.run_id for r in results]
+    assert roles == [["dns", "mx", "nomail", "relay"], ["backup", "dns", "mx", "nomail", "relay"],
+                     ["dns", "mx", "nomail", "relay"]], roles
+    assert captured == [["mx", "nomail", "relay"], ["backup", "mx", "nomail", "relay"],
+                        ["mx", "nomail", "relay"]], captured
+    assert (backup_left, companion_left) == ([], []), (backup_left, companion_left)
+    for role in ("dns", "mx", "relay", "nomail"):
+        assert len({c[role] for c in containers}) == 1, (role, containers)
 
 
 def test_a_zone_changed_between_two_scenarios_is_answered_by_the_resolver_at_once(run_context: RunContext) -> None:

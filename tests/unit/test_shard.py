@@ -138,13 +138,14 @@ def test_topology_key_of_bundled_scenarios() -> None:
             json.dumps(topology_key(s, m))  # and plain data
 
 
-def test_sharing_key_leaves_out_what_replacing_a_standard_role_changes() -> None:
+def test_sharing_key_leaves_out_what_starting_replacing_or_removing_a_role_changes() -> None:
     by_name = {s.path.stem[:2]: s for s in bundled()}
-    # A standard role's settings, its TLS or another implementation: the standard topology's key.
-    for name, mta in (("08", "postfix"), ("11", "exim"), ("23", "exim"), ("27", "exim"), ("30", "postfix")):
+    # A standard role's settings, its TLS or another implementation, an added role: the standard
+    # topology's key.
+    for name, mta in (("08", "postfix"), ("11", "exim"), ("23", "exim"), ("27", "exim"), ("30", "postfix"),
+                      ("10", "postfix"), ("10", "opensmtpd")):
         assert sharing_key(by_name[name], mta) == (mta, ()), (name, mta)
-    # An added role, DNSSEC's resolver, an MTA-STS policy host: kept.
-    assert sharing_key(by_name["10"], "postfix") == topology_key(by_name["10"], "postfix")
+    # DNSSEC's resolver, an MTA-STS policy host: kept, and nothing else of those scenarios.
     assert [r[0] for r in sharing_key(by_name["31"], "postfix")[1]] == ["dnssec"]
     assert sharing_key(by_name["31"], "postfix") == sharing_key(by_name["32"], "postfix")
     assert [r[0] for r in sharing_key(by_name["33"], "exim")[1]] == ["mta_sts"]
