@@ -1,13 +1,13 @@
 """A scenario's lifecycle: create (images, network, containers), converge (DNS checked), verify (the
 steps), destroy (always, unless asked to keep the topology for debugging).
 
-Scenarios that can share a topology (implementation, DNSSEC, MTA-STS; ``sharing_key``) share one: it
-is created once, and between two scenarios ``SharedTopology.prepare`` removes a role the next scenario
-does not have, starts one it adds, replaces the container of a role whose configuration it changes,
-resets what one could leak into
-the next (queues, Maildirs, retry and dead-destination state: each driver's ``reset``) and serves the
-next scenario's DNS records. Every observation is about the scenario's own message and its own time
-window, which is what makes the sharing safe; tests/integration/test_isolation.py proves the results
+Scenarios that can share a topology (implementation, DNSSEC; ``sharing_key``) share one: it is
+created once, and between two scenarios ``SharedTopology.prepare`` removes a role the next scenario
+does not have, starts one it adds, replaces the container of a role whose configuration it changes
+(the MTA-STS policy host too), resets what one could leak into the next (queues, Maildirs, retry and
+dead-destination state: each driver's ``reset``) and serves the next scenario's DNS records. Every
+observation is about the scenario's own message and its own time window, which is what makes the
+sharing safe; tests/integration/test_isolation.py proves the results
 equal those of a fresh topology per scenario (``fresh=True``). Groups run side by side (``jobs``).
 """
 
@@ -47,7 +47,7 @@ from harness.observe.polling import CANCELLED, poll_until
 from harness.observe.queue import HostCommands
 from harness.plan import ScenarioPlan, plan_scenario
 from harness.report.progress import Progress
-from harness.scenario.model import RESOLVER_ROLE, Scenario
+from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE, MtaSts, Scenario
 from harness.shard import key_text, sharing_key, topology_key
 from harness.topology.faults import restore
 from harness.topology.images import ImageStore
@@ -64,6 +64,7 @@ from harness.topology.topology import (
     create_network,
     plan_addresses,
     remove_container,
+    replace_policy_host,
     replace_roles,
     start_hosts,
 )
@@ -149,6 +150,8 @@ class SharedTopology:
         # The plan each MTA role's container was made from; a role whose plan a scenario changes is
         # replaced (a role missing here, one whose replacement failed, is replaced by the next one).
         self.roles = {h.role: h for h in plan.topology.hosts if h.mta is not None}
+        # The MTA-STS policy host's plan and the policy it serves (None, None: no policy host).
+        self.policy = self._policy_of(plan)
         # Who is at which address, updated when a role is added, moved or removed between two scenarios;
         # each scenario's hop reader takes it as it is then.
         self.names = {h.address: h.role for h in self.topology.hosts.values()}
@@ -178,16 +181,21 @@ class SharedTopology:
             # others while they are reset.
             self._remove(leaving)
         changing = self._changing(plan)
+        policy_changing = self._policy_of(plan) != self.policy
         # A new container is as a fresh topology's: only the others are reset.
         hosts = [h for h in self.topology.hosts.values() if h.mta is not None and h.role not in changing]
         with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
             futures = [pool.submit(_reset, h) for h in hosts]
-            if changing:
+            if changing or policy_changing:
                 # The resets first: a role still holding the last scenario's message must not hand it to
-                # the new container (which no reset empties), nor look up the next hop's records then.
+                # the new container (which no reset empties), nor look up the next hop's records or
+                # policy then.
                 for future in futures:
                     future.result()
-                self._replace(plan, changing)
+                if policy_changing:
+                    self._replace_policy(plan)
+                if changing:
+                    self._replace(plan, changing)
                 futures = []
             # A replaced role's TLSA record is its new certificate's: the zones are served after it.
             futures.append(pool.submit(self._serve, plan))
@@ -200,6 +208,27 @@ class SharedTopology:
             for future in [pool.submit(c.forget_neighbours) for role, c in self.captures.items()
                            if role not in changing]:
                 future.result()
+
+    @staticmethod
+    def _policy_of(plan: ScenarioPlan) -> tuple[HostPlan | None, MtaSts | None]:
+        return next((h for h in plan.topology.hosts if h.role == POLICY_ROLE), None), plan.topology.mta_sts
+
+    def _replace_policy(self, plan: ScenarioPlan) -> None:
+        """The MTA-STS policy host as ``plan`` has it (started, replaced or removed), at the address a
+        fresh topology gives it."""
+        began = time.monotonic()
+        old = self.topology.hosts.get(POLICY_ROLE)
+        if old is not None:
+            self.names.pop(old.address, None)
+        self.policy = (None, None)  # until the new one listens
+        address = plan_addresses(plan.topology, self.topology.subnet).get(POLICY_ROLE, "")
+        replace_policy_host(self.topology, plan.topology, build_images(self.ctx.images, plan.topology), address)
+        self.policy = self._policy_of(plan)
+        if POLICY_ROLE in self.topology.hosts:
+            self.names[address] = POLICY_ROLE
+        what = "started" if self.policy[0] is not None else "removed"
+        self.ctx.progress.line(f"run {self.run_id}: the MTA-STS policy host {what} for the next scenario "
+                               f"({time.monotonic() - began:.1f}s)")
 
     def _planned(self, plan: ScenarioPlan) -> dict[str, tuple[HostPlan, str]]:
         """``plan``'s MTA roles, each with the address a fresh topology of that plan gives it."""

@@ -106,15 +106,15 @@ def topology_key(scenario: Scenario, mta: str) -> TopologyKey:
 
 
 # What a running topology cannot take on between two scenarios: zones signed with keys made at its
-# start and a resolver trusting them; an MTA-STS policy host serving the policy it was started with.
-_FIXED_AT_START = frozenset({"dnssec", "mta_sts"})
+# start, and a resolver trusting them.
+_FIXED_AT_START = frozenset({"dnssec"})
 
 
 def sharing_key(scenario: Scenario, mta: str) -> TopologyKey:
     """What decides the topology a scenario can share: ``topology_key`` without its roles (a standard
-    role's configuration directory, settings, TLS or other implementation; an added role). Those are
-    made between two scenarios by starting, replacing or removing just those roles' containers
-    (``SharedTopology.prepare``); DNSSEC's resolver and an MTA-STS policy host need a topology of
+    role's configuration directory, settings, TLS or other implementation; an added role) and its
+    MTA-STS policy. Those are made between two scenarios by starting, replacing or removing just
+    those containers (``SharedTopology.prepare``); DNSSEC's keys and resolver need a topology of
     their own."""
     implementation, roles = topology_key(scenario, mta)
     return implementation, tuple(r for r in roles if r[0] in _FIXED_AT_START)

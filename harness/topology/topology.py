@@ -601,6 +601,26 @@ def replace_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping
     start_roles(topology, hosts, images, {h.role: addresses[h.role] for h in hosts})
 
 
+def replace_policy_host(topology: Topology, plan: TopologyPlan, images: Mapping[str, str], address: str) -> None:
+    """The MTA-STS policy host as ``plan`` has it: the running one, if any, removed; a new one, if the
+    plan has one, started at ``address`` with a certificate of its own from the run's CA and listening."""
+    old = topology.hosts.pop(POLICY_ROLE, None)
+    if old is not None:
+        old.shell.close()
+        remove_container(old.container, f"{POLICY_ROLE}'s container")
+    topology.credentials.pop(POLICY_ROLE, None)
+    host_plan = next((h for h in plan.hosts if h.role == POLICY_ROLE), None)
+    if host_plan is None:
+        return
+    if host_plan.tls is None:
+        raise InfrastructureError("a policy host without a certificate (standard_plan gives it one)")
+    if topology.tls is None:
+        topology.tls = RunTls(topology.run_id)
+    topology.credentials[POLICY_ROLE] = topology.tls.issue(POLICY_ROLE, host_plan.hostname, host_plan.tls.certificate)
+    start_policy_host(topology, host_plan, plan, images[POLICY_ROLE], address,
+                      run_labels(topology.run_id, keep=topology.kept))
+
+
 _FATAL = re.compile(r"\b(fatal|panic)\b", re.IGNORECASE)
 
 

@@ -19,7 +19,7 @@ from harness.expect.results import CONFIG_ERROR, PASSED
 from harness.plan import plan_scenario
 from harness.runner import RunContext, ScenarioSequence
 from harness.scenario.loader import load_scenario
-from harness.scenario.model import RESOLVER_ROLE
+from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL
 
 from .conftest import SCENARIOS
@@ -141,6 +141,37 @@ def test_a_role_a_scenario_adds_is_started_for_it_and_removed_before_the_next(
     assert (backup_left, companion_left) == ([], []), (backup_left, companion_left)
     for role in ("dns", "mx", "relay", "nomail"):
         assert len({c[role] for c in containers}) == 1, (role, containers)
+
+
+def test_an_mta_sts_policy_host_is_started_replaced_and_removed_as_the_scenarios_need(
+        run_context: RunContext, tmp_path: Path) -> None:
+    """plain, 33 (policy in enforce mode), 34 (testing mode), plain on one Postfix topology: the policy
+    host serves each scenario's own policy (a new one for 34: 33 deferred, 34 delivered, as each
+    expects) and is gone for the last; the policy daemon of the relay forgets the policy in between."""
+    plain = load_scenario(_write(tmp_path, "plain.yaml", PLAIN))
+    enforce, testing = (load_scenario(SCENARIOS / name) for name in (
+        "33-relay-mta-sts-enforce-certificate-mismatch-deferred.yaml",
+        "34-relay-mta-sts-testing-certificate-mismatch-delivered.yaml"))
+    sequence = ScenarioSequence(run_context)
+    policy_hosts: list[str | None] = []
+    try:
+        results = []
+        for scenario in (plain, enforce, testing, plain):
+            results.append(sequence.run(scenario, "postfix"))
+            assert sequence.shared is not None
+            host = sequence.shared.topology.hosts.get(POLICY_ROLE)
+            policy_hosts.append(host.container_id if host is not None else None)
+        run_id = sequence.shared.run_id
+        left = run_context.client.containers.list(
+            all=True, filters={"label": [f"{RUN_LABEL}={run_id}", f"{ROLE_LABEL}={POLICY_ROLE}"]})
+    finally:
+        sequence.close()
+    assert [r.status for r in results] == [PASSED] * 4, [(r.name, r.error, r.failures) for r in results]
+    assert len({r.run_id for r in results}) == 1, [r.run_id for r in results]
+    first, for_enforce, for_testing, last = policy_hosts
+    assert first is None and last is None, policy_hosts
+    assert for_enforce is not None and for_testing is not None and for_enforce != for_testing, policy_hosts
+    assert left == [], left
 
 
 def test_a_zone_changed_between_two_scenarios_is_answered_by_the_resolver_at_once(run_context: RunContext) -> None:

@@ -142,13 +142,13 @@ def test_sharing_key_leaves_out_what_starting_replacing_or_removing_a_role_chang
     by_name = {s.path.stem[:2]: s for s in bundled()}
     # A standard role's settings, its TLS or another implementation, an added role: the standard
     # topology's key.
+    # An MTA-STS policy host too.
     for name, mta in (("08", "postfix"), ("11", "exim"), ("23", "exim"), ("27", "exim"), ("30", "postfix"),
-                      ("10", "postfix"), ("10", "opensmtpd")):
+                      ("10", "postfix"), ("10", "opensmtpd"), ("33", "exim"), ("34", "postfix")):
         assert sharing_key(by_name[name], mta) == (mta, ()), (name, mta)
-    # DNSSEC's resolver, an MTA-STS policy host: kept, and nothing else of those scenarios.
+    # DNSSEC's keys and resolver: kept, and nothing else of those scenarios.
     assert [r[0] for r in sharing_key(by_name["31"], "postfix")[1]] == ["dnssec"]
     assert sharing_key(by_name["31"], "postfix") == sharing_key(by_name["32"], "postfix")
-    assert [r[0] for r in sharing_key(by_name["33"], "exim")[1]] == ["mta_sts"]
     # Faults are undone between scenarios, the neighbour caches emptied: the standard topology.
     assert sharing_key(by_name["19"], "opensmtpd") == ("opensmtpd", ())
 
