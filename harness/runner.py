@@ -63,7 +63,7 @@ from harness.topology.topology import (
     build_images,
     create_network,
     plan_addresses,
-    remove_container,
+    remove_host,
     replace_policy_host,
     replace_roles,
     start_hosts,
@@ -152,12 +152,15 @@ class SharedTopology:
         self.roles = {h.role: h for h in plan.topology.hosts if h.mta is not None}
         # The MTA-STS policy host's plan and the policy it serves (None, None: no policy host).
         self.policy = self._policy_of(plan)
-        # Who is at which address, updated when a role is added, moved or removed between two scenarios;
-        # each scenario's hop reader takes it as it is then.
-        self.names = {h.address: h.role for h in self.topology.hosts.values()}
+        self.hops = CapturedHops(captures, self.names(), client_address=self.topology.gateway, start_wall=time.time())
+
+    def names(self) -> dict[str, str]:
+        """Who is at which address now (roles are added, moved and removed between two scenarios): each
+        scenario's hop reader takes them as they are when it starts."""
+        names = {h.address: h.role for h in self.topology.hosts.values()}
         if self.topology.unreachable is not None:
-            self.names[self.topology.unreachable] = "unreachable"
-        self.hops = CapturedHops(captures, self.names, client_address=self.topology.gateway, start_wall=time.time())
+            names[self.topology.unreachable] = "unreachable"
+        return names
 
     def zones_for(self, plan: ScenarioPlan) -> ZoneSetup:
         """``plan``'s zones on this topology's addresses, keys and certificates (``plan.records`` filled)."""
@@ -217,15 +220,10 @@ class SharedTopology:
         """The MTA-STS policy host as ``plan`` has it (started, replaced or removed), at the address a
         fresh topology gives it."""
         began = time.monotonic()
-        old = self.topology.hosts.get(POLICY_ROLE)
-        if old is not None:
-            self.names.pop(old.address, None)
         self.policy = (None, None)  # until the new one listens
         address = plan_addresses(plan.topology, self.topology.subnet).get(POLICY_ROLE, "")
         replace_policy_host(self.topology, plan.topology, build_images(self.ctx.images, plan.topology), address)
         self.policy = self._policy_of(plan)
-        if POLICY_ROLE in self.topology.hosts:
-            self.names[address] = POLICY_ROLE
         what = "started" if self.policy[0] is not None else "removed"
         self.ctx.progress.line(f"run {self.run_id}: the MTA-STS policy host {what} for the next scenario "
                                f"({time.monotonic() - began:.1f}s)")
@@ -251,11 +249,7 @@ class SharedTopology:
         """Each of ``roles`` gone from this topology, with its capture companion and mail watch."""
         for role in sorted(roles):
             self._forget(role)
-            host = self.topology.hosts.pop(role)
-            host.shell.close()
-            remove_container(host.container, f"{role}'s container")
-            self.names.pop(host.address, None)
-            self.topology.credentials.pop(role, None)
+            remove_host(self.topology, role)
         self.ctx.progress.line(f"run {self.run_id}: {', '.join(sorted(roles))} removed (the next scenario has "
                                "no such role)")
 
@@ -278,11 +272,8 @@ class SharedTopology:
         images = build_images(self.ctx.images, plan.topology)
         for host in changed:
             self._forget(host.role)  # until its new container greets
-            if host.role in self.topology.hosts:
-                self.names.pop(self.topology.address(host.role), None)
         replace_roles(self.topology, changed, images, {r: planned[r][1] for r in roles})
         new = [self.topology.hosts[h.role] for h in changed]
-        self.names.update({h.address: h.role for h in new})
         # The same mapping the hop reader holds: the new companions join it.
         self.captures.update(start_captures(new, self.ctx.images.image(CAPTURE_IMAGE),
                                             run_labels(self.run_id, keep=self.keep_label)))
@@ -398,7 +389,7 @@ def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mt
     started = time.monotonic()
     # Capture timestamps are wall-clock; the client's clock is monotonic from the same instant.
     shared.window_start = time.time()
-    hops = shared.hops.since(shared.window_start, names=shared.names)
+    hops = shared.hops.since(shared.window_start, names=shared.names())
     steps = StepRunner(shared.topology, scenario, result, started, mta=mta, hops=hops,
                        dns=ServedDns(list(plan.records), signer=shared.topology.signer),
                        mail_events=shared.mail_events, serve_dns=shared.serve_dns)

@@ -107,7 +107,8 @@ def _act(topology: Topology, host: Host, action: str, resume_capture: Callable[[
             redo_setup(host)
         except HarnessError as exc:
             return f"{role} {action}ed, but what its start set up could not be set up again: {exc}"
-    if action in NEW_NAMESPACE and resume_capture is not None:
+        if resume_capture is None:
+            return None
         try:
             resume_capture(host)
         except HarnessError as exc:

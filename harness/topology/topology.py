@@ -578,6 +578,26 @@ def remove_container(container: DockerContainer, what: str) -> None:
         raise InfrastructureError(f"could not remove {what}: {exc}") from exc
 
 
+def remove_host(topology: Topology, role: str) -> None:
+    """``role``'s container gone from the topology, with its credentials; a role it does not have is done
+    (a capture companion sharing the container's network namespace must be gone already)."""
+    host = topology.hosts.pop(role, None)
+    topology.credentials.pop(role, None)
+    if host is not None:
+        host.shell.close()
+        remove_container(host.container, f"{role}'s container")
+
+
+def issue_credentials(topology: Topology, plan: HostPlan) -> None:
+    """A new certificate and key for a role started on a running topology, from the run's CA (made now
+    if no role offered TLS before)."""
+    if plan.tls is None:
+        raise InfrastructureError(f"{plan.role}: no certificate to issue (it offers no TLS)")
+    if topology.tls is None:
+        topology.tls = RunTls(topology.run_id)
+    topology.credentials[plan.role] = topology.tls.issue(plan.role, plan.hostname, plan.tls.certificate)
+
+
 def replace_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[str, str],
                   addresses: Mapping[str, str]) -> None:
     """Each of ``hosts`` (MTA roles) in a new container made from its plan, at its address in
@@ -587,36 +607,20 @@ def replace_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping
     from its IP address, so a neighbour that still has the old container in its ARP cache reaches the
     new one at the same address as it would a fresh one."""
     for plan_host in hosts:
-        old = topology.hosts.pop(plan_host.role, None)
-        if old is not None:
-            old.shell.close()
-            remove_container(old.container, f"{plan_host.role}'s container")
+        remove_host(topology, plan_host.role)
         if plan_host.tls is not None:
-            if topology.tls is None:
-                topology.tls = RunTls(topology.run_id)
-            topology.credentials[plan_host.role] = topology.tls.issue(plan_host.role, plan_host.hostname,
-                                                                      plan_host.tls.certificate)
-        else:
-            topology.credentials.pop(plan_host.role, None)
+            issue_credentials(topology, plan_host)
     start_roles(topology, hosts, images, {h.role: addresses[h.role] for h in hosts})
 
 
 def replace_policy_host(topology: Topology, plan: TopologyPlan, images: Mapping[str, str], address: str) -> None:
     """The MTA-STS policy host as ``plan`` has it: the running one, if any, removed; a new one, if the
     plan has one, started at ``address`` with a certificate of its own from the run's CA and listening."""
-    old = topology.hosts.pop(POLICY_ROLE, None)
-    if old is not None:
-        old.shell.close()
-        remove_container(old.container, f"{POLICY_ROLE}'s container")
-    topology.credentials.pop(POLICY_ROLE, None)
+    remove_host(topology, POLICY_ROLE)
     host_plan = next((h for h in plan.hosts if h.role == POLICY_ROLE), None)
     if host_plan is None:
         return
-    if host_plan.tls is None:
-        raise InfrastructureError("a policy host without a certificate (standard_plan gives it one)")
-    if topology.tls is None:
-        topology.tls = RunTls(topology.run_id)
-    topology.credentials[POLICY_ROLE] = topology.tls.issue(POLICY_ROLE, host_plan.hostname, host_plan.tls.certificate)
+    issue_credentials(topology, host_plan)
     start_policy_host(topology, host_plan, plan, images[POLICY_ROLE], address,
                       run_labels(topology.run_id, keep=topology.kept))
 
