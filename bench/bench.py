@@ -38,7 +38,7 @@ from harness.observe.capture import CAPTURE_IMAGE, start_captures
 from harness.observe.smtpstream import decode_sessions
 from harness.plan import plan_scenario
 from harness.report.progress import Progress
-from harness.runner import RunContext, bring_up, default_jobs, groups_of, implementations_for, run_all
+from harness.runner import RunContext, bring_up, default_jobs, implementations_for, run_all
 from harness.scenario.loader import load_scenario, load_scenarios
 from harness.scenario.model import Scenario, SmtpSessionStep
 from harness.shard import topology_key
@@ -276,7 +276,8 @@ def run_matrix(ctx: RunContext, scenarios: Sequence[Scenario], mtas: Sequence[st
         rows.append(row)
     by_pair = {(row["scenario"], row["mta"]): row for row in rows}
     groups = []
-    for group in groups_of(pairs, fresh=fresh):
+    # The topologies as they ran: a group, or the back of a group's queue an idle job slot took over.
+    for group in ctx.lanes:
         members = [by_pair[(s.path.stem, m)] for s, m in group if (s.path.stem, m) in by_pair]
         scenario_time = sum(r["duration_s"] for r in members)
         entry: dict[str, Any] = {"mta": group[0][1], "scenarios": [s.path.stem for s, _ in group],

@@ -20,7 +20,6 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 
 import docker
@@ -48,7 +47,8 @@ from harness.observe.queue import HostCommands
 from harness.plan import ScenarioPlan, plan_scenario
 from harness.report.progress import Progress
 from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE, MtaSts, Scenario
-from harness.shard import key_text, sharing_key, topology_key
+from harness.schedule import Schedule
+from harness.shard import topology_key
 from harness.topology.faults import restore
 from harness.topology.images import ImageStore
 from harness.topology.labels import debugging_lines, new_run_id, reap_abandoned, run_containers, run_labels
@@ -78,9 +78,11 @@ DNS_RELOAD_TIMEOUT_S = 10.0
 
 
 def default_jobs() -> int:
-    """Topologies side by side: they mostly wait (on MTAs, on the network), so one more than the cores,
-    capped where seven containers each start to compete for two cores."""
-    return max(1, min(4, (os.cpu_count() or 2) + 1))
+    """Topologies side by side. They mostly wait (on MTAs, timers, the network), so three per core: on
+    2 cores the bundled matrix took 116 s with 3, 103-109 s with 4, 93 s with 6 and 89 s with 8, the
+    cores then 92 % busy (container starts, the MTAs, the engine). Capped at 8: past that the starts
+    only queue for the engine."""
+    return max(1, min(8, 3 * (os.cpu_count() or 2)))
 
 
 @dataclass
@@ -96,6 +98,7 @@ class RunContext:
     reaped: list[str] = field(default_factory=list)
     fresh: bool = False  # one topology per scenario, as before sharing existed
     jobs: int = 1
+    lanes: list[list[tuple[Scenario, str]]] = field(default_factory=list)  # what each topology ran (run_all)
 
     def reap(self) -> None:
         self.reaped.extend(reap_abandoned(self.client))
@@ -417,7 +420,7 @@ class ScenarioSequence:
     """Scenarios of one sharing key, one after another on one shared topology, started with the
     first. A role configuration the MTA refuses is reported in full once: a later scenario needing the
     same one ends at once, referring to that report, and the others still run. A topology that cannot
-    start at all is reported once too: every later scenario refers to it. Used by ``run_group`` and by
+    start at all is reported once too: every later scenario refers to it. Used by ``run_all`` and by
     the pytest plugin (one per sharing key and process)."""
 
     def __init__(self, ctx: RunContext) -> None:
@@ -425,7 +428,7 @@ class ScenarioSequence:
         self.shared: SharedTopology | None = None
         self.statuses: list[str] = []
         self.not_started: str | None = None  # the scenario whose topology did not start
-        self._refused: list[tuple[str, HostPlan, str]] = []  # (role, its plan, the scenario reporting it)
+        self.refused: list[tuple[str, HostPlan, str]] = []  # (role, its plan, the scenario reporting it)
         self._created = time.monotonic()
 
     def run(self, scenario: Scenario, mta: str) -> ScenarioResult:
@@ -443,7 +446,7 @@ class ScenarioSequence:
         plan: ScenarioPlan | None = None
         try:
             plan = plan_scenario(scenario, self.ctx.compose_dir, mta=mta)
-            earlier = next(((r, where) for r, host, where in self._refused if host in plan.topology.hosts), None)
+            earlier = next(((r, where) for r, host, where in self.refused if host in plan.topology.hosts), None)
             if earlier is not None:
                 return ended(CONFIG_ERROR, f"configuration error: {earlier[0]}'s configuration did not start "
                                            f"(reported with {earlier[1]})", took=False)
@@ -452,7 +455,7 @@ class ScenarioSequence:
         except ConfigurationError as exc:
             host = next((h for h in plan.topology.hosts if h.role == exc.role), None) if plan else None
             if host is not None:
-                self._refused.append((exc.role, host, label))
+                self.refused.append((exc.role, host, label))
             return ended(CONFIG_ERROR, str(exc))
         except HarnessError as exc:
             return ended(ERROR, str(exc))
@@ -498,29 +501,6 @@ class ScenarioSequence:
             self.shared = None
 
 
-def run_group(ctx: RunContext, items: Sequence[tuple[Scenario, str]],
-              on_result: Callable[[ScenarioResult], None] | None = None) -> list[ScenarioResult]:
-    """Scenarios of one topology, one after another (``ScenarioSequence``); one result per item."""
-    results: list[ScenarioResult] = []
-    sequence = ScenarioSequence(ctx)
-    try:
-        for scenario, mta in items:
-            if CANCELLED.is_set():
-                break
-            result = sequence.run(scenario, mta)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-    finally:
-        sequence.close()
-    return results
-
-
-def run_scenario(ctx: RunContext, scenario: Scenario, mta: str | None = None) -> ScenarioResult:
-    """One scenario on a topology of its own."""
-    return run_group(ctx, [(scenario, mta or ctx.mta)])[0]
-
-
 def _add_hop_exchanges(result: ScenarioResult, hops: CapturedHops) -> None:
     """Every hop's exchanges join the client's, as one timeline."""
     try:
@@ -536,51 +516,6 @@ def _keep(keep: str, status: str) -> bool:
     return keep == KEEP_ALWAYS or (keep == KEEP_ON_FAILURE and status != PASSED)
 
 
-# A rough cost model, only for the order in which groups start: a topology's start and removal, and
-# what a passing scenario waits out (its "no ..." steps' bounds) plus a little for every other step.
-TOPOLOGY_COST_S = 8.0
-REPLACE_COST_S = 3.0  # a role replaced between two scenarios of a group (SharedTopology._replace)
-STEP_COST_S = {"fault": 2.0, "dns_fault": 1.5, "dns_change": 1.5}
-
-
-def estimated_s(scenario: Scenario, mta: str) -> float:
-    cost = 0.0
-    for _, step, override in scenario.steps_for(mta):
-        if override is not None and override.skip:
-            continue
-        if step.kind in ("no_delivery", "no_bounce", "no_connection"):
-            cost += float(getattr(step, "within_s", 0.0))
-        else:
-            cost += STEP_COST_S.get(step.kind, 0.3)
-    return cost
-
-
-def group_estimated_s(group: Sequence[tuple[Scenario, str]]) -> float:
-    """A group's topology start, a replacement for every change of topology in it, and its scenarios."""
-    changes = sum(1 for a, b in pairwise(group) if topology_key(*a) != topology_key(*b))
-    return TOPOLOGY_COST_S + REPLACE_COST_S * changes + sum(estimated_s(s, m) for s, m in group)
-
-
-def longest_first(groups: list[list[tuple[Scenario, str]]]) -> list[int]:
-    """Indices of ``groups`` in the order to start them: the longest estimated first (ties keep their
-    order), so no long group starts last and runs alone while the other job slots idle."""
-    costs = [group_estimated_s(group) for group in groups]
-    return sorted(range(len(groups)), key=lambda i: -costs[i])
-
-
-def groups_of(pairs: Sequence[tuple[Scenario, str]], *, fresh: bool) -> list[list[tuple[Scenario, str]]]:
-    """Pairs sharing a topology (``sharing_key``), in the order their first pair appears; each pair
-    alone when fresh. In a group, the pairs of one exact topology (``topology_key``) run one after
-    another, in the order the first of each appears, so a role is replaced once per change of plan."""
-    if fresh:
-        return [[pair] for pair in pairs]
-    groups: dict[str, dict[str, list[tuple[Scenario, str]]]] = {}
-    for scenario, mta in pairs:
-        variants = groups.setdefault(key_text(sharing_key(scenario, mta)), {})
-        variants.setdefault(key_text(topology_key(scenario, mta)), []).append((scenario, mta))
-    return [[pair for variant in variants.values() for pair in variant] for variants in groups.values()]
-
-
 def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
             on_result: Callable[[ScenarioResult], None] | None = None,
             mtas: Sequence[str] | None = None,
@@ -590,42 +525,47 @@ def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
     ctx.reap()
     if pairs is None:
         pairs = [(s, m) for s in scenarios for m in implementations_for(s, mtas or [ctx.mta])]
-    groups = groups_of(pairs, fresh=ctx.fresh)
     # Images first, in this thread: groups started side by side must not build the same image twice.
     # Independent ones build side by side.
     with ctx.images.parallel():
         variants = {topology_key(s, m): (s, m) for s, m in reversed(pairs)}
         for scenario, mta in variants.values():
             build_images(ctx.images, plan_scenario(scenario, ctx.compose_dir, mta=mta).topology)
-        if groups:
+        if pairs:
             ctx.images.image(CAPTURE_IMAGE)
     lock = threading.Lock()
-
-    def report(result: ScenarioResult) -> None:
-        if on_result is not None:
-            with lock:
-                on_result(result)
-
-    # Each result goes back to its pair's place: run_group returns one result per pair, in its order.
-    # The same scenario file can be in several pairs (variants with other --role options, a file named
-    # twice), so places are found by scenario object, not by file name.
-    places: dict[tuple[int, str], list[int]] = {}
-    for i, (scenario, mta) in enumerate(pairs):
-        places.setdefault((id(scenario), mta), []).append(i)
+    schedule = Schedule(pairs, fresh=ctx.fresh)
     placed: list[tuple[int, ScenarioResult]] = []
-    jobs = max(1, min(ctx.jobs, len(groups)))
+
+    def slot() -> None:
+        while (lane := schedule.next_lane()) is not None:
+            sequence = ScenarioSequence(ctx)
+            try:
+                while not CANCELLED.is_set() and (i := schedule.take(lane)) is not None:
+                    result = sequence.run(*schedule.pairs[i])
+                    lane.healthy = sequence.not_started is None and not sequence.refused
+                    with lock:
+                        placed.append((i, result))
+                        if on_result is not None:
+                            on_result(result)
+            finally:
+                sequence.close()
+            if CANCELLED.is_set():
+                return
+
+    # More slots than groups is useful: an idle slot takes the back of a long group's queue.
+    jobs = max(1, min(ctx.jobs, len(pairs)))
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="topology")
     try:
-        futures = {i: pool.submit(run_group, ctx, groups[i], report) for i in longest_first(groups)}
-        for group, future in zip(groups, (futures[i] for i in range(len(groups))), strict=True):
-            for (scenario, mta), result in zip(group, future.result(), strict=False):
-                placed.append((places[(id(scenario), mta)].pop(0), result))
+        for future in [pool.submit(slot) for _ in range(jobs)]:
+            future.result()
     except BaseException:
         # Ctrl-C / SIGTERM: stop every group's waits at once, so their topologies are removed now.
         CANCELLED.set()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    ctx.lanes = [[schedule.pairs[i] for i in lane.taken] for lane in schedule.lanes]
     return [result for _, result in sorted(placed, key=lambda p: p[0])]
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.runner import (
+from harness.runner import implementations_for
+from harness.scenario.loader import load_scenarios
+from harness.scenario.model import Scenario
+from harness.schedule import (
     REPLACE_COST_S,
+    RESET_COST_S,
     TOPOLOGY_COST_S,
     estimated_s,
     group_estimated_s,
     groups_of,
-    implementations_for,
     longest_first,
 )
-from harness.scenario.loader import load_scenarios
-from harness.scenario.model import Scenario
 from harness.shard import key_text, sharing_key, topology_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ def test_a_group_is_estimated_with_a_replacement_per_change_of_topology() -> Non
     by_name = {s.path.name[:2]: s for s in load_scenarios([ROOT / "scenarios"])}
     plain, tls = (by_name["01"], "postfix"), (by_name["23"], "postfix")
     scenarios = estimated_s(*plain) * 2 + estimated_s(*tls)
-    assert group_estimated_s([plain, plain, tls]) == TOPOLOGY_COST_S + REPLACE_COST_S + scenarios
+    assert group_estimated_s([plain, plain, tls]) == TOPOLOGY_COST_S + RESET_COST_S + REPLACE_COST_S + scenarios
     assert group_estimated_s([plain, tls, plain]) == TOPOLOGY_COST_S + 2 * REPLACE_COST_S + scenarios
 
 

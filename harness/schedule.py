@@ -1,0 +1,147 @@
+"""Which topology runs which (scenario, implementation) pair, and when: no I/O, only the plan.
+
+Pairs that can share a topology (``sharing_key``) form a group; in a group the pairs of one exact
+topology (``topology_key``) run one after another, so a role is replaced once per change of plan.
+``Schedule`` hands groups to the run's job slots, the longest (estimated) first. A slot with no group
+left does not idle while another slot still has a long queue: it takes the back part of the queue
+with the most work left and runs it on a topology of its own. Which topology runs a pair does not
+change its result (tests/integration/test_isolation.py runs the bundled scenarios in shuffled orders
+on shared topologies and compares them with a fresh topology each), so this only moves wall time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+from harness.scenario.model import Scenario
+from harness.shard import key_text, sharing_key, topology_key
+
+Pair = tuple[Scenario, str]
+
+# A rough cost model, measured on the reference machine (2 cores, three topologies side by side): a
+# topology's start and removal, a role replaced between two scenarios, the reset before every scenario
+# after a group's first, and what a passing scenario waits out (its "no ..." steps' bounds, which are
+# upper limits) plus a little for every other step. It decides the order groups start in and whether
+# taking the back of a queue onto a new topology would end the run sooner.
+TOPOLOGY_COST_S = 5.0
+REPLACE_COST_S = 2.0  # SharedTopology._replace: a new container and capture companion, to its greeting
+RESET_COST_S = 0.6  # SharedTopology.prepare when no role changes: queues, mailboxes, DNS
+STEP_COST_S = {"fault": 2.0, "dns_fault": 1.5, "dns_change": 1.5}
+
+
+def estimated_s(scenario: Scenario, mta: str) -> float:
+    cost = 0.0
+    for _, step, override in scenario.steps_for(mta):
+        if override is not None and override.skip:
+            continue
+        if step.kind in ("no_delivery", "no_bounce", "no_connection"):
+            cost += float(getattr(step, "within_s", 0.0))
+        else:
+            cost += STEP_COST_S.get(step.kind, 0.3)
+    return cost
+
+
+def queue_estimated_s(queue: Sequence[Pair]) -> float:
+    """Pairs run one after another on a topology that is already up: a reset before each but the
+    first, a replacement for every change of exact topology, and the scenarios themselves."""
+    if not queue:
+        return 0.0
+    changes = sum(1 for a, b in pairwise(queue) if topology_key(*a) != topology_key(*b))
+    return (REPLACE_COST_S * changes + RESET_COST_S * (len(queue) - 1 - changes)
+            + sum(estimated_s(s, m) for s, m in queue))
+
+
+def group_estimated_s(group: Sequence[Pair]) -> float:
+    """A group on a topology of its own: its start and removal, then its queue."""
+    return TOPOLOGY_COST_S + queue_estimated_s(group)
+
+
+def longest_first(groups: Sequence[Sequence[Pair]]) -> list[int]:
+    """Indices of ``groups`` in the order to start them: the longest estimated first (ties keep their
+    order), so no long group starts last and runs alone while the other job slots idle."""
+    costs = [group_estimated_s(group) for group in groups]
+    return sorted(range(len(groups)), key=lambda i: -costs[i])
+
+
+def groups_of(pairs: Sequence[Pair], *, fresh: bool) -> list[list[Pair]]:
+    """Pairs sharing a topology (``sharing_key``), in the order their first pair appears; each pair
+    alone when fresh. In a group, the pairs of one exact topology (``topology_key``) run one after
+    another, in the order the first of each appears, so a role is replaced once per change of plan."""
+    if fresh:
+        return [[pair] for pair in pairs]
+    groups: dict[str, dict[str, list[Pair]]] = {}
+    for scenario, mta in pairs:
+        variants = groups.setdefault(key_text(sharing_key(scenario, mta)), {})
+        variants.setdefault(key_text(topology_key(scenario, mta)), []).append((scenario, mta))
+    return [[pair for variant in variants.values() for pair in variant] for variants in groups.values()]
+
+
+@dataclass
+class Lane:
+    """The pairs one topology runs, one after another, as indices into the run's pairs. ``taken`` and
+    ``healthy`` are the Schedule's and the runner's to set, under the Schedule's lock."""
+
+    queue: deque[int]
+    taken: list[int] = field(default_factory=list)
+    # Set by the runner once its topology runs scenarios: the back of a lane whose topology did not
+    # start, or refused a configuration, is not moved elsewhere to be reported a second time.
+    healthy: bool = False
+
+
+class Schedule:
+    """Lanes for the run's job slots (thread-safe). ``next_lane`` gives a slot a whole group, the
+    longest first; once none is left, the back of the running lane whose split shortens the run most
+    (by the cost model), or None when no split would: the slot's work is done. ``take`` gives a lane
+    its next pair."""
+
+    def __init__(self, pairs: Sequence[Pair], *, fresh: bool) -> None:
+        self.pairs = list(pairs)
+        self._lock = threading.Lock()
+        index: dict[tuple[int, str], list[int]] = {}
+        for i, (scenario, mta) in enumerate(self.pairs):
+            index.setdefault((id(scenario), mta), []).append(i)
+        groups = groups_of(self.pairs, fresh=fresh)
+        # The same scenario file can be in several pairs (variants with other --role options, a file
+        # named twice): a pair's place is found by its scenario object, first come first placed.
+        as_indices = [[index[(id(s), m)].pop(0) for s, m in group] for group in groups]
+        self._waiting = deque(Lane(deque(as_indices[i])) for i in longest_first(groups))
+        self.lanes: list[Lane] = []  # every lane handed out, in that order
+
+    def next_lane(self) -> Lane | None:
+        with self._lock:
+            lane = self._waiting.popleft() if self._waiting else self._split()
+            if lane is not None:
+                self.lanes.append(lane)
+            return lane
+
+    def take(self, lane: Lane) -> int | None:
+        with self._lock:
+            if not lane.queue:
+                return None
+            i = lane.queue.popleft()
+            lane.taken.append(i)
+            return i
+
+    def _split(self) -> Lane | None:
+        best: tuple[float, Lane, int] | None = None
+        for lane in self.lanes:
+            if not lane.healthy or len(lane.queue) < 2:
+                continue
+            queue = [self.pairs[i] for i in lane.queue]
+            whole = queue_estimated_s(queue)
+            for k in range(1, len(queue)):
+                longer = max(queue_estimated_s(queue[:k]), group_estimated_s(queue[k:]))
+                gain = whole - longer
+                if gain > 0 and (best is None or gain > best[0]):
+                    best = (gain, lane, k)
+        if best is None:
+            return None
+        _, victim, k = best
+        back = list(victim.queue)[k:]
+        for _ in back:
+            victim.queue.pop()
+        return Lane(deque(back))
