@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
-from docker.errors import DockerException
 
 from harness.dns.dnssec import resolver_flush
 from harness.dns.preflight import check_records, wait_until_answering
@@ -315,17 +314,14 @@ class SharedTopology:
         self.served = dict(files)
 
     def _restart_dns(self, files: Mapping[str, str]) -> None:
-        """Write ``files`` and restart the dns container (same address): NSD takes a new zones.conf only
-        at start, and dnsdist is started or not by what dnsdist.conf says. Back once it answers for its own
-        zone (a scenario's zone may be the one that fails on purpose)."""
+        """Write ``files`` and have new server processes serve them (``dns-restart``: NSD takes a new
+        zones.conf only at its start, and dnsdist runs in front of it or not by what dnsdist.conf
+        says). The container, its address and interfaces stay. Back once it answers for its own zone (a
+        scenario's zone may be the one that fails on purpose)."""
         dns = self.topology.hosts[DNS_ROLE]
         dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in files.items()})
-        try:
-            # At once (SIGKILL): the server keeps no state worth a clean end, and dnsdist as PID 1 lets
-            # SIGTERM wait out the whole grace period.
-            dns.container.get_wrapped_container().restart(timeout=0)
-        except DockerException as exc:
-            raise InfrastructureError(f"could not restart the dns container: {exc}") from exc
+        # Returns once the old servers are gone: no later answer is theirs.
+        HostCommands(dns)(["dns-restart"])
         try:
             wait_until_answering(dns.address, HARNESS_ZONE, timeout_s=DNS_READY_TIMEOUT_S)
         except ReadinessTimeoutError as exc:
@@ -337,8 +333,8 @@ class SharedTopology:
 
     def serve_dns(self, served: ServedDns) -> None:
         """``served`` (a scenario's records, as its dns_fault and dns_change steps left them) on the dns
-        container: nothing when it serves that already, a reload when only zone contents changed, else a
-        restart. Done when every record no fault touches answers as declared."""
+        container: nothing when it serves that already, a reload when only zone contents changed, else new
+        server processes. Done when every record no fault touches answers as declared."""
         dns = self.topology.hosts[DNS_ROLE]
         files = served.files(ns_address=dns.address)
         if all(files.get(name, "") == self.served.get(name, "") for name in files.keys() | self.served.keys()):

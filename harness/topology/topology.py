@@ -62,7 +62,7 @@ READY_TIMEOUT_S = 30.0
 # configuration one, see start_roles). Swap is not a way around the memory bound.
 MEMORY_LIMIT = "256m"
 PIDS_LIMIT = 256
-# What NSD needs: switch to user nsd; dns-reload (root) signals it (KILL).
+# What NSD needs: switch to user nsd; dns-start and dns-reload (root) signal it (KILL).
 DNS_CAPABILITIES = ("KILL", "SETGID", "SETUID")
 # Ports 25 and 53 are bound without NET_BIND_SERVICE: in the container's own network namespace every
 # port is unprivileged (Docker 20.10 and later do this by default; said here for the engines that don't).

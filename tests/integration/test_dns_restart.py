@@ -1,0 +1,93 @@
+"""What a reload cannot serve (a zone added or removed, dnsdist's rules for a dns_fault step) is served
+by new server processes in the same dns container (compose/dns/dns-restart): the container is not
+restarted, no answer comes from the old servers once the change returns, and files the checker
+refuses are reported at once with its words while the old servers go on answering."""
+
+from __future__ import annotations
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from harness.dns.served import ServedDns
+from harness.errors import InfrastructureError
+from harness.expect.results import PASSED
+from harness.observe.queue import HostCommands
+from harness.plan import plan_scenario
+from harness.runner import RunContext, ScenarioSequence
+from harness.scenario.loader import load_scenario
+from harness.topology.topology import DNS_ROLE
+
+from .conftest import SCENARIOS
+
+DOMAIN = "example.test."
+
+
+def _mx(server: str, timeout: float = 1.0) -> list[str]:
+    reply = dns.query.udp(dns.message.make_query(DOMAIN, "MX"), server, timeout=timeout)
+    return [rdata.to_text() for rrset in reply.answer if rrset.rdtype == dns.rdatatype.MX for rdata in rrset]
+
+
+def _started(host_container: object) -> tuple[str, int]:
+    container = host_container.get_wrapped_container()  # type: ignore[attr-defined]
+    container.reload()
+    return container.attrs["State"]["StartedAt"], container.attrs["RestartCount"]
+
+
+def test_new_servers_in_the_same_container_and_never_an_answer_from_the_old_ones(run_context: RunContext) -> None:
+    scenario = load_scenario(SCENARIOS / "01-direct-354.yaml")
+    sequence = ScenarioSequence(run_context)
+    try:
+        first = sequence.run(scenario, "postfix")
+        shared = sequence.shared
+        assert shared is not None
+        plan = plan_scenario(scenario, run_context.compose_dir, mta="postfix")
+        shared.zones_for(plan)  # plan.records filled, as the scenario's steps see them
+        server = shared.topology.address(DNS_ROLE)
+        dns_host = shared.topology.hosts[DNS_ROLE]
+        before = _started(dns_host.container)
+        standard = _mx(server)
+        assert standard, "the standard zone has an MX record for example.test"
+
+        served = ServedDns(list(plan.records))
+        served.fault(DOMAIN, "MX", "timeout")  # one type, no answer: dnsdist in front of NSD
+        shared.serve_dns(served)
+        # The very first query after the change: the old NSD alone would have answered it.
+        with pytest.raises(dns.exception.Timeout):
+            _mx(server)
+        a_reply = dns.query.udp(dns.message.make_query(DOMAIN, "SOA"), server, timeout=1.0)
+        assert a_reply.answer, "the other types still pass through dnsdist to NSD"
+
+        served.fault(DOMAIN, "MX", "normal")
+        shared.serve_dns(served)
+        lifted = _mx(server)
+
+        # From inside the container, asked the moment dns-restart returns: no answer from the NSD that
+        # served before (the new dnsdist drops the query, or is not listening yet).
+        served.fault(DOMAIN, "MX", "timeout")
+        files = served.files(ns_address=server)
+        dns_host.put_files("/etc/nsd/harness", {name: text.encode() for name, text in files.items()})
+        at_once = HostCommands(dns_host)(["sh", "-c", "dns-restart && dig +short +tries=1 +time=1 @127.0.0.1 "
+                                          f"{DOMAIN} MX; true"])
+        shared.served = files  # what the container serves now: lifted again below
+        served.fault(DOMAIN, "MX", "normal")
+        shared.serve_dns(served)
+
+        # A zone the checker refuses: reported with its words, the servers running untouched.
+        broken = dict(shared.served)
+        broken["zones.conf"] += 'zone:\n    name: "broken.test"\n    zonefile: "/etc/nsd/harness/broken.test.zone"\n'
+        broken["broken.test.zone"] = "this is not a zone file\n"
+        with pytest.raises(InfrastructureError) as refused:
+            shared._restart_dns(broken)
+        still = _mx(server)
+        after = _started(dns_host.container)
+    finally:
+        sequence.close()
+    assert first.status == PASSED, (first.error, first.failures)
+    assert lifted == standard
+    assert not any(line.split()[-1:] == [standard[0].split()[-1]] for line in at_once.splitlines()), at_once
+    assert "dns-restart" in str(refused.value) and "broken.test" in str(refused.value), str(refused.value)
+    assert still == standard
+    assert after == before, "the dns container itself was restarted"
