@@ -87,9 +87,10 @@ class ContainerShell:
             self._open()
         nonce = secrets.token_hex(8)
         d = self._dir
-        line = (f"( {shlex.join(argv)} ) >{d}/o 2>{d}/e </dev/null; r=$?; "
-                f"printf '%s %s %s %s\\n' {nonce} \"$r\" \"$(wc -c <{d}/o)\" \"$(wc -c <{d}/e)\"; "
-                f"cat {d}/o {d}/e; rm -f {d}/o {d}/e\n")
+        # Two processes besides the command's: one wc for both sizes ("N .../o", "M .../e", "T total"),
+        # one cat; the next command's redirections truncate the files, so nothing is removed.
+        line = (f"( {shlex.join(argv)} ) >{d}/o 2>{d}/e </dev/null; r=$?; set -- $(wc -c {d}/o {d}/e); "
+                f"printf '%s %s %s %s\\n' {nonce} \"$r\" \"$1\" \"$3\"; cat {d}/o {d}/e\n")
         self._send(line.encode())
         header = self._line().split()
         if len(header) != 4 or header[0] != nonce.encode() or not all(f.isdigit() for f in header[2:]):
