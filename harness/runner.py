@@ -8,7 +8,8 @@ does not have, starts one it adds, replaces the container of a role whose config
 dead-destination state: each driver's ``reset``) and serves the next scenario's DNS records. Every
 observation is about the scenario's own message and its own time window, which is what makes the
 sharing safe; tests/integration/test_isolation.py proves the results
-equal those of a fresh topology per scenario (``fresh=True``). Groups run side by side (``jobs``).
+equal those of a fresh topology per scenario (``fresh=True``). Groups run side by side (``jobs``),
+as ``harness.schedule.Schedule`` hands them out.
 """
 
 from __future__ import annotations

@@ -82,8 +82,8 @@ def groups_of(pairs: Sequence[Pair], *, fresh: bool) -> list[list[Pair]]:
 
 @dataclass
 class Lane:
-    """The pairs one topology runs, one after another, as indices into the run's pairs. ``taken`` and
-    ``healthy`` are the Schedule's and the runner's to set, under the Schedule's lock."""
+    """The pairs one topology runs, one after another, as indices into the run's pairs: ``queue`` what
+    is still to run (the Schedule takes from both ends under its lock), ``taken`` what was handed out."""
 
     queue: deque[int]
     taken: list[int] = field(default_factory=list)
