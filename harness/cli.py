@@ -123,8 +123,9 @@ def _shard_option(parser: argparse.ArgumentParser) -> None:
 
 def _pace_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
-                        help="topologies running side by side (default: cores + 1, at most 4): the "
-                             "implementations of a matrix at once, and independent topologies of one")
+                        help="topologies running side by side (default: 3 per core, at most 8): the "
+                             "implementations of a matrix at once, independent topologies of one, and the "
+                             "back of a long queue of scenarios once a slot has nothing else to run")
     parser.add_argument("--fresh", action="store_true",
                         help="a fresh topology for every scenario, instead of sharing one between the "
                              "scenarios that need the same (reset in between; see README, Shared topologies)")
