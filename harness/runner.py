@@ -535,20 +535,25 @@ def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
     placed: list[tuple[int, ScenarioResult]] = []
 
     def slot() -> None:
-        while (lane := schedule.next_lane()) is not None:
-            sequence = ScenarioSequence(ctx)
-            try:
-                while not CANCELLED.is_set() and (i := schedule.take(lane)) is not None:
-                    result = sequence.run(*schedule.pairs[i])
-                    lane.healthy = sequence.not_started is None and not sequence.refused
-                    with lock:
-                        placed.append((i, result))
-                        if on_result is not None:
-                            on_result(result)
-            finally:
-                sequence.close()
-            if CANCELLED.is_set():
-                return
+        try:
+            while (lane := schedule.next_lane()) is not None:
+                sequence = ScenarioSequence(ctx)
+                try:
+                    while not CANCELLED.is_set() and (i := schedule.take(lane)) is not None:
+                        result = sequence.run(*schedule.pairs[i])
+                        schedule.ran(lane, healthy=sequence.not_started is None and not sequence.refused)
+                        with lock:
+                            placed.append((i, result))
+                            if on_result is not None:
+                                on_result(result)
+                finally:
+                    sequence.close()
+                if CANCELLED.is_set():
+                    schedule.close()  # this lane stays unfinished: no slot may wait for it
+                    return
+        except BaseException:
+            schedule.close()
+            raise
 
     # More slots than groups is useful: an idle slot takes the back of a long group's queue.
     jobs = max(1, min(ctx.jobs, len(pairs)))
@@ -559,6 +564,7 @@ def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
     except BaseException:
         # Ctrl-C / SIGTERM: stop every group's waits at once, so their topologies are removed now.
         CANCELLED.set()
+        schedule.close()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)

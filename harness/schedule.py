@@ -87,20 +87,22 @@ class Lane:
 
     queue: deque[int]
     taken: list[int] = field(default_factory=list)
-    # Set by the runner once its topology runs scenarios: the back of a lane whose topology did not
-    # start, or refused a configuration, is not moved elsewhere to be reported a second time.
+    # Set through ``Schedule.ran`` once its topology runs scenarios: the back of a lane whose topology
+    # did not start, or refused a configuration, is not moved elsewhere to be reported a second time.
     healthy: bool = False
 
 
 class Schedule:
     """Lanes for the run's job slots (thread-safe). ``next_lane`` gives a slot a whole group, the
     longest first; once none is left, the back of the running lane whose split shortens the run most
-    (by the cost model), or None when no split would: the slot's work is done. ``take`` gives a lane
-    its next pair."""
+    (by the cost model). While no split would, but a lane whose first scenario is still running might
+    be worth splitting once it has run (its topology started), the slot waits for that; otherwise, or
+    once ``close``d, it gets None: its work is done. ``take`` gives a lane its next pair."""
 
     def __init__(self, pairs: Sequence[Pair], *, fresh: bool) -> None:
         self.pairs = list(pairs)
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._closed = False
         index: dict[tuple[int, str], list[int]] = {}
         for i, (scenario, mta) in enumerate(self.pairs):
             index.setdefault((id(scenario), mta), []).append(i)
@@ -111,20 +113,39 @@ class Schedule:
         self._waiting = deque(Lane(deque(as_indices[i])) for i in longest_first(groups))
         self.lanes: list[Lane] = []  # every lane handed out, in that order
 
-    def next_lane(self) -> Lane | None:
-        with self._lock:
-            lane = self._waiting.popleft() if self._waiting else self._split()
-            if lane is not None:
-                self.lanes.append(lane)
-            return lane
+    def next_lane(self, *, wait: bool = True) -> Lane | None:
+        """The next lane for a slot; None when there is none (``wait=False``: none now)."""
+        with self._changed:
+            while not self._closed:
+                lane = self._waiting.popleft() if self._waiting else self._split()
+                if lane is not None:
+                    self.lanes.append(lane)
+                    return lane
+                if not wait or not any(not lane.healthy and len(lane.queue) >= 2 for lane in self.lanes):
+                    return None
+                self._changed.wait()
+            return None
 
     def take(self, lane: Lane) -> int | None:
-        with self._lock:
+        with self._changed:
             if not lane.queue:
                 return None
             i = lane.queue.popleft()
             lane.taken.append(i)
+            self._changed.notify_all()  # a shorter queue: a waiting slot may have nothing left to wait for
             return i
+
+    def ran(self, lane: Lane, *, healthy: bool) -> None:
+        """A scenario of ``lane`` ended; ``healthy``: its topology runs (started, nothing refused)."""
+        with self._changed:
+            lane.healthy = healthy
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """No more lanes (the run is interrupted or a slot failed): every waiting slot gets None."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
 
     def _split(self) -> Lane | None:
         best: tuple[float, Lane, int] | None = None

@@ -35,24 +35,32 @@ def _pairs() -> list[tuple[Scenario, str]]:
 
 def simulate(schedule: Schedule, slots: int, *, healthy: bool = True) -> float:
     """Run the schedule on ``slots`` simulated slots, each pair taking its estimate (plus a topology
-    start for a lane's first); the simulated wall time."""
-    clock: list[tuple[float, int, Lane | None]] = [(0.0, n, None) for n in range(slots)]
-    wall = 0.0
-    while clock:
-        now, n, lane = heapq.heappop(clock)
-        wall = max(wall, now)
-        started = False
-        if lane is None or not lane.queue:
-            lane = schedule.next_lane()
-            if lane is None:
-                continue
-            started = True
+    start for a lane's first); after each pair, its lane is reported ``healthy`` and idle slots look for
+    work again. The simulated wall time."""
+    events: list[tuple[float, int, Lane]] = []
+    idle = list(range(slots))
+    now = 0.0
+
+    def run_next(n: int, lane: Lane, *, first: bool) -> None:
         i = schedule.take(lane)
         assert i is not None
-        lane.healthy = healthy
-        took = estimated_s(*schedule.pairs[i]) + 0.1 + (TOPOLOGY_COST_S if started else 0.0)
-        heapq.heappush(clock, (now + took, n, lane))
-    return wall
+        took = estimated_s(*schedule.pairs[i]) + 0.1 + (TOPOLOGY_COST_S if first else 0.0)
+        heapq.heappush(events, (now + took, n, lane))
+
+    def look_for_work() -> None:
+        while idle and (lane := schedule.next_lane(wait=False)) is not None:
+            run_next(idle.pop(0), lane, first=True)
+
+    look_for_work()
+    while events:
+        now, n, lane = heapq.heappop(events)
+        schedule.ran(lane, healthy=healthy)
+        if lane.queue:
+            run_next(n, lane, first=False)
+        else:
+            idle.append(n)
+        look_for_work()
+    return now
 
 
 def test_every_pair_runs_once_and_a_lane_keeps_one_sharing_key() -> None:
@@ -101,11 +109,11 @@ def test_the_back_of_a_queue_moves_only_when_that_shortens_it() -> None:
         schedule = Schedule(queue, fresh=False)
         lane = schedule.next_lane()
         assert lane is not None and schedule.take(lane) == 0
-        assert schedule.next_lane() is None  # not before its topology runs scenarios
-        lane.healthy = True
+        assert schedule.next_lane(wait=False) is None  # not before its topology runs scenarios
+        schedule.ran(lane, healthy=True)
         rest = [queue[i] for i in lane.queue]
         assert queue_estimated_s(rest) > 0
-        back = schedule.next_lane()
+        back = schedule.next_lane(wait=False)
         assert (back is not None) == moves
         if back is not None:
             assert list(lane.queue) + list(back.queue) == [1, 2, 3]
@@ -121,28 +129,50 @@ def test_fresh_mode_is_one_lane_per_pair() -> None:
     assert sorted(lane.taken for lane in schedule.lanes) == [[i] for i in range(len(pairs))]
 
 
-def test_slots_on_threads_take_every_pair_exactly_once() -> None:
-    pairs = _pairs()
+def test_slots_on_threads_wait_for_a_lane_worth_splitting_and_take_every_pair_exactly_once() -> None:
+    # One implementation: 2 groups for 5 slots. The 3 slots with no group wait until a lane's first
+    # scenario has run (its topology started), then take the back of a queue.
+    pairs = [p for p in _pairs() if p[1] == "postfix"]
     schedule = Schedule(pairs, fresh=False)
     rng = random.Random(7)
     delays = [rng.uniform(0, 0.004) for _ in pairs]
     done: list[int] = []
+    workers: set[str] = set()
     lock = threading.Lock()
 
     def slot() -> None:
         while (lane := schedule.next_lane()) is not None:
             while (i := schedule.take(lane)) is not None:
                 time.sleep(delays[i])
-                lane.healthy = True
+                schedule.ran(lane, healthy=True)
                 with lock:
                     done.append(i)
+                    workers.add(threading.current_thread().name)
 
     threads = [threading.Thread(target=slot) for _ in range(5)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a slot is still waiting"
     assert sorted(done) == list(range(len(pairs)))
+    assert len(schedule.lanes) > len(groups_of(pairs, fresh=False))
+    assert len(workers) > 2, "the slots without a group of their own ran nothing"
+
+
+def test_a_waiting_slot_gets_nothing_once_the_schedule_is_closed() -> None:
+    pairs = [p for p in _pairs() if p[1] == "postfix"]
+    schedule = Schedule(pairs, fresh=False)
+    lanes = [schedule.next_lane(), schedule.next_lane()]
+    assert all(lane is not None and schedule.take(lane) is not None for lane in lanes)
+    got: list[Lane | None] = []
+    waiting = threading.Thread(target=lambda: got.append(schedule.next_lane()))
+    waiting.start()
+    waiting.join(timeout=0.3)
+    assert waiting.is_alive(), "no lane has run a scenario yet: the slot waits"
+    schedule.close()
+    waiting.join(timeout=5)
+    assert not waiting.is_alive() and got == [None]
 
 
 def test_the_same_scenario_twice_gets_two_places() -> None:
