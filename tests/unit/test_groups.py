@@ -23,13 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 MTAS = ["postfix", "exim", "opensmtpd"]
 
 
-def _pairs() -> list[tuple[Scenario, str]]:
+def bundled_pairs() -> list[tuple[Scenario, str]]:
+    """Every bundled scenario on every implementation it runs on, in the order `make scenarios` has."""
     scenarios = load_scenarios([ROOT / "scenarios"])
     return [(s, m) for s in scenarios for m in implementations_for(s, MTAS)]
 
 
 def test_one_topology_per_sharing_key_and_every_pair_once() -> None:
-    pairs = _pairs()
+    pairs = bundled_pairs()
     groups = groups_of(pairs, fresh=False)
     assert [len({sharing_key(s, m) for s, m in g}) for g in groups] == [1] * len(groups)
     assert len(groups) == len({sharing_key(s, m) for s, m in pairs})
@@ -40,7 +41,7 @@ def test_one_topology_per_sharing_key_and_every_pair_once() -> None:
 
 
 def test_in_a_group_each_exact_topology_runs_once_in_a_row_in_the_order_of_its_first_pair() -> None:
-    pairs = _pairs()
+    pairs = bundled_pairs()
     for group in groups_of(pairs, fresh=False):
         runs = [key_text(topology_key(s, m)) for s, m in group]
         changes = [k for i, k in enumerate(runs) if i == 0 or runs[i - 1] != k]
@@ -54,18 +55,18 @@ def test_in_a_group_each_exact_topology_runs_once_in_a_row_in_the_order_of_its_f
 
 
 def test_groups_in_the_order_their_first_pair_appears() -> None:
-    pairs = _pairs()
+    pairs = bundled_pairs()
     firsts = [g[0] for g in groups_of(pairs, fresh=False)]
     assert firsts == sorted(firsts, key=pairs.index)
 
 
 def test_fresh_is_one_pair_per_topology_in_order() -> None:
-    pairs = _pairs()
+    pairs = bundled_pairs()
     assert groups_of(pairs, fresh=True) == [[p] for p in pairs]
 
 
 def test_the_longest_group_starts_first_and_ties_keep_their_order() -> None:
-    pairs = _pairs()
+    pairs = bundled_pairs()
     groups = groups_of(pairs, fresh=False)
     order = longest_first(groups)
     assert sorted(order) == list(range(len(groups)))

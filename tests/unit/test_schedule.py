@@ -8,11 +8,7 @@ import heapq
 import random
 import threading
 import time
-from pathlib import Path
 
-from harness.runner import implementations_for
-from harness.scenario.loader import load_scenarios
-from harness.scenario.model import Scenario
 from harness.schedule import (
     TOPOLOGY_COST_S,
     Lane,
@@ -24,13 +20,7 @@ from harness.schedule import (
 )
 from harness.shard import sharing_key
 
-ROOT = Path(__file__).resolve().parents[2]
-MTAS = ["postfix", "exim", "opensmtpd"]
-
-
-def _pairs() -> list[tuple[Scenario, str]]:
-    scenarios = load_scenarios([ROOT / "scenarios"])
-    return [(s, m) for s in scenarios for m in implementations_for(s, MTAS)]
+from .test_groups import bundled_pairs
 
 
 def simulate(schedule: Schedule, slots: int, *, healthy: bool = True) -> float:
@@ -64,7 +54,7 @@ def simulate(schedule: Schedule, slots: int, *, healthy: bool = True) -> float:
 
 
 def test_every_pair_runs_once_and_a_lane_keeps_one_sharing_key() -> None:
-    pairs = _pairs()
+    pairs = bundled_pairs()
     schedule = Schedule(pairs, fresh=False)
     simulate(schedule, 4)
     taken = [i for lane in schedule.lanes for i in lane.taken]
@@ -75,7 +65,7 @@ def test_every_pair_runs_once_and_a_lane_keeps_one_sharing_key() -> None:
 
 
 def test_an_idle_slot_takes_the_back_of_the_longest_queue_and_the_run_ends_sooner() -> None:
-    pairs = _pairs()
+    pairs = bundled_pairs()
     groups = groups_of(pairs, fresh=False)
     whole = simulate(Schedule(pairs, fresh=False), 6, healthy=False)  # unhealthy lanes are never split
     schedule = Schedule(pairs, fresh=False)
@@ -94,14 +84,14 @@ def test_an_idle_slot_takes_the_back_of_the_longest_queue_and_the_run_ends_soone
 
 
 def test_a_lane_whose_topology_did_not_start_is_not_split() -> None:
-    pairs = _pairs()
+    pairs = bundled_pairs()
     schedule = Schedule(pairs, fresh=False)
     simulate(schedule, 8, healthy=False)
     assert len(schedule.lanes) == len(groups_of(pairs, fresh=False))
 
 
 def test_the_back_of_a_queue_moves_only_when_that_shortens_it() -> None:
-    postfix = [p for p in _pairs() if p[1] == "postfix"]
+    postfix = [p for p in bundled_pairs() if p[1] == "postfix"]
     by_number = {s.path.name[:2]: (s, m) for s, m in postfix}
     short = [by_number[n] for n in ("01", "02", "03")]
     long = [by_number[n] for n in ("01", "24", "25", "19")]
@@ -123,7 +113,7 @@ def test_the_back_of_a_queue_moves_only_when_that_shortens_it() -> None:
 
 
 def test_fresh_mode_is_one_lane_per_pair() -> None:
-    pairs = _pairs()
+    pairs = bundled_pairs()
     schedule = Schedule(pairs, fresh=True)
     simulate(schedule, 3)
     assert sorted(lane.taken for lane in schedule.lanes) == [[i] for i in range(len(pairs))]
@@ -132,7 +122,7 @@ def test_fresh_mode_is_one_lane_per_pair() -> None:
 def test_slots_on_threads_wait_for_a_lane_worth_splitting_and_take_every_pair_exactly_once() -> None:
     # One implementation: 2 groups for 5 slots. The 3 slots with no group wait until a lane's first
     # scenario has run (its topology started), then take the back of a queue.
-    pairs = [p for p in _pairs() if p[1] == "postfix"]
+    pairs = [p for p in bundled_pairs() if p[1] == "postfix"]
     schedule = Schedule(pairs, fresh=False)
     rng = random.Random(7)
     delays = [rng.uniform(0, 0.004) for _ in pairs]
@@ -161,7 +151,7 @@ def test_slots_on_threads_wait_for_a_lane_worth_splitting_and_take_every_pair_ex
 
 
 def test_a_waiting_slot_gets_nothing_once_the_schedule_is_closed() -> None:
-    pairs = [p for p in _pairs() if p[1] == "postfix"]
+    pairs = [p for p in bundled_pairs() if p[1] == "postfix"]
     schedule = Schedule(pairs, fresh=False)
     lanes = [schedule.next_lane(), schedule.next_lane()]
     assert all(lane is not None and schedule.take(lane) is not None for lane in lanes)
@@ -176,7 +166,7 @@ def test_a_waiting_slot_gets_nothing_once_the_schedule_is_closed() -> None:
 
 
 def test_the_same_scenario_twice_gets_two_places() -> None:
-    pairs = _pairs()
+    pairs = bundled_pairs()
     doubled = pairs[:3] + pairs[:3]
     schedule = Schedule(doubled, fresh=False)
     simulate(schedule, 2)
