@@ -126,10 +126,6 @@ class StepRunner:
         # Per host: set when a file is written under its mail root (MailWatch), to end waits early.
         self.mail_events = dict(mail_events or {})
         self.session_counter: dict[str, int] = {}
-        # Roles whose container started again in this scenario: their own capture missed the moment
-        # between the start and tcpdump listening again (a connection they made is still seen at an
-        # MTA's end, not at an address nobody captures).
-        self.recaptured: set[str] = set()
         self.faulted: set[str] = set()  # roles a fault step acted on: their state is the scenario's doing
 
     def clock(self) -> float:
@@ -346,11 +342,7 @@ class StepRunner:
 
         self.faulted.add(step.role)
 
-        def resume(host: Host) -> None:
-            self.recaptured.add(host.role)
-            self.hops.resume(host.role)
-
-        error = do_fault(self.topology, step.role, step.action, resume_capture=resume,
+        error = do_fault(self.topology, step.role, step.action, resume_capture=lambda host: self.hops.resume(host.role),
                          rejoined=lambda host: self.hops.rejoined(host.role))
         return FaultObservation(step.role, step.action, at, self.clock() - at, error)
 
@@ -449,16 +441,10 @@ class StepRunner:
             what = f"any address serving {step.domain}" if addresses else \
                 f"anything (no address serves {step.domain})"
 
-        captured_ends = {h.address for h in self._mta_hosts()}
-        blind = None
-        if step.source in self.recaptured and (not addresses or not addresses <= captured_ends):
-            blind = (f"{step.source}'s container started again in this scenario, and its capture missed the "
-                     f"moment before tcpdump listened again; a connection to {what} then is not seen anywhere")
-
         def look(waited: float) -> ConnectionObservation:
             offending = tuple(a for a in self.hops.attempts() if a.source == step.source
                               and (not addresses or a.destination_address in addresses))
-            return ConnectionObservation(step.source, what, offending, waited, blind)
+            return ConnectionObservation(step.source, what, offending, waited)
 
         message = self.sent[-1] if self.sent else None
         gone = self._nowhere(message) if message is not None else None

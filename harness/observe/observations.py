@@ -343,20 +343,17 @@ class ConnectionObservation:
     what: str
     attempts: tuple[ConnectionAttempt, ...]
     waited_s: float
-    # Why "no connection" cannot be told (a capture that was not listening for a moment), if so.
-    unobservable: str | None = None
 
     kind = "connections"
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "source": self.source, "what": self.what,
-                "attempts": [a.to_json() for a in self.attempts], "waited_s": round(self.waited_s, 3),
-                "unobservable": self.unobservable}
+                "attempts": [a.to_json() for a in self.attempts], "waited_s": round(self.waited_s, 3)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ConnectionObservation:
         return cls(d["source"], d["what"], tuple(ConnectionAttempt.from_json(a) for a in d["attempts"]),
-                   d["waited_s"], d.get("unobservable"))
+                   d["waited_s"])
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ reconnect) is back once it greets with its ready code again (an MTA) or answers 
 ``disconnect`` takes the container off the run's network: connections to its address then time out
 (no host answers), like a host that is down; ``stop`` keeps the address's neighbours but nothing
 listens. A started or restarted container has a new network namespace: its capture companion is
-started again in it (``HopCapture.resume``), keeping what it had captured; and a resolv.conf the
-engine wrote anew, so what the role's start set up in it is set up again (``redo_setup``).
+started again in it (``HopCapture.resume``), keeping what it had captured, while the role's MTA waits
+at its start gate (``START_GATE``): nothing can reach the role before its capture listens. The engine
+also wrote a resolv.conf anew, so what the role's start set up in it is set up again (``redo_setup``),
+before the MTA starts.
 
 ``restore`` undoes whatever state fault steps left a role in (stopped, paused, off the network), so a
 topology a fault scenario ran on can serve the next scenario."""
@@ -23,7 +25,7 @@ from harness.dns.preflight import wait_until_answering
 from harness.dns.zones import HARNESS_ZONE
 from harness.errors import HarnessError
 from harness.topology.readiness import wait_for_greeting
-from harness.topology.topology import Host, Topology, redo_setup
+from harness.topology.topology import Host, Topology, close_start_gate, open_start_gate, redo_setup
 
 __all__ = ["ACTIONS", "BRINGS_BACK", "NEW_NAMESPACE", "do_fault", "restore"]
 
@@ -78,7 +80,28 @@ def restore(topology: Topology, role: str, *, resume_capture: Callable[[Host], N
 
 
 def _act(topology: Topology, host: Host, action: str, resume_capture: Callable[[Host], None] | None) -> str | None:
-    role = host.role
+    if action not in NEW_NAMESPACE:
+        return _docker_action(topology, host, action)
+    # Its MTA waits at the start gate until the capture companion listens in the new namespace.
+    gated = resume_capture is not None and host.start_gate
+    if gated:
+        try:
+            close_start_gate(host)
+        except HarnessError as exc:
+            return f"{host.role} could not be held at its start gate: {exc}"
+    error: str | None = None
+    try:
+        error = _docker_action(topology, host, action) or _follow(host, action, resume_capture)
+    finally:
+        if gated:
+            try:
+                open_start_gate(host)
+            except HarnessError as exc:
+                error = error or f"{host.role} {action}ed, but its start gate could not be opened: {exc}"
+    return error
+
+
+def _docker_action(topology: Topology, host: Host, action: str) -> str | None:
     try:
         container = host.container.get_wrapped_container()
         if action == "stop":
@@ -101,18 +124,22 @@ def _act(topology: Topology, host: Host, action: str, resume_capture: Callable[[
         else:
             raise AssertionError(f"the schema allows no fault action {action!r}")
     except DockerException as exc:
-        return f"Docker refused to {action} {role}: {exc}"
-    if action in NEW_NAMESPACE:
-        try:
-            redo_setup(host)
-        except HarnessError as exc:
-            return f"{role} {action}ed, but what its start set up could not be set up again: {exc}"
-        if resume_capture is None:
-            return None
-        try:
-            resume_capture(host)
-        except HarnessError as exc:
-            return f"{role} {action}ed, but its capture could not follow it: {exc}"
+        return f"Docker refused to {action} {host.role}: {exc}"
+    return None
+
+
+def _follow(host: Host, action: str, resume_capture: Callable[[Host], None] | None) -> str | None:
+    """What a container started in a new network namespace needs again: its set-up, its capture."""
+    try:
+        redo_setup(host)
+    except HarnessError as exc:
+        return f"{host.role} {action}ed, but what its start set up could not be set up again: {exc}"
+    if resume_capture is None:
+        return None
+    try:
+        resume_capture(host)
+    except HarnessError as exc:
+        return f"{host.role} {action}ed, but its capture could not follow it: {exc}"
     return None
 
 

@@ -72,6 +72,15 @@ UNPRIVILEGED_PORTS = {"net.ipv4.ip_unprivileged_port_start": "0"}
 NO_NEW_PRIVILEGES = "no-new-privileges"
 # testcontainers makes a client of its own per container and network: its calls are bounded as ours.
 ENGINE_CLIENT: dict[str, object] = {"timeout": API_TIMEOUT_S}
+# An MTA role's container runs its image's command only once this file is absent. A fault step that
+# starts the container again (a new network namespace) closes the gate first and opens it once the
+# role's capture companion listens in the new namespace: until then nothing listens on port 25, so no
+# session with the role can happen unseen (a relay retrying by itself would otherwise be delivering
+# before tcpdump listens, on a busy machine). At the first start the file does not exist.
+START_GATE = "/.mailflow-start-gate"
+GATED_ENTRYPOINT = ("/bin/sh", "-c", f'while [ -e {START_GATE} ]; do sleep 0.02; done; exec "$@"', "start-gate")
+_image_commands: dict[str, list[str]] = {}
+_image_commands_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,8 @@ class Host:
     # What start_roles ran in the container before its first greeting (resolv.conf, the MTA's companion
     # daemons): run again whenever the container starts again (redo_setup).
     setup_commands: tuple[tuple[str, ...], ...] = ()
+    # Whether the container's entrypoint waits at START_GATE (every MTA role's does).
+    start_gate: bool = False
     # Commands and reads in the container through one shell kept running there (a fork each, not an exec).
     shell: ContainerShell = field(init=False, repr=False, compare=False)
 
@@ -503,7 +514,8 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
     resolving = RESOLVER_ROLE if RESOLVER_ROLE in topology.hosts else DNS_ROLE
     dns = topology.address(resolving) if resolving in topology.hosts else None
     started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=dns, tls=topology.tls,
-                          credentials=topology.credentials.get(h.role))
+                          credentials=topology.credentials.get(h.role),
+                          gated_command=image_command(topology.client, images[h.role]))
                for h in hosts]
     direct = resolver_conf(dns) if dns is not None else None
     for host in started:
@@ -589,6 +601,16 @@ def redo_setup(host: Host) -> None:
     ended with the old container process."""
     for command in host.setup_commands:
         _run_checked(host, list(command))
+
+
+def close_start_gate(host: Host) -> None:
+    """Hold ``host``'s MTA at the start gate when its container starts next (running or not now)."""
+    host.put_files("/", {START_GATE.lstrip("/"): b""})
+
+
+def open_start_gate(host: Host) -> None:
+    """Let ``host``'s MTA start (its container is running, waiting at the gate)."""
+    _run_checked(host, ["rm", "-f", START_GATE])
 
 
 def remove_container(container: DockerContainer, what: str) -> None:
@@ -739,7 +761,9 @@ def resolver_conf(address: str) -> str:
 
 
 def _container(network: Network, plan: HostPlan, image: str, address: str, labels: dict[str, str],
-               *, dns: str | None, tls: RunTls | None = None, credentials: Credentials | None = None) -> Host:
+               *, dns: str | None, tls: RunTls | None = None, credentials: Credentials | None = None,
+               gated_command: Sequence[str] | None = None) -> Host:
+    """``gated_command``: the image's own command, run behind the start gate (START_GATE)."""
     kwargs: dict[str, object] = {
         **container_options(plan),
         "sysctls": UNPRIVILEGED_PORTS,
@@ -752,10 +776,14 @@ def _container(network: Network, plan: HostPlan, image: str, address: str, label
     }
     if dns is not None:
         kwargs["dns"] = [dns]
+    if gated_command is not None:
+        kwargs["entrypoint"] = list(GATED_ENTRYPOINT)
     container = (DockerContainer(image, name=f"mailflow-{labels['mailflow-harness.run']}-{plan.role}",
                                  docker_client_kw=ENGINE_CLIENT)
                  .with_network(network)
                  .with_kwargs(**kwargs))
+    if gated_command is not None:
+        container.with_command(list(gated_command))
     if plan.tls is not None:
         if tls is None:
             raise InfrastructureError(f"{plan.role} offers TLS but the run has no CA (create_network makes it)")
@@ -767,7 +795,27 @@ def _container(network: Network, plan: HostPlan, image: str, address: str, label
         container.with_copy_into_container(credentials.cert_pem, TLS_CERT, 0o644)
         container.with_copy_into_container(credentials.key_pem, TLS_KEY, 0o600)
         container.with_copy_into_container(tls.ca_pem, TLS_CA, 0o644)
-    return Host(plan.role, plan.hostname, address, image, plan.mta.name if plan.mta else None, container)
+    return Host(plan.role, plan.hostname, address, image, plan.mta.name if plan.mta else None, container,
+                start_gate=gated_command is not None)
+
+
+def image_command(client: docker.DockerClient, image: str) -> list[str]:
+    """What a container of ``image`` runs when nothing is said (its entrypoint, then its command). Images
+    are tagged by content, so one look per image and process."""
+    with _image_commands_lock:
+        known = _image_commands.get(image)
+    if known is not None:
+        return known
+    try:
+        config = client.images.get(image).attrs.get("Config") or {}
+    except DockerException as exc:
+        raise InfrastructureError(f"could not inspect the image {image}: {exc}") from exc
+    command = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+    if not command:
+        raise InfrastructureError(f"the image {image} says nothing to run (no ENTRYPOINT or CMD)")
+    with _image_commands_lock:
+        _image_commands[image] = command
+    return command
 
 
 def describe(topology: Topology) -> list[dict[str, str]]:

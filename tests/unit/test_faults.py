@@ -11,9 +11,9 @@ from harness.dns.zones import ResolvedRecord, faulted_zone_files, resolve_record
 from harness.errors import ScenarioError
 from harness.expect.judge import judge
 from harness.expect.summary import summarize
-from harness.observe.observations import ConnectionObservation, FaultObservation, observation_from_json
+from harness.observe.observations import FaultObservation, observation_from_json
 from harness.scenario.loader import load_scenario
-from harness.scenario.model import DnsFaultStep, Mark, NoConnectionStep, RoleFaultStep
+from harness.scenario.model import DnsFaultStep, Mark, RoleFaultStep
 from harness.shard import topology_key
 
 MARK = Mark("f.yaml", 4, 5)
@@ -76,16 +76,6 @@ def test_a_fault_is_judged_on_what_docker_did() -> None:
     assert failure.expected == "mx unpaused and greeting" and "409 not paused" in failure.observed
     assert "409 not paused" in summarize(step, refused)
     assert observation_from_json(refused.to_json()) == refused
-
-
-def test_a_capture_gap_is_never_a_pass_for_no_connection() -> None:
-    step = NoConnectionStep(source="relay", mark=MARK, target="unreachable", domain=None, within_s=2)
-    seen_nothing = ConnectionObservation("relay", "unreachable", (), 2.0)
-    assert judge(4, step, seen_nothing) == []
-    gap = ConnectionObservation("relay", "unreachable", (), 2.0, "relay's container started again")
-    [failure] = judge(4, step, gap)
-    assert failure.observed.startswith("cannot be told: relay's container started again")
-    assert observation_from_json(gap.to_json()) == gap
 
 
 @pytest.mark.parametrize("action", ["stop", "kill", "disconnect", "restart", "pause"])
