@@ -123,8 +123,7 @@ def _shard_option(parser: argparse.ArgumentParser) -> None:
 
 def _pace_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
-                        help="topologies running side by side (default: 3 per core, at most 8; with --fresh, "
-                             "cores + 1, at most 4): the "
+                        help="topologies running side by side (default: 3 per core, at most 8): the "
                              "implementations of a matrix at once, independent topologies of one, and the "
                              "back of a long queue of scenarios once a slot has nothing else to run")
     parser.add_argument("--fresh", action="store_true",

@@ -252,7 +252,7 @@ def _prepare_run(args: argparse.Namespace, progress: Progress, keep: str = "neve
             return None
     ctx = _context(args, progress, keep=keep)
     ctx.fresh = bool(getattr(args, "fresh", False))
-    ctx.jobs = getattr(args, "jobs", None) or default_jobs(fresh=ctx.fresh)
+    ctx.jobs = getattr(args, "jobs", None) or default_jobs()
     progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)}"
                   f"{' (fresh topologies)' if ctx.fresh else ''}, {ctx.jobs} at a time")
     return ctx, scenarios, mtas
@@ -630,7 +630,7 @@ def _diff_run(args: argparse.Namespace, progress: Progress) -> tuple[list[Scenar
             progress.line(f"{side}: {line}")
     ctx = _context(args, progress)
     ctx.fresh = bool(args.fresh)
-    ctx.jobs = args.jobs or default_jobs(fresh=ctx.fresh)
+    ctx.jobs = args.jobs or default_jobs()
     progress.line(f"running {len(scenarios)} scenario(s) on {', '.join(mtas)} for the baseline and the candidate "
                   f"({len(pairs)} scenario runs){' (fresh topologies)' if ctx.fresh else ''}, {ctx.jobs} at a time")
 

@@ -17,7 +17,7 @@ from .conftest import COMPOSE, SCENARIOS
 
 def test_shared_topologies_give_the_results_of_fresh_ones(
         run_context: RunContext, matrix: dict[tuple[str, str], ScenarioResult]) -> None:
-    run_context.fresh, run_context.jobs = True, default_jobs(fresh=True)
+    run_context.fresh, run_context.jobs = True, default_jobs()
     try:
         fresh = run_all(run_context, load_scenarios([SCENARIOS]), mtas=available(COMPOSE))
     finally:
