@@ -48,12 +48,14 @@ def _started_at(host: Host) -> float:
     return datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp() + float(f"0.{fraction or 0}")
 
 
-@pytest.mark.parametrize("action", ["start", "restart"])
-def test_a_role_started_again_greets_only_once_its_capture_listens(run_context: RunContext, action: str) -> None:
+@pytest.mark.parametrize(("mta", "action"), [("postfix", "start"), ("postfix", "restart"), ("exim", "restart"),
+                                           ("opensmtpd", "restart")])
+def test_a_role_started_again_greets_only_once_its_capture_listens(run_context: RunContext, mta: str,
+                                                                   action: str) -> None:
     scenario = load_scenario(SCENARIOS / "01-direct-354.yaml")
     sequence = ScenarioSequence(run_context)
     try:
-        first = sequence.run(scenario, "postfix")
+        first = sequence.run(scenario, mta)
         shared = sequence.shared
         assert shared is not None
         topology, capture = shared.topology, shared.captures["mx"]

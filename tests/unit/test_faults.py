@@ -1,16 +1,19 @@
 """Fault steps without Docker: loaded with their marks, judged from their observation, kept off shared
-topologies, and a capture gap never read as "no connection"."""
+topologies, and a role started again held at its start gate until its capture follows it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import harness.topology.faults as faults
 from harness.dns.zones import ResolvedRecord, faulted_zone_files, resolve_records, standard_records
 from harness.errors import ScenarioError
 from harness.expect.judge import judge
 from harness.expect.summary import summarize
+from harness.observe.capture import CaptureError
 from harness.observe.observations import FaultObservation, observation_from_json
 from harness.scenario.loader import load_scenario
 from harness.scenario.model import DnsFaultStep, Mark, RoleFaultStep
@@ -173,3 +176,43 @@ def test_a_pause_waits_for_an_exec_still_being_started() -> None:
     container = SimpleNamespace(id="c", client=SimpleNamespace(api=Api()))
     faults._no_exec_starting(container)  # type: ignore[arg-type]
     assert len(polls) == 3  # waited through two looks at a starting exec, no longer
+
+
+class _Container:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def restart(self, timeout: int) -> None:
+        self.calls.append("restart")
+
+
+def _gated_host(calls: list[str]) -> SimpleNamespace:
+    container = _Container(calls)
+    return SimpleNamespace(role="mx", start_gate=True, mta="postfix",
+                           container=SimpleNamespace(get_wrapped_container=lambda: container))
+
+
+@pytest.mark.parametrize("action", ["start", "restart"])
+@pytest.mark.parametrize("capture_fails", [False, True], ids=["capture follows", "capture fails"])
+def test_the_start_gate_opens_only_after_the_capture_follows_and_always_opens(
+        monkeypatch: pytest.MonkeyPatch, action: str, capture_fails: bool) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(faults, "close_start_gate", lambda host: calls.append("close gate"))
+    monkeypatch.setattr(faults, "open_start_gate", lambda host: calls.append("open gate"))
+    monkeypatch.setattr(faults, "redo_setup", lambda host: calls.append("set up"))
+
+    def resume(host: object) -> None:
+        calls.append("capture listens")
+        if capture_fails:
+            raise CaptureError("tcpdump did not listen")
+
+    host = _gated_host(calls)
+    error = faults._act(SimpleNamespace(), host, action, resume)  # type: ignore[arg-type]
+    assert calls == ["close gate", action, "set up", "capture listens", "open gate"]
+    assert (error is not None and "tcpdump did not listen" in error) == capture_fails
+    calls.clear()
+    assert faults._act(SimpleNamespace(), host, action, None) is None  # type: ignore[arg-type]
+    assert calls == [action, "set up"], "no capture to follow: nothing to hold the MTA for"
