@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
@@ -778,7 +779,7 @@ def _container(network: Network, plan: HostPlan, image: str, address: str, label
         kwargs["dns"] = [dns]
     if gated_command is not None:
         kwargs["entrypoint"] = list(GATED_ENTRYPOINT)
-    container = (DockerContainer(image, name=f"mailflow-{labels['mailflow-harness.run']}-{plan.role}",
+    container = (RoleContainer(image, name=f"mailflow-{labels['mailflow-harness.run']}-{plan.role}",
                                  docker_client_kw=ENGINE_CLIENT)
                  .with_network(network)
                  .with_kwargs(**kwargs))
@@ -816,6 +817,37 @@ def image_command(client: docker.DockerClient, image: str) -> list[str]:
     with _image_commands_lock:
         _image_commands[image] = command
     return command
+
+
+class RoleContainer(DockerContainer):
+    """A role's container whose files (``with_copy_into_container``) go in before its start in one
+    archive, not one each: the engine extracts every archive in a process of its own (dockerd executed
+    again, about 0.15 s on 2 busy cores), and a dns container has a file per zone. A bundled matrix made
+    212 such calls. The files carry the time they were copied in, not 1970 (NSD skips such a zone)."""
+
+    def __init__(self, image: str, **kwargs: Any) -> None:
+        super().__init__(image, **kwargs)
+        self._pending: list[tuple[bytes, str, int]] = []
+
+    def _transfer_into_container(self, transferable: Any, destination_in_container: str, mode: int) -> None:
+        # testcontainers calls this once per file, between creating the container and starting it.
+        if not isinstance(transferable, bytes):
+            raise TypeError(f"only bytes are copied into a role's container, not {type(transferable).__name__}")
+        self._pending.append((transferable, destination_in_container, mode))
+        if len(self._pending) < len(self._transferable_specs):
+            return
+        files, self._pending = self._pending, []
+        buffer = io.BytesIO()
+        now = time.time()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for content, destination, file_mode in files:
+                info = tarfile.TarInfo(destination.lstrip("/"))
+                info.size, info.mode, info.mtime = len(content), file_mode, now
+                tar.addfile(info, io.BytesIO(content))
+        wrapped = self.get_wrapped_container()
+        if not wrapped.put_archive(path="/", data=buffer.getvalue()):
+            raise InfrastructureError(f"the engine did not take {', '.join(d for _, d, _ in files)} into "
+                                      f"{wrapped.name}")
 
 
 def describe(topology: Topology) -> list[dict[str, str]]:
