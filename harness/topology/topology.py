@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import ipaddress
+import json
+import os
 import random
 import re
 import shlex
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -576,9 +580,19 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
 # An implementation's own configuration check gives the same lines for every container made from one
 # image and plan (the configuration is the image's; the plan adds settings, TLS and the host name), and
 # `postfix check` takes about a second (most of it CPU): a bundled matrix ran it 41 times for 21
-# distinct images and plans. So it runs once per image and plan in a process.
+# distinct images and plans, 31 s of its topologies' time. So it runs once per image and plan: in a
+# process (_CHECKED), and across runs in the check cache on disk, keyed by the image's id (its content,
+# whatever its tag) and the plan, so a rebuilt image or another plan is checked again.
 _CHECKED: dict[tuple[object, ...], tuple[str, ...]] = {}
 _CHECKED_LOCK = threading.Lock()
+CACHE_ENV = "MAILFLOW_HARNESS_CACHE"
+
+
+def check_cache_dir() -> Path:
+    """Where checks are kept across runs: $MAILFLOW_HARNESS_CACHE, else the user's cache directory."""
+    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+        "mailflow-harness"
+    return Path(root) / "checks"
 
 
 def _checked(host: Host, plan: HostPlan, image: str) -> tuple[str, ...]:
@@ -589,9 +603,34 @@ def _checked(host: Host, plan: HostPlan, image: str) -> tuple[str, ...]:
     with _CHECKED_LOCK:
         lines = _CHECKED.get(key)
     if lines is None:
-        lines = tuple(_as_configured(plan, plan.mta.check(_Exec(host))))
+        lines = tuple(_as_configured(plan, _stored_check(host, plan)))
         with _CHECKED_LOCK:
             _CHECKED[key] = lines
+    return lines
+
+
+def _stored_check(host: Host, plan: HostPlan) -> list[str]:
+    """The check's lines from the cache on disk, or from the check run now (and then kept there). The
+    cache only saves time: a file that cannot be read or written is as if there were none."""
+    assert plan.mta is not None
+    image_id = str(host.container.get_wrapped_container().attrs.get("Image") or "")
+    tls = None if plan.tls is None else [plan.tls.certificate, plan.tls.require, plan.tls.outbound, plan.tls.tlsa]
+    key = json.dumps([image_id, plan.mta.name, plan.role, plan.hostname, plan.like, tls,
+                      sorted(plan.settings.items())])
+    path = check_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+    if image_id:
+        with contextlib.suppress(OSError, ValueError):
+            stored = json.loads(path.read_text())
+            if stored.get("key") == key and isinstance(stored.get("lines"), list):
+                return [str(line) for line in stored["lines"]]
+    lines = plan.mta.check(_Exec(host))
+    if image_id:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Whole or not at all: runs side by side may write the same entry.
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as out:
+                json.dump({"key": key, "lines": lines}, out)
+            os.replace(out.name, path)
     return lines
 
 
