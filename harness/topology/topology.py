@@ -615,7 +615,8 @@ def _stored_check(host: Host, plan: HostPlan) -> list[str]:
     assert plan.mta is not None
     image_id = str(host.container.get_wrapped_container().attrs.get("Image") or "")
     tls = None if plan.tls is None else [plan.tls.certificate, plan.tls.require, plan.tls.outbound, plan.tls.tlsa]
-    key = json.dumps([image_id, plan.mta.name, plan.role, plan.hostname, plan.like, tls,
+    # The command too: a harness that checks otherwise does not take an older one's lines.
+    key = json.dumps([image_id, plan.mta.name, plan.mta.check_command, plan.role, plan.hostname, plan.like, tls,
                       sorted(plan.settings.items())])
     path = check_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
     if image_id:
