@@ -31,7 +31,8 @@ DOCKER_DEFAULT_CAPS = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID
 
 
 class RecordingContainer:
-    """Stands in for testcontainers' DockerContainer: records what it would create the container with."""
+    """Stands in for testcontainers' DockerContainer (and the harness's RoleContainer): records what it would
+    create the container with."""
 
     made: ClassVar[list[RecordingContainer]] = []
 
@@ -52,7 +53,7 @@ class RecordingContainer:
 @pytest.fixture
 def recording(monkeypatch: pytest.MonkeyPatch) -> type[RecordingContainer]:
     RecordingContainer.made = []
-    monkeypatch.setattr(topology, "DockerContainer", RecordingContainer)
+    monkeypatch.setattr(topology, "RoleContainer", RecordingContainer)
     monkeypatch.setattr(capture, "DockerContainer", RecordingContainer)
     return RecordingContainer
 
