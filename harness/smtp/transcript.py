@@ -135,8 +135,12 @@ class Transcript:
                 current = [e]
             elif current is not None and e.command in ("RSET", "QUIT", "EHLO", "HELO", "STARTTLS", "TLS"):
                 if e.command == "RSET":
+                    # The RSET is the transaction's last exchange: it is over once its reply is in (a
+                    # capture read between the two would judge, and report, "RSET: no reply yet").
                     current.append(e)
-                close()
+                    close(ended=not e.pending)
+                else:
+                    close()
                 current = None
             elif current is not None:
                 current.append(e)

@@ -36,7 +36,7 @@ from harness.scenario.model import (
     ReplyExpectation,
     Stage,
 )
-from harness.smtp.transcript import Exchange, Transcript
+from harness.smtp.transcript import PENDING_TEXT, Exchange, Transcript
 from harness.verify import StepRunner
 from tests.mutants import mutants
 
@@ -277,3 +277,18 @@ def test_a_transaction_waiting_for_its_end_of_data_reply_is_not_complete() -> No
     ])
     obs = select_on_hop([session], "relay->mx", _sent(THEIRS, "bob@example.test"))
     assert obs.matched_by is not None and not obs.complete
+
+
+def test_a_transaction_ended_by_rset_is_complete_only_once_the_rset_has_its_reply() -> None:
+    """The isolation test once saw "RSET 250" in one mode and "RSET: no reply yet" in the other: a hop
+    step had been settled on a capture read between Postfix's RSET and its reply."""
+    refused = [_ex(1, "CONNECT", None, 220, 1.0), _ex(1, "EHLO", "EHLO relay", 250, 1.01),
+               _ex(1, "MAIL", "MAIL FROM:<alice@origin.test>", 250, 1.02),
+               _ex(1, "RCPT", "RCPT TO:<nobody@example.test>", 550, 1.03),
+               _ex(1, "DATA", "DATA", 554, 1.03)]
+    in_flight = Transcript("relay->mx", 1, [*refused, _ex(1, "RSET", "RSET", None, 1.04, text=PENDING_TEXT)],
+                           closed=False)
+    answered = Transcript("relay->mx", 1, [*refused, _ex(1, "RSET", "RSET", 250, 1.04)], closed=False)
+    assert not select_on_hop([in_flight], "relay->mx", _sent()).complete
+    settled = select_on_hop([answered], "relay->mx", _sent())
+    assert settled.complete and [(e.command, e.code) for e in settled.exchanges][-1] == ("RSET", 250)
