@@ -622,7 +622,7 @@ def _stored_check(host: Host, plan: HostPlan) -> list[str]:
     if image_id:
         with contextlib.suppress(OSError, ValueError):
             stored = json.loads(path.read_text())
-            if stored.get("key") == key and isinstance(stored.get("lines"), list):
+            if isinstance(stored, dict) and stored.get("key") == key and isinstance(stored.get("lines"), list):
                 return [str(line) for line in stored["lines"]]
     lines = plan.mta.check(_Exec(host))
     if image_id:

@@ -97,7 +97,10 @@ def test_a_broken_or_unwritable_cache_only_costs_time(checks: list[str], tmp_pat
     _new_process(monkeypatch)
     assert topology._checked(_host(), plan, "img:1")[0].endswith("n2=1")
     assert '"lines"' in stored.read_text(), "the broken entry is written again"
+    stored.write_text("[]")  # JSON, but not an entry
+    _new_process(monkeypatch)
+    assert topology._checked(_host(), plan, "img:1")[0].endswith("n3=1")
     (tmp_path / "blocked").write_text("a file where the cache directory would be")
     monkeypatch.setenv(topology.CACHE_ENV, str(tmp_path / "blocked"))
     _new_process(monkeypatch)
-    assert topology._checked(_host(), plan, "img:1")[0].endswith("n3=1")
+    assert topology._checked(_host(), plan, "img:1")[0].endswith("n4=1")
