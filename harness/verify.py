@@ -420,13 +420,15 @@ class StepRunner:
         def settled(obs: HopObservation) -> bool:
             # Judged once the transaction has its outcome: a capture read mid-transaction would see a
             # reply "not yet" given. An encrypted session shows no transaction: its handshake's outcome,
-            # and what the sender logged about the message, decide instead.
+            # and what the sender logged about the message, decide instead. What the sender logged is
+            # part of the observation (reported, and in docs/compatibility.md) whenever it is read:
+            # waited for too, or a run that looked a moment sooner would report less.
             if obs.matched_by is None:
                 return False
+            logged = log is None or (obs.tls_log is not None and obs.tls_log.final)
             if step.tls is not None and step.tls.outcome != "none":
-                wants_log = step.tls.verified is not None or step.tls.dane is not None
-                return tls_decided(obs) and (not wants_log or (obs.tls_log is not None and obs.tls_log.final))
-            return obs.complete
+                return tls_decided(obs) and logged
+            return obs.complete and logged
 
         return self._look_until(self._bound(step.within_s, message), look, settled, interval=HOP_POLL_S)
 
