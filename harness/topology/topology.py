@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +166,19 @@ def standard_plan(compose_dir: Path, hostnames: Mapping[str, str], *, mta: str =
     return TopologyPlan(tuple(hosts), dnssec, mta_sts)
 
 
+def fresh_archive(files: Iterable[tuple[str, bytes, int]]) -> bytes:
+    """A tar stream of (path, content, mode) files, each with the current time as its mtime (NSD skips a
+    zone file whose mtime is 1970, or did not change on a reload)."""
+    buffer = io.BytesIO()
+    now = time.time()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, content, mode in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(content), now, mode
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
 @dataclass
 class Host:
     role: str
@@ -229,15 +242,9 @@ class Host:
         with contextlib.suppress(DockerException):
             if self.shell.run(["sh", "-ec", f"umask 022; {script}"]).exit_code == 0:
                 return
-        buffer = io.BytesIO()
-        now = time.time()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for name, content in files.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(content), now, 0o644
-                tar.addfile(info, io.BytesIO(content))
+        archive = fresh_archive((name, content, 0o644) for name, content in files.items())
         try:
-            self.container.get_wrapped_container().put_archive(directory, buffer.getvalue())
+            self.container.get_wrapped_container().put_archive(directory, archive)
         except DockerException as exc:
             raise InfrastructureError(f"could not write {', '.join(files)} into {self.role}:{directory}: {exc}"
                                       ) from exc
@@ -568,7 +575,7 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
             raise configuration_error(plan_host, exc.log.splitlines(), str(exc)) from exc
         if setup_problem is not None:
             raise setup_problem
-        host.check_warnings = _checked(host, plan_host, images[plan_host.role])
+        host.check_warnings = _checked(host, plan_host)
         if any(_FATAL.search(line) for line in host.check_warnings):
             raise configuration_error(plan_host, list(host.check_warnings),
                                       f"{host.role}: {driver.name}'s own configuration check failed")
@@ -581,9 +588,11 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
 # image and plan (the configuration is the image's; the plan adds settings, TLS and the host name), and
 # `postfix check` takes about a second (most of it CPU): a bundled matrix ran it 41 times for 21
 # distinct images and plans, 31 s of its topologies' time. So it runs once per image and plan: in a
-# process (_CHECKED), and across runs in the check cache on disk, keyed by the image's id (its content,
-# whatever its tag) and the plan, so a rebuilt image or another plan is checked again.
-_CHECKED: dict[tuple[object, ...], tuple[str, ...]] = {}
+# process (_CHECKED), and across runs in the check cache on disk, both keyed by the image's id (its
+# content, whatever its tag), the check command and the plan, so a rebuilt image or another plan is
+# checked again. The lines are kept as the container says them; each role shows them with its own
+# configuration directory.
+_CHECKED: dict[str, list[str]] = {}
 _CHECKED_LOCK = threading.Lock()
 CACHE_ENV = "MAILFLOW_HARNESS_CACHE"
 
@@ -595,43 +604,43 @@ def check_cache_dir() -> Path:
     return Path(root) / "checks"
 
 
-def _checked(host: Host, plan: HostPlan, image: str) -> tuple[str, ...]:
+def _checked(host: Host, plan: HostPlan) -> tuple[str, ...]:
     """The lines of ``plan``'s implementation's check that warn or complain, for ``host`` made from it."""
-    assert plan.mta is not None
-    key = (image, plan.mta.name, plan.role, plan.hostname, plan.config_dir, plan.like, plan.tls,
-           tuple(sorted(plan.settings.items())))
-    with _CHECKED_LOCK:
-        lines = _CHECKED.get(key)
-    if lines is None:
-        lines = tuple(_as_configured(plan, _stored_check(host, plan)))
-        with _CHECKED_LOCK:
-            _CHECKED[key] = lines
-    return lines
+    return tuple(_as_configured(plan, _stored_check(host, plan)))
 
 
 def _stored_check(host: Host, plan: HostPlan) -> list[str]:
-    """The check's lines from the cache on disk, or from the check run now (and then kept there). The
-    cache only saves time: a file that cannot be read or written is as if there were none."""
+    """The check's lines from this process, from the cache on disk, or from the check run now (and then
+    kept in both). The disk only saves time: a file that cannot be read or written is as if there were
+    none. A container whose image id is unknown is checked every time."""
     assert plan.mta is not None
     image_id = str(host.container.get_wrapped_container().attrs.get("Image") or "")
+    if not image_id:
+        return plan.mta.check(_Exec(host))
     tls = None if plan.tls is None else [plan.tls.certificate, plan.tls.require, plan.tls.outbound, plan.tls.tlsa]
     # The command too: a harness that checks otherwise does not take an older one's lines.
     key = json.dumps([image_id, plan.mta.name, plan.mta.check_command, plan.role, plan.hostname, plan.like, tls,
                       sorted(plan.settings.items())])
+    with _CHECKED_LOCK:
+        known = _CHECKED.get(key)
+    if known is not None:
+        return known
     path = check_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
-    if image_id:
-        with contextlib.suppress(OSError, ValueError):
-            stored = json.loads(path.read_text())
-            if isinstance(stored, dict) and stored.get("key") == key and isinstance(stored.get("lines"), list):
-                return [str(line) for line in stored["lines"]]
-    lines = plan.mta.check(_Exec(host))
-    if image_id:
+    lines: list[str] | None = None
+    with contextlib.suppress(OSError, ValueError):
+        stored = json.loads(path.read_text())
+        if isinstance(stored, dict) and stored.get("key") == key and isinstance(stored.get("lines"), list):
+            lines = [str(line) for line in stored["lines"]]
+    if lines is None:
+        lines = plan.mta.check(_Exec(host))
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             # Whole or not at all: runs side by side may write the same entry.
             with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as out:
                 json.dump({"key": key, "lines": lines}, out)
             os.replace(out.name, path)
+    with _CHECKED_LOCK:
+        _CHECKED[key] = lines
     return lines
 
 
@@ -877,15 +886,9 @@ class RoleContainer(DockerContainer):
         if len(self._pending) < len(self._transferable_specs):
             return
         files, self._pending = self._pending, []
-        buffer = io.BytesIO()
-        now = time.time()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for content, destination, file_mode in files:
-                info = tarfile.TarInfo(destination.lstrip("/"))
-                info.size, info.mode, info.mtime = len(content), file_mode, now
-                tar.addfile(info, io.BytesIO(content))
+        archive = fresh_archive((destination.lstrip("/"), content, mode) for content, destination, mode in files)
         wrapped = self.get_wrapped_container()
-        if not wrapped.put_archive(path="/", data=buffer.getvalue()):
+        if not wrapped.put_archive(path="/", data=archive):
             raise InfrastructureError(f"the engine did not take {', '.join(d for _, d, _ in files)} into "
                                       f"{wrapped.name}")
 
