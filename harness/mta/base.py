@@ -147,6 +147,11 @@ class MtaDriver:
 
     # The implementation's own check of a running role's configuration (shell, output on stdout).
     check_command: str = ""
+    # A shell script that makes a running role serve with the configuration and TLS files the harness has
+    # just rewritten in its container (a role whose next scenario changes only its TLS): returns once
+    # every process of the old configuration is gone, or fails saying why. "": the implementation cannot,
+    # and such a role gets a new container instead.
+    reconfigure_command: str = ""
 
     def check(self, run: CommandRunner) -> list[str]:
         """The lines of the implementation's own configuration check that warn or complain."""

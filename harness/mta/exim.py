@@ -68,6 +68,17 @@ class Exim(MtaDriver):
     name = "exim"
     main_file = "exim4.conf"
     check_command = "exim4 -bV 2>&1"
+    # SIGHUP: the daemon re-executes itself and reads the configuration again (a connection it takes
+    # is answered by a process forked from it, with what it read). Back once it has logged its new
+    # start, which it does once it listens again. The daemon runs as Debian-exim, and root has no KILL
+    # capability here: the signal is sent as the daemon's own user.
+    reconfigure_command = (
+        "log=/var/log/exim4/mainlog; n=$(grep -c 'daemon started' $log); pid=$(cat /run/exim4/exim.pid); "
+        "uid=$(awk '/^Uid:/{print $2}' /proc/$pid/status); gid=$(awk '/^Gid:/{print $2}' /proc/$pid/status); "
+        "setpriv --reuid=$uid --regid=$gid --clear-groups sh -c \"kill -HUP $pid\" || exit 1; i=0; "
+        "until [ \"$(grep -c 'daemon started' $log)\" -gt \"$n\" ]; do i=$((i + 1)); "
+        "[ $i -lt 500 ] || { echo 'the exim daemon did not start again within 10 s of SIGHUP' >&2; exit 1; }; "
+        "sleep 0.02; done")
     config_target = "/etc/exim4/"
     settings_file = "settings.conf"
     settings_style = "macros"

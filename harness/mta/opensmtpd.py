@@ -60,6 +60,9 @@ class OpenSmtpd(MtaDriver):
     name = "opensmtpd"
     main_file = "smtpd.conf"
     check_command = "smtpd -n -f /etc/smtpd/smtpd.conf 2>&1"
+    # A new smtpd, which reads the configuration and certificates (compose/opensmtpd/mta-reset; its spool,
+    # already emptied by the reset, stays empty).
+    reconfigure_command = "mta-reset"
     config_target = "/etc/smtpd/"
     # smtpd's privilege-separated processes chroot (SYS_CHROOT) and run as opensmtpd/opensmtpq, delivery as
     # vmail (SETUID, SETGID); mta-reset (root) empties a spool owned by opensmtpq (DAC_OVERRIDE).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import io
 import ipaddress
@@ -33,7 +34,7 @@ from harness.dns.dnssec import ZoneSigner
 from harness.dns.preflight import wait_until_resolving
 from harness.dns.zones import NS_HOST
 from harness.errors import ConfigurationError, ContainerExitedError, InfrastructureError
-from harness.mta.base import COMPLAINT, TLS_CA, TLS_CERT, TLS_KEY, TlsOffer
+from harness.mta.base import COMPLAINT, TLS_CA, TLS_CERT, TLS_DIR, TLS_KEY, TlsOffer
 from harness.report.progress import Progress
 from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE, UNREACHABLE_ROLE, Dnssec, MtaSts, RoleTls
 from harness.tls.ca import Credentials, RunTls
@@ -522,14 +523,12 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
     labels = run_labels(topology.run_id, keep=topology.kept)
     network = topology.network
     assert network is not None, "create_network() first"
-    # With dnssec: the validating resolver, asked directly, and glibc told to keep its AD bit.
     resolving = RESOLVER_ROLE if RESOLVER_ROLE in topology.hosts else DNS_ROLE
     dns = topology.address(resolving) if resolving in topology.hosts else None
     started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=dns, tls=topology.tls,
                           credentials=topology.credentials.get(h.role),
                           gated_command=image_command(topology.client, images[h.role]))
                for h in hosts]
-    direct = resolver_conf(dns) if dns is not None else None
     for host in started:
         topology.hosts[host.role] = host
 
@@ -539,19 +538,7 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
         driver = plan_host.mta
         assert driver is not None
         # Before any client can connect (the greeting is waited for below), in order:
-        commands: list[list[str]] = []
-        if direct is not None:
-            # Docker's embedded resolver (127.0.0.11) answers the containers' host names itself, from
-            # the aliases the engine gives every endpoint (mx.example.test: TTL 600, no RRSIG, no AD),
-            # whatever the scenario's DNS says about them; a record or dns_fault for a role's host name
-            # would be silently ignored, and a DANE lookup of an MX host could never be secure
-            # (docs/dane-notes.md). So every MTA asks the scenario's server (or resolver) directly. glibc
-            # rereads a changed resolv.conf; Docker leaves one changed inside the container alone.
-            commands.append(["sh", "-c", f"printf '%s' '{direct}' > /etc/resolv.conf"])
-        # Companions of the MTA that resolve names start once resolv.conf says where to ask.
-        commands += driver.started_commands(plan_host.tls_offer)
-        if plan_host.tls is not None and driver.tls_key_owner is not None:
-            commands.append(["chown", driver.tls_key_owner, TLS_KEY])
+        commands = _setup_commands(topology, plan_host)
         host.setup_commands = tuple(tuple(c) for c in commands)
         setup_problem: InfrastructureError | None = None
         for command in commands:
@@ -575,13 +562,106 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
             raise configuration_error(plan_host, exc.log.splitlines(), str(exc)) from exc
         if setup_problem is not None:
             raise setup_problem
-        host.check_warnings = _checked(host, plan_host)
-        if any(_FATAL.search(line) for line in host.check_warnings):
-            raise configuration_error(plan_host, list(host.check_warnings),
-                                      f"{host.role}: {driver.name}'s own configuration check failed")
+        _check(host, plan_host)
 
     with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
         list(pool.map(start_one, zip(started, hosts, strict=True)))
+
+
+def _setup_commands(topology: Topology, plan_host: HostPlan) -> list[list[str]]:
+    """What runs in a role's container once it has started, before its greeting is waited for."""
+    driver = plan_host.mta
+    assert driver is not None
+    # With dnssec: the validating resolver, asked directly, and glibc told to keep its AD bit.
+    resolving = RESOLVER_ROLE if RESOLVER_ROLE in topology.hosts else DNS_ROLE
+    commands: list[list[str]] = []
+    if resolving in topology.hosts:
+        # Docker's embedded resolver (127.0.0.11) answers the containers' host names itself, from
+        # the aliases the engine gives every endpoint (mx.example.test: TTL 600, no RRSIG, no AD),
+        # whatever the scenario's DNS says about them; a record or dns_fault for a role's host name
+        # would be silently ignored, and a DANE lookup of an MX host could never be secure
+        # (docs/dane-notes.md). So every MTA asks the scenario's server (or resolver) directly. glibc
+        # rereads a changed resolv.conf; Docker leaves one changed inside the container alone.
+        direct = resolver_conf(topology.address(resolving))
+        commands.append(["sh", "-c", f"printf '%s' '{direct}' > /etc/resolv.conf"])
+    # Companions of the MTA that resolve names start once resolv.conf says where to ask.
+    commands += driver.started_commands(plan_host.tls_offer)
+    if plan_host.tls is not None and driver.tls_key_owner is not None:
+        commands.append(["chown", driver.tls_key_owner, TLS_KEY])
+    return commands
+
+
+def _check(host: Host, plan_host: HostPlan) -> None:
+    """The implementation's own check of ``host``'s configuration kept with it; a fatal line is the
+    configuration's error."""
+    assert plan_host.mta is not None
+    host.check_warnings = _checked(host, plan_host)
+    if any(_FATAL.search(line) for line in host.check_warnings):
+        raise configuration_error(plan_host, list(host.check_warnings),
+                                  f"{host.role}: {plan_host.mta.name}'s own configuration check failed")
+
+
+def reconfigurable(old: HostPlan, new: HostPlan) -> bool:
+    """Whether a role's running container, made from ``old``, can serve ``new`` in place: only the TLS
+    differs (certificate, require, outbound policy, TLSA), and the implementation can reload it. Settings
+    and configuration directories can say anything (a listening address, a queue directory), so a role
+    whose settings change gets a new container."""
+    return (new.mta is not None and old.mta is new.mta and bool(new.mta.reconfigure_command)
+            and dataclasses.replace(old, tls=new.tls) == new)
+
+
+def rewritten_files(old: HostPlan, new: HostPlan) -> tuple[dict[str, bytes], list[str]]:
+    """What turns the configuration of a container made from ``old`` into ``new``'s: the files to write
+    (generated for ``new``, or the role directory's own where only ``old`` generated one) and the files
+    to delete (generated for ``old`` only, not in the role directory), by name under the configuration
+    target."""
+    assert new.mta is not None and new.config_dir is not None and old.config_dir is not None
+    before = new.mta.role_files(old.config_dir, old.settings, old.tls_offer)
+    after = new.mta.role_files(new.config_dir, new.settings, new.tls_offer)
+    files = {name: content for name, content in after.items() if before.get(name) != content}
+    removed = []
+    for name in sorted(before.keys() - after.keys()):
+        original = new.config_dir / name
+        if original.is_file():
+            files[name] = original.read_bytes()
+        else:
+            removed.append(name)
+    return files, removed
+
+
+def reconfigure_role(topology: Topology, old: HostPlan, new: HostPlan) -> None:
+    """``new`` (``reconfigurable`` from ``old``) on the role's running container: the configuration files
+    that differ rewritten, a certificate of its own from the run's CA (as a new container gets), the
+    implementation's own reload, the set-up for ``new`` (a policy daemon), and back once it greets and
+    its configuration check has said its piece. The container, its address, capture companion and mail
+    watch stay. Raises InfrastructureError (ConfigurationError) when any of it fails."""
+    driver = new.mta
+    assert driver is not None and reconfigurable(old, new)
+    host = topology.hosts[new.role]
+    files, removed = rewritten_files(old, new)
+    if files:
+        host.put_files(driver.config_target, files)
+    if removed:
+        _run_checked(host, ["rm", "-f", *(driver.config_target.rstrip("/") + "/" + name for name in removed)])
+    if new.tls is None:
+        topology.credentials.pop(new.role, None)
+        _run_checked(host, ["rm", "-rf", TLS_DIR])
+    else:
+        issue_credentials(topology, new)
+        credentials, tls = topology.credentials[new.role], topology.tls
+        assert tls is not None
+        _run_checked(host, ["mkdir", "-p", TLS_DIR])
+        host.put_files(TLS_DIR, {Path(TLS_CERT).name: credentials.cert_pem, Path(TLS_KEY).name: credentials.key_pem,
+                                 Path(TLS_CA).name: tls.ca_pem})
+        # As a new container has it (the set-up gives it to the implementation's key owner, if any).
+        _run_checked(host, ["chmod", "600", TLS_KEY])
+    _run_checked(host, ["sh", "-c", driver.reconfigure_command])
+    host.setup_commands = tuple(tuple(c) for c in _setup_commands(topology, new))
+    redo_setup(host)
+    wait_for_greeting(host.address, driver.ready_code(new.base_role), what=f"{host.role} ({host.hostname})",
+                      timeout_s=READY_TIMEOUT_S, logs=lambda: host.logs(tail=20),
+                      container=host.container.get_wrapped_container())
+    _check(host, new)
 
 
 # An implementation's own configuration check gives the same lines for every container made from one

@@ -1,9 +1,12 @@
 """A shared topology changed between two scenarios by replacing just the roles whose configuration
-the next scenario changes (``SharedTopology._replace``): the changed role runs as the scenario says,
-the unchanged ones keep their containers, and the scenario after it finds the standard role again."""
+the next scenario changes (``SharedTopology._replace``), or by reconfiguring a role in its own
+container when only its TLS changes (``SharedTopology._reconfigure``): the changed role runs as the
+scenario says, the unchanged ones keep their containers, and the scenario after it finds the standard
+role again."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,8 +22,9 @@ from harness.expect.results import CONFIG_ERROR, PASSED
 from harness.plan import plan_scenario
 from harness.runner import RunContext, ScenarioSequence
 from harness.scenario.loader import load_scenario
-from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE
+from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE, RoleTls
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL
+from harness.topology.topology import reconfigure_role
 
 from .conftest import SCENARIOS
 
@@ -48,6 +52,19 @@ steps:
       expect: {ehlo: {code: 250, text: STARTTLS}, mail: 530}
 """
 
+# Settings can say anything (a listening address, a queue directory): the role gets a new container.
+MX_SETTINGS = """\
+name: mx with a setting of its own
+description: only mx changes; it takes mail as before
+roles:
+  mx:
+    settings:
+      postfix: {message_size_limit: "20480000"}
+      exim: {RETRY_INTERVAL: 20s}
+steps:
+  - smtp: {host: mx, mail_from: alice@origin.test, rcpt_to: bob@example.test, expect: {mail: 250, data: 354}}
+"""
+
 # Postfix refuses to start with a queue directory that does not exist (test_start_failure.py).
 RELAY_REFUSED = """\
 name: a relay configuration Postfix refuses
@@ -65,12 +82,12 @@ steps:
 def test_a_role_the_next_scenario_changes_is_replaced_and_the_others_are_kept(
         run_context: RunContext, tmp_path: Path, mta: str) -> None:
     plain = load_scenario(_write(tmp_path, "plain.yaml", PLAIN))
-    tls = load_scenario(_write(tmp_path, "tls.yaml", MX_REQUIRES_TLS))
+    changed = load_scenario(_write(tmp_path, "settings.yaml", MX_SETTINGS))
     sequence = ScenarioSequence(run_context)
     containers: list[dict[str, str]] = []
     try:
         results = []
-        for scenario in (plain, tls, plain):
+        for scenario in (plain, changed, plain):
             results.append(sequence.run(scenario, mta))
             assert sequence.shared is not None
             containers.append({role: h.container_id for role, h in sequence.shared.topology.hosts.items()})
@@ -81,13 +98,109 @@ def test_a_role_the_next_scenario_changes_is_replaced_and_the_others_are_kept(
     assert [r.status for r in results] == [PASSED] * 3, [(r.name, r.error, r.failures) for r in results]
     # One topology throughout: a new one per configuration would pass too, and is what this avoids.
     assert len({r.run_id for r in results}) == 1, [r.run_id for r in results]
-    # mx replaced twice (TLS required, then the standard mx again); nothing else touched.
+    # mx replaced twice (its setting, then the standard mx again); nothing else touched.
     assert len({c["mx"] for c in containers}) == 3, containers
     for role in ("dns", "relay", "nomail"):
         assert len({c[role] for c in containers}) == 1, (role, containers)
     # The new mx has a capture companion (the last scenario's hop was read from it) and a mail watch.
     assert watching == {"mx": True, "relay": True, "nomail": True}, watching
     assert captured == ["mx", "nomail", "relay"], captured
+
+
+@pytest.mark.parametrize("mta", ["postfix", "exim", "opensmtpd"])
+def test_a_role_whose_tls_alone_changes_is_reconfigured_in_its_own_container(
+        run_context: RunContext, tmp_path: Path, mta: str) -> None:
+    """plain, mx requiring STARTTLS, plain: mx keeps its container, and each scenario sees what it asks
+    for (the second one fails if mx still takes MAIL in clear, the third if it still refuses it)."""
+    plain = load_scenario(_write(tmp_path, "plain.yaml", PLAIN))
+    tls = load_scenario(_write(tmp_path, "tls.yaml", MX_REQUIRES_TLS))
+    sequence = ScenarioSequence(run_context)
+    containers: list[dict[str, str]] = []
+    credentials: list[bytes | None] = []
+    try:
+        results = []
+        for scenario in (plain, tls, plain):
+            results.append(sequence.run(scenario, mta))
+            assert sequence.shared is not None
+            containers.append({role: h.container_id for role, h in sequence.shared.topology.hosts.items()})
+            issued = sequence.shared.topology.credentials.get("mx")
+            credentials.append(issued.cert_pem if issued is not None else None)
+        watching = {role: watch.alive for role, watch in sequence.shared.mail_watches.items()}
+    finally:
+        sequence.close()
+    assert [r.status for r in results] == [PASSED] * 3, [(r.name, r.error, r.failures) for r in results]
+    assert len({r.run_id for r in results}) == 1, [r.run_id for r in results]
+    for role in ("dns", "mx", "relay", "nomail"):
+        assert len({c[role] for c in containers}) == 1, (role, containers)
+    # A certificate of its own while it offers TLS, none after.
+    assert credentials[0] is None and credentials[1] is not None and credentials[2] is None, credentials
+    assert watching == {"mx": True, "relay": True, "nomail": True}, watching
+
+
+@pytest.mark.parametrize("mta", ["postfix", "exim", "opensmtpd"])
+def test_no_process_of_the_old_configuration_answers_after_a_reconfiguration(
+        run_context: RunContext, tmp_path: Path, mta: str) -> None:
+    """A session just before the change leaves an smtpd of the old configuration idle (Postfix keeps one
+    100 s for the next connection): after ``reconfigure_role`` the next session is answered with the new
+    one (STARTTLS offered, MAIL in clear refused), whichever process takes it."""
+    sequence = ScenarioSequence(run_context)
+    try:
+        first = sequence.run(load_scenario(_write(tmp_path, "plain.yaml", PLAIN)), mta)
+        shared = sequence.shared
+        assert shared is not None
+        mx = shared.topology.hosts["mx"]
+        before = _session(mx.address)
+        old = shared.roles["mx"]
+        reconfigure_role(shared.topology, old, replace(old, tls=RoleTls("mx", "valid", require=True)))
+        after = _session(mx.address)
+    finally:
+        sequence.close()
+    assert first.status == PASSED, (first.error, first.failures)
+    assert "STARTTLS" not in before[0] and before[1].startswith("250"), before
+    assert "STARTTLS" in after[0] and after[1].startswith("530"), after
+
+
+def _session(address: str) -> tuple[str, str]:
+    """The EHLO reply and the reply to MAIL of one session in clear with ``address``."""
+    with socket.create_connection((address, 25), timeout=10) as sock:
+        replies = sock.makefile("rb")
+
+        def reply() -> str:
+            lines = [replies.readline().decode()]
+            while lines[-1][3:4] == "-":
+                lines.append(replies.readline().decode())
+            return "".join(lines)
+
+        reply()
+        sock.sendall(b"EHLO client.test\r\n")
+        ehlo = reply()
+        sock.sendall(b"MAIL FROM:<alice@origin.test>\r\n")
+        mail = reply()
+        sock.sendall(b"QUIT\r\n")
+        reply()
+    return ehlo, mail
+
+
+def test_a_certificate_changed_in_place_is_the_one_the_next_scenario_sees(
+        run_context: RunContext) -> None:
+    """29 (mx's certificate expired: deferred) then 30 (valid: delivered, verified) on one Postfix topology:
+    mx keeps its container and serves each scenario's certificate (30 fails on the expired one, 29 passes
+    only on it)."""
+    expired, valid = (load_scenario(SCENARIOS / name) for name in (
+        "29-relay-verify-expired-certificate-deferred.yaml", "30-relay-verify-valid-certificate-delivered.yaml"))
+    sequence = ScenarioSequence(run_context)
+    containers: list[str] = []
+    try:
+        results = []
+        for scenario in (expired, valid, expired):
+            results.append(sequence.run(scenario, "postfix"))
+            assert sequence.shared is not None
+            containers.append(sequence.shared.topology.hosts["mx"].container_id)
+    finally:
+        sequence.close()
+    assert [r.status for r in results] == [PASSED] * 3, [(r.name, r.error, r.failures) for r in results]
+    assert len({r.run_id for r in results}) == 1, [r.run_id for r in results]
+    assert len(set(containers)) == 1, containers
 
 
 def test_a_replacement_the_mta_refuses_is_reported_and_replaced_by_the_next_scenario(
