@@ -5,14 +5,16 @@ role's own words, and nothing of the old topology is left."""
 from __future__ import annotations
 
 import io
+import socket
 
 import docker
 
 from harness.expect.results import PASSED
 from harness.report.progress import Progress
-from harness.runner import RunContext, ScenarioSequence
+from harness.runner import RunContext, ScenarioSequence, _reset
 from harness.scenario.loader import load_scenario
 from harness.topology.labels import RUN_LABEL
+from harness.topology.topology import Host
 
 from .conftest import SCENARIOS
 
@@ -44,3 +46,35 @@ def test_a_topology_that_cannot_be_reset_is_replaced_and_the_cause_said(
         assert engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={old}"}) == []
     finally:
         sequence.close()
+
+
+def test_a_postfix_reset_ends_every_daemon_that_takes_mail_or_keeps_state(run_context: RunContext) -> None:
+    """qmgr (dead destinations, backoff), the connection cache and an idle smtpd of the last scenario are
+    gone once the reset returns; new ones run for the next."""
+    sequence = ScenarioSequence(run_context)
+    try:
+        assert sequence.run(load_scenario(SCENARIOS / "02-relay-354.yaml"), "postfix").status == PASSED
+        assert sequence.shared is not None
+        relay = sequence.shared.topology.hosts["relay"]
+        with socket.create_connection((relay.address, 25), timeout=10) as sock:
+            sock.recv(512)  # the greeting: an smtpd runs, and stays idle after the session for the next
+            sock.sendall(b"QUIT\r\n")
+            sock.recv(512)
+        before = _daemons(relay)
+        _reset(relay)
+        after = _daemons(relay)
+    finally:
+        sequence.close()
+    assert {"qmgr", "smtpd"} <= set(before.values()), before
+    assert "qmgr" in after.values(), after
+    assert not before.keys() & after.keys(), (before, after)
+
+
+def _daemons(host: Host) -> dict[str, str]:
+    """Postfix master's daemons that take mail or keep state, pid -> name."""
+    script = ("for p in /proc/[0-9]*; do read -r pid comm state ppid rest < $p/stat 2>/dev/null || continue; "
+              "[ $ppid = 1 ] && [ $state != Z ] && echo $pid $comm; done")
+    out = host.shell.run(["sh", "-c", script]).stdout.decode()
+    names = {"smtpd", "qmgr", "scache", "tlsmgr", "pickup", "anvil"}
+    return {pid: comm.strip("()") for pid, comm in (line.split() for line in out.splitlines())
+            if comm.strip("()") in names}
