@@ -1,7 +1,9 @@
 """Which topology runs which (scenario, implementation) pair, and when: no I/O, only the plan.
 
-Pairs that can share a topology (``sharing_key``) form a group; in a group the pairs of one exact
-topology (``topology_key``) run one after another, so a role is replaced once per change of plan.
+Pairs that can share a topology (``sharing_key``) form a group; in a group the pairs of the same
+containers (``container_key``) run one after another, and among them those of one exact topology
+(``topology_key``), so a role is replaced once per change of containers and reconfigured once per
+change of TLS.
 ``Schedule`` hands groups to the run's job slots, the longest (estimated) first. A slot with no group
 left does not idle while another slot still has a long queue: it takes the back part of the queue
 with the most work left and runs it on a topology of its own. Which topology runs a pair does not
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from harness.scenario.model import Scenario
-from harness.shard import key_text, sharing_key, topology_key
+from harness.shard import container_key, key_text, sharing_key, topology_key
 
 Pair = tuple[Scenario, str]
 
@@ -29,6 +31,7 @@ Pair = tuple[Scenario, str]
 # taking the back of a queue onto a new topology would end the run sooner.
 TOPOLOGY_COST_S = 5.0
 REPLACE_COST_S = 2.0  # SharedTopology._replace: a new container and capture companion, to its greeting
+RECONFIGURE_COST_S = 1.0  # SharedTopology._reconfigure: a reset, new files and the MTA's reload
 RESET_COST_S = 0.6  # SharedTopology.prepare when no role changes: queues, mailboxes, DNS
 STEP_COST_S = {"fault": 2.0, "dns_fault": 1.5, "dns_change": 1.5}
 
@@ -47,12 +50,14 @@ def estimated_s(scenario: Scenario, mta: str) -> float:
 
 def queue_estimated_s(queue: Sequence[Pair]) -> float:
     """Pairs run one after another on a topology that is already up: a reset before each but the
-    first, a replacement for every change of exact topology, and the scenarios themselves."""
+    first, a replacement for every change of containers, a reconfiguration for every other change of
+    exact topology (TLS alone), and the scenarios themselves."""
     if not queue:
         return 0.0
-    changes = sum(1 for a, b in pairwise(queue) if topology_key(*a) != topology_key(*b))
-    return (REPLACE_COST_S * changes + RESET_COST_S * (len(queue) - 1 - changes)
-            + sum(estimated_s(s, m) for s, m in queue))
+    replaced = sum(1 for a, b in pairwise(queue) if container_key(*a) != container_key(*b))
+    reconfigured = sum(1 for a, b in pairwise(queue) if topology_key(*a) != topology_key(*b)) - replaced
+    return (REPLACE_COST_S * replaced + RECONFIGURE_COST_S * reconfigured
+            + RESET_COST_S * (len(queue) - 1 - replaced - reconfigured) + sum(estimated_s(s, m) for s, m in queue))
 
 
 def group_estimated_s(group: Sequence[Pair]) -> float:
@@ -69,15 +74,19 @@ def longest_first(groups: Sequence[Sequence[Pair]]) -> list[int]:
 
 def groups_of(pairs: Sequence[Pair], *, fresh: bool) -> list[list[Pair]]:
     """Pairs sharing a topology (``sharing_key``), in the order their first pair appears; each pair
-    alone when fresh. In a group, the pairs of one exact topology (``topology_key``) run one after
-    another, in the order the first of each appears, so a role is replaced once per change of plan."""
+    alone when fresh. In a group, the pairs of the same containers (``container_key``) run one after
+    another, and among them those of one exact topology (``topology_key``), each in the order the first
+    of each appears: a role is replaced once per change of containers, reconfigured once per change of
+    its TLS."""
     if fresh:
         return [[pair] for pair in pairs]
-    groups: dict[str, dict[str, list[Pair]]] = {}
+    groups: dict[str, dict[str, dict[str, list[Pair]]]] = {}
     for scenario, mta in pairs:
-        variants = groups.setdefault(key_text(sharing_key(scenario, mta)), {})
+        containers = groups.setdefault(key_text(sharing_key(scenario, mta)), {})
+        variants = containers.setdefault(key_text(container_key(scenario, mta)), {})
         variants.setdefault(key_text(topology_key(scenario, mta)), []).append((scenario, mta))
-    return [[pair for variant in variants.values() for pair in variant] for variants in groups.values()]
+    return [[pair for variants in containers.values() for variant in variants.values() for pair in variant]
+            for containers in groups.values()]
 
 
 @dataclass

@@ -110,6 +110,13 @@ def topology_key(scenario: Scenario, mta: str) -> TopologyKey:
 _FIXED_AT_START = frozenset({"dnssec"})
 
 
+def container_key(scenario: Scenario, mta: str) -> TopologyKey:
+    """``topology_key`` without the roles' TLS: scenarios with one container key run on the same
+    containers, a change of TLS alone being made in them (``SharedTopology._reconfigure``)."""
+    implementation, roles = topology_key(scenario, mta)
+    return implementation, tuple(r for r in roles if not r[0].startswith("tls:"))
+
+
 def sharing_key(scenario: Scenario, mta: str) -> TopologyKey:
     """What decides the topology a scenario can share: ``topology_key`` without its roles (a standard
     role's configuration directory, settings, TLS or other implementation; an added role) and its
