@@ -41,7 +41,7 @@ from harness.report.progress import Progress
 from harness.runner import RunContext, bring_up, default_jobs, implementations_for, run_all
 from harness.scenario.loader import load_scenario, load_scenarios
 from harness.scenario.model import Scenario, SmtpSessionStep
-from harness.shard import topology_key
+from harness.shard import container_key, topology_key
 from harness.smtp.client import run_session
 from harness.smtp.message import render_message
 from harness.topology.engine import ensure_engine
@@ -281,9 +281,13 @@ def run_matrix(ctx: RunContext, scenarios: Sequence[Scenario], mtas: Sequence[st
         members = [by_pair[(s.path.stem, m)] for s, m in group if (s.path.stem, m) in by_pair]
         scenario_time = sum(r["duration_s"] for r in members)
         entry: dict[str, Any] = {"mta": group[0][1], "scenarios": [s.path.stem for s, _ in group],
-                                 # Changes of exact topology in the group: a role replaced for each.
+                                 # Changes of containers in the group (a role replaced for each), and
+                                 # changes of TLS alone (a role reconfigured in its container).
                                  "replacements": sum(1 for a, b in pairwise(group)
-                                                     if topology_key(*a) != topology_key(*b)),
+                                                     if container_key(*a) != container_key(*b)),
+                                 "reconfigurations": sum(1 for a, b in pairwise(group)
+                                                         if container_key(*a) == container_key(*b)
+                                                         and topology_key(*a) != topology_key(*b)),
                                  "scenario_time_s": round(scenario_time, 3),
                                  "finished_at_s": max((r["finished_at_s"] for r in members), default=None)}
         if members:
@@ -581,7 +585,9 @@ def table(doc: dict[str, Any]) -> str:
             if between:
                 gaps = sum(len(g["scenarios"]) - 1 for g in members)
                 replaced = sum(g.get("replacements", 0) for g in members)
-                lines.append(f"       between their scenarios (reset, DNS, {replaced} role replacements): "
+                reconfigured = sum(g.get("reconfigurations", 0) for g in members)
+                lines.append(f"       between their scenarios (reset, DNS, {replaced} role replacements, "
+                             f"{reconfigured} reconfigurations): "
                              f"{' '.join(f'{b:.0f}' for b in between)} s, {sum(between) / gaps:.2f} s per scenario")
     samples = doc.get("floor_samples")
     if samples:
