@@ -523,8 +523,7 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
     labels = run_labels(topology.run_id, keep=topology.kept)
     network = topology.network
     assert network is not None, "create_network() first"
-    resolving = RESOLVER_ROLE if RESOLVER_ROLE in topology.hosts else DNS_ROLE
-    dns = topology.address(resolving) if resolving in topology.hosts else None
+    dns = _name_server(topology)
     started = [_container(network, h, images[h.role], addresses[h.role], labels, dns=dns, tls=topology.tls,
                           credentials=topology.credentials.get(h.role),
                           gated_command=image_command(topology.client, images[h.role]))
@@ -535,8 +534,6 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
     def start_one(pair: tuple[Host, HostPlan]) -> None:
         host, plan_host = pair
         host.container.start()
-        driver = plan_host.mta
-        assert driver is not None
         # Before any client can connect (the greeting is waited for below), in order:
         commands = _setup_commands(topology, plan_host)
         host.setup_commands = tuple(tuple(c) for c in commands)
@@ -549,17 +546,7 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
                 # words; only a running one whose set-up failed is this error.
                 setup_problem = exc
                 break
-        host.ready_code = driver.ready_code(plan_host.base_role)
-        # The container's state is watched too: one that exits while starting (a configuration the
-        # MTA refuses) is reported at once with its exit code and last log lines, not after the bound.
-        try:
-            wait_for_greeting(host.address, driver.ready_code(plan_host.base_role),
-                              what=f"{host.role} ({host.hostname})", timeout_s=READY_TIMEOUT_S,
-                              logs=lambda: host.logs(tail=20), container=host.container.get_wrapped_container())
-        except ContainerExitedError as exc:
-            if exc.container_exit_code is None or exc.container_exit_code >= 128:
-                raise  # killed (a signal, out of memory) or removed: not the configuration's doing
-            raise configuration_error(plan_host, exc.log.splitlines(), str(exc)) from exc
+        _await_greeting(host, plan_host)
         if setup_problem is not None:
             raise setup_problem
         _check(host, plan_host)
@@ -568,27 +555,49 @@ def start_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[s
         list(pool.map(start_one, zip(started, hosts, strict=True)))
 
 
+def _await_greeting(host: Host, plan_host: HostPlan) -> None:
+    """Until ``host``'s MTA greets with its role's ready code. The container's state is watched too: one
+    that exits meanwhile (a configuration the MTA refuses) is reported at once with its exit code and
+    last log lines, as the configuration's error, not after the bound."""
+    assert plan_host.mta is not None
+    host.ready_code = plan_host.mta.ready_code(plan_host.base_role)
+    try:
+        wait_for_greeting(host.address, host.ready_code, what=f"{host.role} ({host.hostname})",
+                          timeout_s=READY_TIMEOUT_S, logs=lambda: host.logs(tail=20),
+                          container=host.container.get_wrapped_container())
+    except ContainerExitedError as exc:
+        if exc.container_exit_code is None or exc.container_exit_code >= 128:
+            raise  # killed (a signal, out of memory) or removed: not the configuration's doing
+        raise configuration_error(plan_host, exc.log.splitlines(), str(exc)) from exc
+
+
 def _setup_commands(topology: Topology, plan_host: HostPlan) -> list[list[str]]:
     """What runs in a role's container once it has started, before its greeting is waited for."""
     driver = plan_host.mta
     assert driver is not None
-    # With dnssec: the validating resolver, asked directly, and glibc told to keep its AD bit.
-    resolving = RESOLVER_ROLE if RESOLVER_ROLE in topology.hosts else DNS_ROLE
+    name_server = _name_server(topology)
     commands: list[list[str]] = []
-    if resolving in topology.hosts:
+    if name_server is not None:
         # Docker's embedded resolver (127.0.0.11) answers the containers' host names itself, from
         # the aliases the engine gives every endpoint (mx.example.test: TTL 600, no RRSIG, no AD),
         # whatever the scenario's DNS says about them; a record or dns_fault for a role's host name
         # would be silently ignored, and a DANE lookup of an MX host could never be secure
         # (docs/dane-notes.md). So every MTA asks the scenario's server (or resolver) directly. glibc
         # rereads a changed resolv.conf; Docker leaves one changed inside the container alone.
-        direct = resolver_conf(topology.address(resolving))
+        direct = resolver_conf(name_server)
         commands.append(["sh", "-c", f"printf '%s' '{direct}' > /etc/resolv.conf"])
     # Companions of the MTA that resolve names start once resolv.conf says where to ask.
     commands += driver.started_commands(plan_host.tls_offer)
     if plan_host.tls is not None and driver.tls_key_owner is not None:
         commands.append(["chown", driver.tls_key_owner, TLS_KEY])
     return commands
+
+
+def _name_server(topology: Topology) -> str | None:
+    """The address the MTAs ask: with dnssec the validating resolver (glibc told to keep its AD bit),
+    else the scenario's DNS server; None before either runs."""
+    resolving = RESOLVER_ROLE if RESOLVER_ROLE in topology.hosts else DNS_ROLE
+    return topology.address(resolving) if resolving in topology.hosts else None
 
 
 def _check(host: Host, plan_host: HostPlan) -> None:
@@ -658,9 +667,7 @@ def reconfigure_role(topology: Topology, old: HostPlan, new: HostPlan) -> None:
     _run_checked(host, ["sh", "-c", driver.reconfigure_command])
     host.setup_commands = tuple(tuple(c) for c in _setup_commands(topology, new))
     redo_setup(host)
-    wait_for_greeting(host.address, driver.ready_code(new.base_role), what=f"{host.role} ({host.hostname})",
-                      timeout_s=READY_TIMEOUT_S, logs=lambda: host.logs(tail=20),
-                      container=host.container.get_wrapped_container())
+    _await_greeting(host, new)
     _check(host, new)
 
 

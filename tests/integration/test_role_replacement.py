@@ -7,8 +7,10 @@ role again."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import dns.message
 import dns.query
@@ -18,15 +20,17 @@ import dns.rdatatype
 import pytest
 
 from harness.dns.served import ServedDns
-from harness.expect.results import CONFIG_ERROR, PASSED
+from harness.expect.results import CONFIG_ERROR, PASSED, ScenarioResult
 from harness.plan import plan_scenario
-from harness.runner import RunContext, ScenarioSequence
+from harness.runner import RunContext, ScenarioSequence, SharedTopology
 from harness.scenario.loader import load_scenario
-from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE, RoleTls
+from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE, RoleTls, Scenario
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL
 from harness.topology.topology import reconfigure_role
 
 from .conftest import SCENARIOS
+
+T = TypeVar("T")
 
 PLAIN = """\
 name: the standard roles
@@ -83,18 +87,11 @@ def test_a_role_the_next_scenario_changes_is_replaced_and_the_others_are_kept(
         run_context: RunContext, tmp_path: Path, mta: str) -> None:
     plain = load_scenario(_write(tmp_path, "plain.yaml", PLAIN))
     changed = load_scenario(_write(tmp_path, "settings.yaml", MX_SETTINGS))
-    sequence = ScenarioSequence(run_context)
-    containers: list[dict[str, str]] = []
-    try:
-        results = []
-        for scenario in (plain, changed, plain):
-            results.append(sequence.run(scenario, mta))
-            assert sequence.shared is not None
-            containers.append({role: h.container_id for role, h in sequence.shared.topology.hosts.items()})
-        watching = {role: watch.alive for role, watch in sequence.shared.mail_watches.items()}
-        captured = sorted(sequence.shared.captures)
-    finally:
-        sequence.close()
+    results, seen = _in_turn(run_context, (plain, changed, plain), mta, lambda shared: (
+        _containers(shared), {role: watch.alive for role, watch in shared.mail_watches.items()},
+        sorted(shared.captures)))
+    containers = [c for c, _, _ in seen]
+    _, watching, captured = seen[-1]
     assert [r.status for r in results] == [PASSED] * 3, [(r.name, r.error, r.failures) for r in results]
     # One topology throughout: a new one per configuration would pass too, and is what this avoids.
     assert len({r.run_id for r in results}) == 1, [r.run_id for r in results]
@@ -114,20 +111,16 @@ def test_a_role_whose_tls_alone_changes_is_reconfigured_in_its_own_container(
     for (the second one fails if mx still takes MAIL in clear, the third if it still refuses it)."""
     plain = load_scenario(_write(tmp_path, "plain.yaml", PLAIN))
     tls = load_scenario(_write(tmp_path, "tls.yaml", MX_REQUIRES_TLS))
-    sequence = ScenarioSequence(run_context)
-    containers: list[dict[str, str]] = []
-    credentials: list[bytes | None] = []
-    try:
-        results = []
-        for scenario in (plain, tls, plain):
-            results.append(sequence.run(scenario, mta))
-            assert sequence.shared is not None
-            containers.append({role: h.container_id for role, h in sequence.shared.topology.hosts.items()})
-            issued = sequence.shared.topology.credentials.get("mx")
-            credentials.append(issued.cert_pem if issued is not None else None)
-        watching = {role: watch.alive for role, watch in sequence.shared.mail_watches.items()}
-    finally:
-        sequence.close()
+
+    def look(shared: SharedTopology) -> tuple[dict[str, str], bytes | None, dict[str, bool]]:
+        issued = shared.topology.credentials.get("mx")
+        return (_containers(shared), issued.cert_pem if issued is not None else None,
+                {role: watch.alive for role, watch in shared.mail_watches.items()})
+
+    results, seen = _in_turn(run_context, (plain, tls, plain), mta, look)
+    containers = [c for c, _, _ in seen]
+    credentials = [cert for _, cert, _ in seen]
+    watching = seen[-1][2]
     assert [r.status for r in results] == [PASSED] * 3, [(r.name, r.error, r.failures) for r in results]
     assert len({r.run_id for r in results}) == 1, [r.run_id for r in results]
     for role in ("dns", "mx", "relay", "nomail"):
@@ -188,16 +181,8 @@ def test_a_certificate_changed_in_place_is_the_one_the_next_scenario_sees(
     only on it)."""
     expired, valid = (load_scenario(SCENARIOS / name) for name in (
         "29-relay-verify-expired-certificate-deferred.yaml", "30-relay-verify-valid-certificate-delivered.yaml"))
-    sequence = ScenarioSequence(run_context)
-    containers: list[str] = []
-    try:
-        results = []
-        for scenario in (expired, valid, expired):
-            results.append(sequence.run(scenario, "postfix"))
-            assert sequence.shared is not None
-            containers.append(sequence.shared.topology.hosts["mx"].container_id)
-    finally:
-        sequence.close()
+    results, containers = _in_turn(run_context, (expired, valid, expired), "postfix",
+                                   lambda shared: shared.topology.hosts["mx"].container_id)
     assert [r.status for r in results] == [PASSED] * 3, [(r.name, r.error, r.failures) for r in results]
     assert len({r.run_id for r in results}) == 1, [r.run_id for r in results]
     assert len(set(containers)) == 1, containers
@@ -313,6 +298,27 @@ def test_a_zone_changed_between_two_scenarios_is_answered_by_the_resolver_at_onc
     assert first.status == PASSED, (first.error, first.failures)
     assert before == {_tlsa(served_tlsa.rdata)}, (before, served_tlsa.rdata)
     assert after == {_tlsa(changed.rdata)}, after
+
+
+def _in_turn(run_context: RunContext, scenarios: Sequence[Scenario], mta: str,
+             look: Callable[[SharedTopology], T]) -> tuple[list[ScenarioResult], list[T]]:
+    """``scenarios`` one after another on one ScenarioSequence, and what ``look`` saw of its topology
+    after each (still running)."""
+    sequence = ScenarioSequence(run_context)
+    results: list[ScenarioResult] = []
+    seen: list[T] = []
+    try:
+        for scenario in scenarios:
+            results.append(sequence.run(scenario, mta))
+            assert sequence.shared is not None
+            seen.append(look(sequence.shared))
+    finally:
+        sequence.close()
+    return results, seen
+
+
+def _containers(shared: SharedTopology) -> dict[str, str]:
+    return {role: h.container_id for role, h in shared.topology.hosts.items()}
 
 
 def _answer(server: str, name: str) -> set[dns.rdata.Rdata]:
