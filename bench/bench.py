@@ -256,6 +256,7 @@ def run_matrix(ctx: RunContext, scenarios: Sequence[Scenario], mtas: Sequence[st
     ctx.fresh, ctx.jobs = fresh, jobs
     finished: dict[tuple[str, str], float] = {}
     t0 = time.perf_counter()
+    cpu_before = cpu_now()
 
     def on_result(r: ScenarioResult) -> None:
         finished[(r.file, r.mta)] = time.perf_counter() - t0
@@ -264,6 +265,7 @@ def run_matrix(ctx: RunContext, scenarios: Sequence[Scenario], mtas: Sequence[st
 
     results = run_all(ctx, scenarios, on_result=on_result, mtas=mtas)
     wall = time.perf_counter() - t0
+    cpu = cpu_spent(cpu_before, cpu_now(), wall)
     rows = []
     for r in results:
         row: dict[str, Any] = {"scenario": Path(r.file).stem, "mta": r.mta, "status": r.status,
@@ -299,7 +301,7 @@ def run_matrix(ctx: RunContext, scenarios: Sequence[Scenario], mtas: Sequence[st
             entry["span_s"] = round(span, 3)
             entry["between_scenarios_s"] = round(max(0.0, span - scenario_time), 3)
         groups.append(entry)
-    return {"wall_s": round(wall, 3), "topologies": len(groups), "pairs": len(rows),
+    return {"wall_s": round(wall, 3), "cpu": cpu, "topologies": len(groups), "pairs": len(rows),
             "passed": sum(1 for r in rows if r["status"] == PASSED), "results": rows, "groups": groups}
 
 
@@ -437,6 +439,46 @@ def engine_load(client: Any) -> dict[str, Any]:
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
+# Where the containers' CPU time is counted: cgroup v1 (this machine's engine), else v2's systemd slice.
+CONTAINER_CPU = (Path("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage"), Path("/sys/fs/cgroup/system.slice/cpu.stat"))
+
+
+def cpu_now() -> dict[str, float | None]:
+    """CPU seconds used so far: the whole machine's (busy: not idle, not waiting for I/O, not stolen
+    by a hypervisor), this process's (the harness, every thread), and the engine's containers' when
+    their cgroup is readable. Differences of two readings say what a part cost."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in stat.readline().split()[1:8])
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    containers: float | None = None
+    v1, v2 = CONTAINER_CPU
+    if v1.is_file():
+        containers = int(v1.read_text()) / 1e9
+    elif v2.is_file():
+        usage = next((line.split()[1] for line in v2.read_text().splitlines() if line.startswith("usage_usec")), None)
+        containers = int(usage) / 1e6 if usage is not None else None
+    return {"machine_busy_s": (user + nice + system + irq + softirq) / ticks,
+            "harness_s": own.ru_utime + own.ru_stime, "containers_s": containers}
+
+
+def cpu_spent(before: dict[str, float | None], after: dict[str, float | None], wall_s: float) -> dict[str, Any]:
+    """What a part cost in CPU seconds, and the shortest wall time that work could take on this
+    machine's CPUs: a run busier than its CPUs can go faster only by doing less work."""
+    spent: dict[str, Any] = {}
+    for key, start in before.items():
+        end = after[key]
+        spent[key] = round(end - start, 2) if end is not None and start is not None else None
+    busy = spent["machine_busy_s"] or 0.0
+    cpus = os.cpu_count() or 1
+    containers = spent["containers_s"]
+    spent["engine_and_kernel_s"] = (round(busy - (spent["harness_s"] or 0.0) - containers, 2)
+                                    if containers is not None else None)
+    spent["min_wall_on_cpus_s"] = round(busy / cpus, 2)
+    spent["busy_share"] = round(busy / (wall_s * cpus), 3) if wall_s > 0 else None
+    return spent
+
+
 class LoadMonitor:
     """Samples, every few seconds, the machine's 1-minute load average and how many containers of other
     harness runs are on the engine, so that a part measured while CI or a test run shared the machine
@@ -560,6 +602,15 @@ def table(doc: dict[str, Any]) -> str:
         lines.append(f"{name:52} {fmt_s(wall):>9} {f'{over_floor:.2f}' if over_floor else '':>8} "
                      f"{f'{over_shared:.2f}' if over_shared else '':>9}   "
                      + (f"{passed}/{total} passed" if passed == total else f"{passed}/{total} PASSED, see below"))
+        cpu = rounds[0].get("cpu")
+        if cpu:
+            parts = [f"harness {cpu['harness_s']:.0f}"]
+            if cpu["containers_s"] is not None:
+                parts += [f"containers {cpu['containers_s']:.0f}",
+                          f"engine and kernel {cpu['engine_and_kernel_s']:.0f}"]
+            lines.append(f"  {'CPU (first run), machine busy':50} {cpu['machine_busy_s']:7.0f} s   "
+                         f"({', '.join(parts)}): {cpu['busy_share'] * 100:.0f} % of {doc['cpu_count']} CPUs, "
+                         f"no less than {fmt_s(cpu['min_wall_on_cpus_s'])} for this work")
     per = doc.get("per_scenario_median_s") or {}
     if per:
         lines += ["", f"{'per scenario, median over implementations':52} {'shared':>9} {'fresh':>8}"]

@@ -350,11 +350,21 @@ class SharedTopology:
         self.zones_for(plan)  # plan.records: the scenario's records, resolved
         self.serve_dns(ServedDns(list(plan.records), signer=self.topology.signer))
 
+    def _written(self, files: Mapping[str, str]) -> list[str]:
+        """The files of ``files`` the dns container does not serve yet, written into it; their names
+        (dns-check then checks just those, and NSD reloads just those zones)."""
+        changed = {name: text.encode() for name, text in files.items() if self.served.get(name) != text}
+        if changed:
+            # Until the reload or restart succeeds, what the container holds is not known: the next
+            # one writes every file again (NSD would otherwise read a file left from a failed one).
+            self.served = {}
+            self.topology.hosts[DNS_ROLE].put_files("/etc/nsd/harness", changed)
+        return sorted(changed)
+
     def _reload_dns(self, files: Mapping[str, str]) -> None:
         """Write ``files`` and have NSD reload its zones: the server never stops answering."""
         dns = self.topology.hosts[DNS_ROLE]
-        dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in files.items()})
-        HostCommands(dns)(["dns-reload"])
+        HostCommands(dns)(["dns-reload", *self._written(files)])
         self.served = dict(files)
 
     def _restart_dns(self, files: Mapping[str, str]) -> None:
@@ -363,9 +373,8 @@ class SharedTopology:
         says). The container, its address and interfaces stay. Back once it answers for its own zone (a
         scenario's zone may be the one that fails on purpose)."""
         dns = self.topology.hosts[DNS_ROLE]
-        dns.put_files("/etc/nsd/harness", {name: text.encode() for name, text in files.items()})
         # Returns once the old servers are gone: no later answer is theirs.
-        HostCommands(dns)(["dns-restart"])
+        HostCommands(dns)(["dns-restart", *self._written(files)])
         try:
             wait_until_answering(dns.address, HARNESS_ZONE, timeout_s=DNS_READY_TIMEOUT_S)
         except ReadinessTimeoutError as exc:

@@ -5,6 +5,8 @@ refuses are reported at once with its words while the old servers go on answerin
 
 from __future__ import annotations
 
+import time
+
 import dns.exception
 import dns.message
 import dns.query
@@ -91,3 +93,59 @@ def test_new_servers_in_the_same_container_and_never_an_answer_from_the_old_ones
     assert "dns-restart" in str(refused.value) and "broken.test" in str(refused.value), str(refused.value)
     assert still == standard
     assert after == before, "the dns container itself was restarted"
+
+
+def _mtimes(dns_host: object) -> dict[str, str]:
+    done = HostCommands(dns_host)(["sh", "-c", "cd /etc/nsd/harness && stat -c '%n %.9Y' *"])  # type: ignore[arg-type]
+    return dict(line.split() for line in done.splitlines())
+
+
+def test_a_reload_writes_and_checks_only_the_changed_zone_and_a_refused_one_is_written_again(
+        run_context: RunContext) -> None:
+    """Only the zone files that changed are written, checked and reread (the others keep their mtime, so
+    NSD does not reload them); a zone file dns-check refuses is reported and the old data served; the
+    next change writes every file again, so nothing the refused change left is ever served."""
+    scenario = load_scenario(SCENARIOS / "01-direct-354.yaml")
+    sequence = ScenarioSequence(run_context)
+    try:
+        first = sequence.run(scenario, "postfix")
+        shared = sequence.shared
+        assert shared is not None
+        plan = plan_scenario(scenario, run_context.compose_dir, mta="postfix")
+        shared.zones_for(plan)
+        server = shared.topology.address(DNS_ROLE)
+        dns_host = shared.topology.hosts[DNS_ROLE]
+        standard = _mx(server)
+        before = _mtimes(dns_host)
+
+        moved = dict(shared.served)
+        moved["example.test.zone"] = moved["example.test.zone"].replace("MX 10 ", "MX 20 ")
+        assert moved["example.test.zone"] != shared.served["example.test.zone"]
+        shared._reload_dns(moved)
+        after_move = _mtimes(dns_host)
+        deadline = time.monotonic() + 5  # NSD reloads in the background
+        while (changed_mx := _mx(server)) == standard and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        broken = dict(shared.served)
+        broken["example.test.zone"] += "this is not a record\n"
+        with pytest.raises(InfrastructureError) as refused:
+            shared._reload_dns(broken)
+        still = _mx(server)
+        forgotten = dict(shared.served)
+
+        shared._reload_dns(moved)  # the same files as before the refused change
+        repaired = _mtimes(dns_host)
+        final_mx = _mx(server)
+    finally:
+        sequence.close()
+    assert first.status == PASSED, (first.error, first.failures)
+    assert [r.replace("10 ", "20 ", 1) for r in standard] == changed_mx, (standard, changed_mx)
+    assert after_move["example.test.zone"] != before["example.test.zone"]
+    untouched = {n for n in before if n != "example.test.zone"}
+    assert untouched and all(after_move[n] == before[n] for n in untouched), (before, after_move)
+    assert "example.test" in str(refused.value), str(refused.value)
+    assert still == changed_mx, "a refused zone file is never served"
+    assert forgotten == {}, "after a refused change the harness no longer knows what the container holds"
+    assert all(repaired[n] != after_move[n] for n in after_move), "every file written again after it"
+    assert final_mx == changed_mx
