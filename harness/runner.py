@@ -38,7 +38,7 @@ from harness.errors import (
 )
 from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, ScenarioResult
 from harness.mta import DRIVERS
-from harness.observe.capture import CAPTURE_IMAGE, start_captures
+from harness.observe.capture import CAPTURE_IMAGE, CaptureError, start_captures
 from harness.observe.hops import CapturedHops
 from harness.observe.mailwatch import MailWatch
 from harness.observe.mtalogs import role_logs
@@ -155,6 +155,9 @@ class SharedTopology:
         self.mail_watches = {h.role: MailWatch(ctx.client, h.container_id, h.role).start() for h in mtas}
         self.mail_events = {role: watch.changed for role, watch in self.mail_watches.items()}
         self.faulted: set[str] = set()  # roles the last scenario's fault steps acted on
+        # Each MTA role's TCP counters just before its last reset: the same counters now mean no TCP to or
+        # from it since, so nothing it holds changed (see _touched). None known: it is reset.
+        self.quiet_at: dict[str, tuple[int, ...]] = {}
         # The plan each MTA role's container was made from; a role whose plan a scenario changes is
         # replaced (a role missing here, one whose replacement failed, is replaced by the next one).
         self.roles = {h.role: h for h in plan.topology.hosts if h.mta is not None}
@@ -183,6 +186,8 @@ class SharedTopology:
         if not self.used:
             self.used = True  # bring_up served this scenario's zones and nothing has run yet
             return
+        # Roles a fault acted on are reset whatever their capture says (a restart starts a new file).
+        faulted = set(self.faulted)
         if self.faulted:
             self._restore(sorted(self.faulted))
             self.faulted = set()
@@ -198,8 +203,17 @@ class SharedTopology:
         # A new container is as a fresh topology's: only the others are reset.
         hosts = [h for h in self.topology.hosts.values()
                  if h.mta is not None and (h.role not in changing or h.role in reloading)]
+        always = faulted | reloading
+
+        def reset(host: Host) -> None:
+            if host.role in always:
+                self.quiet_at.pop(host.role, None)  # reset now and after the next scenario too
+                _reset(host)
+            elif self._touched(host.role):
+                _reset(host)
+
         with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
-            futures = [pool.submit(_reset, h) for h in hosts]
+            futures = [pool.submit(reset, h) for h in hosts]
             if changing or policy_changing:
                 # The resets first: a role still holding the last scenario's message must not hand it to
                 # the new container (which no reset empties), nor look up the next hop's records or
@@ -223,6 +237,24 @@ class SharedTopology:
             for future in [pool.submit(c.forget_neighbours) for role, c in self.captures.items()
                            if role not in changing]:
                 future.result()
+
+    def _touched(self, role: str) -> bool:
+        """Whether ``role`` may hold anything of the scenarios since its last reset. Everything a reset
+        forgets (queued and delivered mail, retry and dead-destination state, idle sessions, an MTA-STS
+        policy cache) comes from mail, and mail reaches or leaves an MTA over TCP: a role whose network
+        namespace counted no TCP connection or segment, on any port, since just before its last reset is
+        as that reset left it. Remembers the counters now, before the reset that follows: what happens
+        during or after it counts next time."""
+        capture = self.captures.get(role)
+        try:
+            now = capture.tcp_activity() if capture is not None else None
+        except CaptureError:
+            now = None
+        before = self.quiet_at.pop(role, None)
+        if now is None:
+            return True
+        self.quiet_at[role] = now
+        return before != now
 
     @staticmethod
     def _policy_of(plan: ScenarioPlan) -> tuple[HostPlan | None, MtaSts | None]:
@@ -303,6 +335,7 @@ class SharedTopology:
         """What observes ``role``'s container let go: its plan, mail watch and capture companion (removed
         before the container whose network namespace it shares)."""
         self.roles.pop(role, None)
+        self.quiet_at.pop(role, None)
         self.mail_watches.pop(role, None)
         self.mail_events.pop(role, None)
         capture = self.captures.pop(role, None)

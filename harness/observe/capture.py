@@ -165,6 +165,25 @@ class HopCapture:
             raise CaptureError(f"`{' '.join(argv)}` in the capture companion of {self.host.role} exited "
                                f"{done.exit_code}: " + (done.stdout + done.stderr).decode("utf-8", "replace").strip())
 
+    def tcp_activity(self) -> tuple[int, ...]:
+        """The TCP counters of the MTA's network namespace (/proc/net/snmp, read from the companion,
+        which shares it): connections opened either way, attempted ones included, and segments in and
+        out, on every port. Unchanged between two readings: no TCP to or from the MTA in between."""
+        try:
+            done = self.shell.run(["cat", "/proc/net/snmp"])
+        except DockerException as exc:
+            raise CaptureError(f"could not read the TCP counters of {self.host.role}: {exc}") from exc
+        rows = [line.split() for line in done.stdout.decode("ascii", "replace").splitlines()
+                if line.startswith("Tcp:")]
+        if done.exit_code != 0 or len(rows) != 2:
+            raise CaptureError(f"no TCP counters for {self.host.role}: "
+                               + (done.stdout + done.stderr).decode("utf-8", "replace").strip()[:200])
+        counters = dict(zip(rows[0][1:], rows[1][1:], strict=False))
+        try:
+            return tuple(int(counters[k]) for k in ("ActiveOpens", "PassiveOpens", "InSegs", "OutSegs"))
+        except (KeyError, ValueError) as exc:
+            raise CaptureError(f"unexpected TCP counters for {self.host.role}: {rows}") from exc
+
     def read_pcaps(self) -> list[bytes]:
         """Every capture file of this companion: those kept from before a restart, then the current one."""
         return [*self.earlier, self.read_pcap()]

@@ -78,3 +78,33 @@ def _daemons(host: Host) -> dict[str, str]:
     names = {"smtpd", "qmgr", "scache", "tlsmgr", "pickup", "anvil"}
     return {pid: comm.strip("()") for pid, comm in (line.split() for line in out.splitlines())
             if comm.strip("()") in names}
+
+
+def _qmgr(host: Host) -> str:
+    return next(pid for pid, name in _daemons(host).items() if name == "qmgr")
+
+
+def test_a_role_is_reset_after_tcp_to_or_from_it_on_any_port_and_only_then(run_context: RunContext) -> None:
+    """Between two scenarios, a role whose network namespace saw no TCP since its last reset keeps its
+    daemons (nothing reached it that a reset would forget); one that saw any, on any port, is reset."""
+    direct = load_scenario(SCENARIOS / "01-direct-354.yaml")  # client -> mx only
+    sequence = ScenarioSequence(run_context)
+    try:
+        for _ in range(2):  # the second run's reset records every role's counters
+            assert sequence.run(direct, "postfix").status == PASSED
+        assert sequence.shared is not None
+        relay, mx = (sequence.shared.topology.hosts[r] for r in ("relay", "mx"))
+        before = _qmgr(relay), _qmgr(mx)
+        assert sequence.run(direct, "postfix").status == PASSED
+        after_quiet = _qmgr(relay), _qmgr(mx)
+        # Not SMTP, not port 25: a connection attempt the relay refuses (its RST is TCP too).
+        with socket.socket() as sock:
+            sock.settimeout(5)
+            assert sock.connect_ex((relay.address, 2525)) != 0
+        assert sequence.run(direct, "postfix").status == PASSED
+        after_knock = _qmgr(relay)
+    finally:
+        sequence.close()
+    assert after_quiet[0] == before[0], "the relay saw no TCP: not reset"
+    assert after_quiet[1] != before[1], "mx took the message: reset"
+    assert after_knock != after_quiet[0], "a TCP segment on another port than 25 counts"
