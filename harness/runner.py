@@ -186,7 +186,8 @@ class SharedTopology:
         if not self.used:
             self.used = True  # bring_up served this scenario's zones and nothing has run yet
             return
-        # Roles a fault acted on are reset whatever their capture says (a restart starts a new file).
+        # Roles a fault acted on are reset whatever their TCP counters say (a restarted container has a
+        # new network namespace, its counters from zero).
         faulted = set(self.faulted)
         if self.faulted:
             self._restore(sorted(self.faulted))
@@ -208,9 +209,9 @@ class SharedTopology:
         def reset(host: Host) -> None:
             if host.role in always:
                 self.quiet_at.pop(host.role, None)  # reset now and after the next scenario too
-                _reset(host)
-            elif self._touched(host.role):
-                _reset(host)
+            elif not self._touched(host.role):
+                return
+            _reset(host)
 
         with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
             futures = [pool.submit(reset, h) for h in hosts]

@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,10 +18,11 @@ import pytest
 
 import harness.topology.topology as topology_module
 from harness.expect.results import ScenarioResult
+from harness.plan import ScenarioPlan, plan_scenario
 from harness.report.files import write_json
 from harness.report.progress import Progress
-from harness.runner import RunContext, default_jobs, implementations_for, run_all
-from harness.scenario.loader import load_scenarios
+from harness.runner import RunContext, ScenarioSequence, SharedTopology, default_jobs, implementations_for, run_all
+from harness.scenario.loader import load_scenario, load_scenarios
 from harness.tls.ca import RunTls
 from harness.topology.engine import ensure_engine
 from harness.topology.images import ImageStore
@@ -54,6 +56,25 @@ class WatchedRunTls(RunTls):
         self.issued.append(role)
         self.held = sorted(str(p.relative_to(self.directory)) for p in self.directory.rglob("*.pem"))
         return credentials
+
+
+@contextmanager
+def scenario_ran(run_context: RunContext, name: str, mta: str = "postfix"
+                 ) -> Iterator[tuple[ScenarioResult, SharedTopology, ScenarioPlan]]:
+    """``scenarios/<name>`` run once on a shared topology: its result, the topology (still running
+    inside the block, removed after it) and the scenario's plan with its records resolved on it, as
+    the scenario's steps see them."""
+    scenario = load_scenario(SCENARIOS / name)
+    sequence = ScenarioSequence(run_context)
+    try:
+        result = sequence.run(scenario, mta)
+        shared = sequence.shared
+        assert shared is not None
+        plan = plan_scenario(scenario, run_context.compose_dir, mta=mta)
+        shared.zones_for(plan)  # plan.records filled
+        yield result, shared, plan
+    finally:
+        sequence.close()
 
 
 @pytest.fixture

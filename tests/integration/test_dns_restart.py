@@ -17,12 +17,10 @@ from harness.dns.served import ServedDns
 from harness.errors import InfrastructureError
 from harness.expect.results import PASSED
 from harness.observe.queue import HostCommands
-from harness.plan import plan_scenario
-from harness.runner import RunContext, ScenarioSequence
-from harness.scenario.loader import load_scenario
+from harness.runner import RunContext
 from harness.topology.topology import DNS_ROLE
 
-from .conftest import SCENARIOS
+from .conftest import scenario_ran
 
 DOMAIN = "example.test."
 
@@ -39,14 +37,7 @@ def _started(host_container: object) -> tuple[str, int]:
 
 
 def test_new_servers_in_the_same_container_and_never_an_answer_from_the_old_ones(run_context: RunContext) -> None:
-    scenario = load_scenario(SCENARIOS / "01-direct-354.yaml")
-    sequence = ScenarioSequence(run_context)
-    try:
-        first = sequence.run(scenario, "postfix")
-        shared = sequence.shared
-        assert shared is not None
-        plan = plan_scenario(scenario, run_context.compose_dir, mta="postfix")
-        shared.zones_for(plan)  # plan.records filled, as the scenario's steps see them
+    with scenario_ran(run_context, "01-direct-354.yaml") as (first, shared, plan):
         server = shared.topology.address(DNS_ROLE)
         dns_host = shared.topology.hosts[DNS_ROLE]
         before = _started(dns_host.container)
@@ -85,8 +76,6 @@ def test_new_servers_in_the_same_container_and_never_an_answer_from_the_old_ones
             shared._restart_dns(broken)
         still = _mx(server)
         after = _started(dns_host.container)
-    finally:
-        sequence.close()
     assert first.status == PASSED, (first.error, first.failures)
     assert lifted == standard
     assert not any(line.split()[-1:] == [standard[0].split()[-1]] for line in at_once.splitlines()), at_once
@@ -105,14 +94,7 @@ def test_a_reload_writes_and_checks_only_the_changed_zone_and_a_refused_one_is_w
     """Only the zone files that changed are written, checked and reread (the others keep their mtime, so
     NSD does not reload them); a zone file dns-check refuses is reported and the old data served; the
     next change writes every file again, so nothing the refused change left is ever served."""
-    scenario = load_scenario(SCENARIOS / "01-direct-354.yaml")
-    sequence = ScenarioSequence(run_context)
-    try:
-        first = sequence.run(scenario, "postfix")
-        shared = sequence.shared
-        assert shared is not None
-        plan = plan_scenario(scenario, run_context.compose_dir, mta="postfix")
-        shared.zones_for(plan)
+    with scenario_ran(run_context, "01-direct-354.yaml") as (first, shared, _):
         server = shared.topology.address(DNS_ROLE)
         dns_host = shared.topology.hosts[DNS_ROLE]
         standard = _mx(server)
@@ -137,8 +119,6 @@ def test_a_reload_writes_and_checks_only_the_changed_zone_and_a_refused_one_is_w
         shared._reload_dns(moved)  # the same files as before the refused change
         repaired = _mtimes(dns_host)
         final_mx = _mx(server)
-    finally:
-        sequence.close()
     assert first.status == PASSED, (first.error, first.failures)
     assert [r.replace("10 ", "20 ", 1) for r in standard] == changed_mx, (standard, changed_mx)
     assert after_move["example.test.zone"] != before["example.test.zone"]

@@ -21,14 +21,13 @@ import pytest
 
 from harness.dns.served import ServedDns
 from harness.expect.results import CONFIG_ERROR, PASSED, ScenarioResult
-from harness.plan import plan_scenario
 from harness.runner import RunContext, ScenarioSequence, SharedTopology
 from harness.scenario.loader import load_scenario
 from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE, RoleTls, Scenario
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL
 from harness.topology.topology import reconfigure_role
 
-from .conftest import SCENARIOS
+from .conftest import SCENARIOS, scenario_ran
 
 T = TypeVar("T")
 
@@ -277,14 +276,7 @@ def test_a_zone_changed_between_two_scenarios_is_answered_by_the_resolver_at_onc
     relay looked up, then changed for the next scenario (a replaced mx's new key), was still answered
     from that cache when the next relay asked, and a valid DANE scenario was deferred as the one before.
     The zones served, the resolver answers the new record at once."""
-    scenario = load_scenario(SCENARIOS / "31-relay-dane-valid-tlsa-delivered.yaml")
-    sequence = ScenarioSequence(run_context)
-    try:
-        first = sequence.run(scenario, "postfix")
-        shared = sequence.shared
-        assert shared is not None
-        plan = plan_scenario(scenario, run_context.compose_dir, mta="postfix")
-        shared.zones_for(plan)
+    with scenario_ran(run_context, "31-relay-dane-valid-tlsa-delivered.yaml") as (first, shared, plan):
         (served_tlsa,) = [r for r in plan.records if r.rtype == "TLSA"]
         resolver = shared.topology.address(RESOLVER_ROLE)
         before = _answer(resolver, served_tlsa.name)  # now in the resolver's cache
@@ -293,8 +285,6 @@ def test_a_zone_changed_between_two_scenarios_is_answered_by_the_resolver_at_onc
         served.change([changed], [])
         shared.serve_dns(served)
         after = _answer(resolver, served_tlsa.name)
-    finally:
-        sequence.close()
     assert first.status == PASSED, (first.error, first.failures)
     assert before == {_tlsa(served_tlsa.rdata)}, (before, served_tlsa.rdata)
     assert after == {_tlsa(changed.rdata)}, after
