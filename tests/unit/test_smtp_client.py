@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -366,6 +367,47 @@ def test_data_refused_goes_to_quit() -> None:
     t = _run_scripted(script, _step())
     assert [c for c, _, _ in _shape(t)] == ["CONNECT", "EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
     assert t.first("DATA") is not None and t.exchanges[4].enhanced == "5.6.0"
+
+
+def _until_quit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Awaitable[None]:
+    """Greets and accepts a transaction, then reads QUIT; what follows is each test's."""
+
+    async def run() -> None:
+        writer.write(b"220 mx ESMTP\r\n")
+        for reply in (EHLO_OK, b"250 ok\r\n", b"250 ok\r\n", b"354 go on\r\n"):
+            await reader.readline()
+            writer.write(reply)
+        while (await reader.readline()) != b".\r\n":
+            pass
+        writer.write(b"250 2.0.0 queued\r\n")
+        assert await reader.readline() == b"QUIT\r\n"
+
+    return run()
+
+
+def test_quit_closes_the_clients_side_so_a_server_holding_its_221_until_then_answers() -> None:
+    # As Exim does: its 221 waits for the client's close (200 ms, then the kernel sends it anyway). This
+    # server never sends it unless the client closes its side: without the half-close the QUIT times out.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _until_quit(reader, writer)
+        assert await reader.read() == b""  # the client's FIN, nothing after QUIT
+        writer.write(b"221 2.0.0 bye\r\n")
+        await writer.drain()
+
+    t = _run_scripted(script, _step(timeout_s=1.0))
+    assert _shape(t)[-2:] == [("END-OF-DATA", 250, "2.0.0"), ("QUIT", 221, "2.0.0")]
+
+
+def test_a_reset_instead_of_a_reply_to_quit_is_recorded_as_such_not_as_221() -> None:
+    # aiosmtplib's execute_command answers a connection lost after QUIT with a "221" of its own.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _until_quit(reader, writer)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+
+    t = _run_scripted(script, _step())
+    assert _shape(t)[-1] == ("QUIT", None, None)
+    assert t.exchanges[-1].text == "connection reset by peer"
 
 
 def test_unparseable_greeting_is_a_failed_connect() -> None:
