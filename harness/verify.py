@@ -71,8 +71,9 @@ from harness.topology.topology import Host, Topology
 
 __all__ = ["ConnectionAttempt", "HopSource", "NoHops", "StepRunner"]
 
-# libpcap's block timeout in tcpdump's default mode (1 s), and a margin: how far a capture can trail.
-CAPTURE_LAG_S = 1.2
+# How far a capture can trail the wire: tcpdump gets each packet as it arrives (--immediate-mode,
+# compose/capture/capture-start; measured 2-4 ms), and is scheduled late on a busy machine.
+CAPTURE_LAG_S = 0.5
 
 _O = TypeVar("_O", bound=Observation)
 HOP_POLL_S = 0.1
@@ -454,9 +455,9 @@ class StepRunner:
                                gone=gone, interval=0.25)
         if observed.attempts:
             return observed
-        # tcpdump gets packets from the kernel in blocks, up to CAPTURE_LAG_S after they crossed the
-        # wire: an attempt made in the last moments before this verdict is only in the file a moment
-        # later. "No connection" is said only once the capture has caught up.
+        # A packet is in the capture file up to CAPTURE_LAG_S after it crossed the wire: an attempt made
+        # in the last moments before this verdict is only in the file a moment later. "No connection" is
+        # said only once the capture has caught up.
         if CANCELLED.wait(CAPTURE_LAG_S):
             raise KeyboardInterrupt("the run was interrupted")
         return look(observed.waited_s)

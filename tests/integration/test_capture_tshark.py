@@ -7,6 +7,7 @@ read by tshark inside the companion itself."""
 from __future__ import annotations
 
 import smtplib
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from harness.runner import RunContext, bring_up
 from harness.smtp.transcript import Transcript
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL, new_run_id, run_labels
 from harness.topology.topology import Topology
+from harness.verify import CAPTURE_LAG_S
 
 from .conftest import COMPOSE
 
@@ -183,3 +185,24 @@ def test_capture_file_is_readable_while_running_and_grows(setup: Setup, relayed:
     after = setup.captures["mx"].read_pcap()
     assert after.startswith(before) and len(after) > len(before)
     assert [(t.hop, t.session) for t in _relay_to_mx(setup, [after])] == [("relay->mx", 1), ("relay->mx", 2)]
+
+
+def test_a_session_is_in_the_capture_file_long_before_the_lag_a_verdict_allows_for(setup: Setup) -> None:
+    # "No connection" is said CAPTURE_LAG_S after the last look (StepRunner.no_connection): the capture
+    # must trail the wire by much less. tcpdump without --immediate-mode took 380-500 ms here.
+    mx = setup.captures["mx"]
+
+    def quits() -> int:
+        sessions = decode_sessions([mx.read_pcap()], names=setup.names, start_wall=setup.start_wall)
+        return sum(1 for t in sessions if t.hop == "client->mx" and (q := t.first("QUIT")) is not None
+                   and q.code == 221)
+
+    before = quits()
+    with socket.create_connection((setup.topology.address("mx"), 25), timeout=10) as conn:
+        conn.recv(512)
+        conn.sendall(b"QUIT\r\n")
+        conn.recv(512)
+    closed = time.monotonic()
+    while quits() == before:
+        assert time.monotonic() - closed < CAPTURE_LAG_S / 2, "the session is not in the capture file yet"
+        time.sleep(0.01)
