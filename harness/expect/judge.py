@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harness.expect.results import Failure
-from harness.expect.smtp import check_session, check_stages, recipients_in
+from harness.expect.smtp import check_session, check_stages
 from harness.observe.dsn import unmatched_fields
 from harness.observe.maildir import header_value, split_message
 from harness.observe.observations import (
@@ -71,8 +71,7 @@ def _hop(index: int, step: HopStep, obs: HopObservation) -> list[Failure]:
             f"session {s} #{n} ({mid or 'no Message-ID'})" for s, n, mid in obs.others) if obs.others else ""
         return [Failure(index, "hop", None, where, f"not seen ({seen}{others})", step.mark, step.hop, step.session)]
     transcript = Transcript(obs.hop, obs.session or 0, list(obs.exchanges), closed=obs.closed)
-    failures = check_stages(index, "hop", step.expect, step.expect_rcpt, recipients_in(transcript), transcript,
-                            step.mark)
+    failures = check_stages(index, "hop", step.expect, step.expect_rcpt, transcript, step.mark)
     if step.tls is not None:
         failures += _hop_tls(index, step, step.tls, obs)
     if step.cleartext is False and obs.in_clear:

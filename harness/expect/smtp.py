@@ -35,15 +35,6 @@ def reply_matches(expectation: ReplyExpectation, exchange: Exchange) -> bool:
     return expectation.text is None or re.search(expectation.text, exchange.text) is not None
 
 
-def find_stage(transcript: Transcript, stage: Stage, recipient: str | None = None) -> Exchange | None:
-    if stage is Stage.EHLO:
-        return transcript.first("EHLO") or transcript.first("HELO")
-    if stage is Stage.RCPT:
-        wanted = (recipient or "").lower()
-        return next((e for e in transcript.all("RCPT") if command_address(e.sent).lower() == wanted), None)
-    return transcript.first(stage.value)
-
-
 def _last_reached(transcript: Transcript) -> str:
     if not transcript.exchanges:
         return "nothing was exchanged"
@@ -51,18 +42,52 @@ def _last_reached(transcript: Transcript) -> str:
     return f"the session ended after {last.command} {last.reply_str()}"
 
 
-def expectations_of(expect: Mapping[Stage, ReplyExpectation], expect_rcpt: Mapping[str, ReplyExpectation],
-                    recipients: Sequence[str]) -> list[tuple[Stage, str | None, ReplyExpectation]]:
-    """(stage, recipient, expectation) in protocol order."""
-    out: list[tuple[Stage, str | None, ReplyExpectation]] = []
+# (what the failure names, the expectation, the exchange that answers it or None: not reached)
+Judged = tuple[str, ReplyExpectation, Exchange | None]
+
+
+def stage_replies(expect: Mapping[Stage, ReplyExpectation], expect_rcpt: Mapping[str, ReplyExpectation],
+                  transcript: Transcript, sent: Sequence[str] | None) -> list[Judged]:
+    """Every reply an expectation judges, in protocol order. EHLO: every EHLO of the session (the one
+    again after STARTTLS too), or the HELO when there was none. RCPT: with ``sent`` (the client's own
+    recipients, named in that order) the i-th RCPT is the i-th recipient's, so two spellings of one
+    address are two replies; without it (a hop, whose recipients are what the wire named) an address's
+    expectation judges every RCPT naming it, case aside, and is "not reached" when none did, and
+    ``rcpt:`` judges every other RCPT, and is "not reached" when the session named none."""
+    out: list[Judged] = []
     for stage in Stage:
         if stage is Stage.RCPT:
-            for rcpt in recipients:
-                exp = expect_rcpt.get(rcpt) or expect.get(Stage.RCPT)
-                if exp is not None:
-                    out.append((stage, rcpt, exp))
+            out += _rcpt_replies(expect.get(stage), expect_rcpt, transcript.all("RCPT"), sent)
         elif stage in expect:
-            out.append((stage, None, expect[stage]))
+            if stage is Stage.EHLO:
+                replies = transcript.all("EHLO") or transcript.all("HELO")
+            else:
+                first = transcript.first(stage.value)
+                replies = [first] if first is not None else []
+            out += [(stage.value, expect[stage], e) for e in replies] or [(stage.value, expect[stage], None)]
+    return out
+
+
+def _rcpt_replies(generic: ReplyExpectation | None, expect_rcpt: Mapping[str, ReplyExpectation],
+                  rcpts: Sequence[Exchange], sent: Sequence[str] | None) -> list[Judged]:
+    if sent is not None:
+        out: list[Judged] = []
+        for i, rcpt in enumerate(sent):
+            exp = expect_rcpt.get(rcpt) or generic
+            reply = rcpts[i] if i < len(rcpts) and command_address(rcpts[i].sent).lower() == rcpt.lower() else None
+            if exp is not None:
+                out.append((f"RCPT <{rcpt}>", exp, reply))
+        return out
+    named = {a.lower() for a in expect_rcpt}
+    out = []
+    for address, exp in expect_rcpt.items():
+        naming = [e for e in rcpts if command_address(e.sent).lower() == address.lower()]
+        out += [(f"RCPT <{address}>", exp, e) for e in naming] or [(f"RCPT <{address}>", exp, None)]
+    if generic is not None:
+        others = [e for e in rcpts if command_address(e.sent).lower() not in named]
+        out += [(f"RCPT <{command_address(e.sent)}>", generic, e) for e in others]
+        if not rcpts:
+            out.append((Stage.RCPT.value, generic, None))
     return out
 
 
@@ -71,31 +96,23 @@ def command_address(sent: str | None) -> str:
     return address_in(sent)
 
 
-def recipients_in(transcript: Transcript) -> list[str]:
-    """The recipients a session named, in order (for hops, whose recipients the scenario did not send)."""
-    return [command_address(e.sent) for e in transcript.all("RCPT")]
-
-
 def check_stages(index: int, kind: str, expect: Mapping[Stage, ReplyExpectation],
-                 expect_rcpt: Mapping[str, ReplyExpectation], recipients: Sequence[str], transcript: Transcript,
-                 mark: Mark) -> list[Failure]:
+                 expect_rcpt: Mapping[str, ReplyExpectation], transcript: Transcript, mark: Mark, *,
+                 sent: Sequence[str] | None = None) -> list[Failure]:
     """A stage never reached is a failure "not reached", never a pass."""
     failures: list[Failure] = []
-    for stage, rcpt, exp in expectations_of(expect, expect_rcpt, recipients):
-        label = stage.value if rcpt is None else f"RCPT <{rcpt}>"
-        exchange = find_stage(transcript, stage, rcpt)
+    for label, exp, exchange in stage_replies(expect, expect_rcpt, transcript, sent):
         if exchange is None:
             failures.append(Failure(index, kind, label, str(exp), f"not reached ({_last_reached(transcript)})",
                                     exp.mark or mark, transcript.hop, transcript.session))
-            continue
-        if not reply_matches(exp, exchange):
+        elif not reply_matches(exp, exchange):
             failures.append(Failure(index, kind, label, str(exp), exchange.reply_str(), exp.mark or mark,
                                     transcript.hop, transcript.session))
     return failures
 
 
 def check_session(index: int, step: SmtpSessionStep, transcript: Transcript) -> list[Failure]:
-    failures = check_stages(index, "smtp", step.expect, step.expect_rcpt, step.rcpt_to, transcript, step.mark)
+    failures = check_stages(index, "smtp", step.expect, step.expect_rcpt, transcript, step.mark, sent=step.rcpt_to)
     if step.expect_tls is not None:
         failures.extend(check_tls(index, step.expect_tls, transcript, step.mark))
     return failures

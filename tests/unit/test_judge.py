@@ -21,6 +21,7 @@ from harness.observe.observations import (
     QueuedMessage,
     QueueObservation,
     SentMessage,
+    SessionObservation,
     observation_from_json,
 )
 from harness.observe.queue import is_bounce_about
@@ -29,11 +30,13 @@ from harness.scenario.model import (
     DeliveryStep,
     HopStep,
     Mark,
+    Message,
     NoBounceStep,
     NoConnectionStep,
     NoDeliveryStep,
     QueueStateStep,
     ReplyExpectation,
+    SmtpSessionStep,
     Stage,
 )
 from harness.smtp.transcript import PENDING_TEXT, Exchange, Transcript
@@ -292,3 +295,58 @@ def test_a_transaction_ended_by_rset_is_complete_only_once_the_rset_has_its_repl
     assert not select_on_hop([in_flight], "relay->mx", _sent()).complete
     settled = select_on_hop([answered], "relay->mx", _sent())
     assert settled.complete and [(e.command, e.code) for e in settled.exchanges][-1] == ("RSET", 250)
+
+
+# --- every reply an expectation names is judged (audit of 2026-12-02) ---------------------------------
+
+def _client(*exchanges: tuple[str, str | None, int]) -> SessionObservation:
+    return SessionObservation("client->relay", 1, tuple(
+        Exchange("client->relay", 1, command, sent, code, None, "") for command, sent, code in exchanges), OURS)
+
+
+def _session_step(rcpt_to: tuple[str, ...], expect: dict[Stage, ReplyExpectation], *,
+                  starttls: bool = False) -> SmtpSessionStep:
+    return SmtpSessionStep("relay", "client.origin.test", "alice@origin.test", rcpt_to, Message((), ""), expect, {},
+                           MARK, starttls=starttls)
+
+
+def test_each_recipient_of_the_client_is_judged_on_its_own_rcpt_also_two_spellings_of_one_address() -> None:
+    # Scenario 18 names bob@ and Bob@: the second RCPT's reply was never judged (both looked up the first).
+    step = _session_step(("bob@example.test", "Bob@example.test"), {Stage.RCPT: ReplyExpectation(250)})
+    obs = _client(("CONNECT", None, 220), ("EHLO", "EHLO c", 250), ("MAIL", "MAIL FROM:<alice@origin.test>", 250),
+                  ("RCPT", "RCPT TO:<bob@example.test>", 250), ("RCPT", "RCPT TO:<Bob@example.test>", 452))
+    assert [(f.stage, f.observed) for f in judge(1, step, obs)] == [("RCPT <Bob@example.test>", "452")]
+    # A recipient the session never named is not reached, whatever the others got.
+    cut = replace(obs, exchanges=obs.exchanges[:4])
+    assert [(f.stage, f.observed.split(" (")[0]) for f in judge(1, step, cut)] == [
+        ("RCPT <Bob@example.test>", "not reached")]
+
+
+def test_the_ehlo_after_starttls_is_judged_too() -> None:
+    step = _session_step(("bob@example.test",), {Stage.EHLO: ReplyExpectation(250)}, starttls=True)
+    obs = _client(("CONNECT", None, 220), ("EHLO", "EHLO c", 250), ("STARTTLS", "STARTTLS", 220),
+                  ("EHLO", "EHLO c", 554))
+    assert [(f.stage, f.observed) for f in judge(1, step, obs)] == [("EHLO", "554")]
+
+
+def _hop_obs(*exchanges: Exchange) -> HopObservation:
+    return HopObservation("relay->mx", 1, None, "connection without a transaction", exchanges, True, ("relay->mx",),
+                          (), True)
+
+
+def test_a_hop_rcpt_expectation_on_a_session_that_named_no_recipient_is_not_reached() -> None:
+    # A 521 greeting, or a session encrypted after STARTTLS: no RCPT to judge is never a pass.
+    obs = _hop_obs(_ex(1, "CONNECT", None, 521, 1.0), _ex(1, "QUIT", "QUIT", None, 1.1))
+    for expect, rcpt in (({Stage.RCPT: ReplyExpectation(250)}, {}), ({}, {"bob@example.test": ReplyExpectation(250)})):
+        failures = judge(2, HopStep("relay->mx", None, expect, rcpt, 15, MARK), obs)
+        assert [f.observed.split(" (")[0] for f in failures] == ["not reached"]
+
+
+def test_a_hop_recipients_expectation_judges_every_rcpt_naming_it_case_aside_and_only_those() -> None:
+    obs = _hop_obs(_ex(1, "CONNECT", None, 220, 1.0), _ex(1, "MAIL", "MAIL FROM:<a@origin.test>", 250, 1.01),
+                   _ex(1, "RCPT", "RCPT TO:<bob@example.test>", 250, 1.02),
+                   _ex(1, "RCPT", "RCPT TO:<carol@example.test>", 550, 1.03))
+    step = HopStep("relay->mx", None, {Stage.RCPT: ReplyExpectation(550)},
+                   {"Bob@Example.test": ReplyExpectation(550), "dave@example.test": ReplyExpectation(550)}, 15, MARK)
+    assert [(f.stage, f.observed.split(" (")[0]) for f in judge(2, step, obs)] == [
+        ("RCPT <Bob@Example.test>", "250"), ("RCPT <dave@example.test>", "not reached")]
