@@ -94,6 +94,7 @@ def build_steps(
     # The smtp step whose message a step checks: for the step itself, and per implementation.
     sources: dict[int, int] = {}
     override_sources: dict[tuple[int, str], int] = {}
+    fixed_ids: dict[str, int] = {}  # a Message-ID the scenario sets itself -> the first step sending it
     for index, raw in enumerate(raw_steps):
         kind, body = next(iter(raw.items()))
         here = ("steps", index, kind)
@@ -105,6 +106,8 @@ def build_steps(
             ids.marks[step_id] = builder.at(*here, "id")
         step, source = builder.step(kind, here, body, scenario_name, ids)
         steps.append(step)
+        if isinstance(step, SmtpSessionStep):
+            _check_own_message_id(builder, step, index, fixed_ids)
         if source is not None:
             sources[index] = source
         for mta, spec in body.get("per_mta", {}).items():
@@ -118,6 +121,24 @@ def build_steps(
             ids.latest_smtp = index
     check_skipped_messages(builder, raw_steps, overrides, sources, override_sources)
     return tuple(steps), overrides
+
+
+def _check_own_message_id(builder: StepBuilder, step: SmtpSessionStep, index: int, fixed: dict[str, int]) -> None:
+    """Every copy, hop, queue entry and DSN is told to be a message's by its Message-ID: two smtp steps
+    sending one (set in ``headers`` or in a message file; the harness makes a unique one otherwise)
+    could each pass on the other's."""
+    message_id = next((value.strip() for name, value in step.message.headers if name.strip().lower() == "message-id"),
+                      None)
+    if message_id is None:
+        return
+    key = message_id.strip("<> ").lower()
+    if key in fixed:
+        where = f"message file {step.message.source_file}" if step.message.source_file else "headers"
+        raise builder.fail(step.mark, f"step {index + 1} sends Message-ID {message_id} (its {where}), as step "
+                           f"{fixed[key] + 1} does: the harness finds a message's copies, hops, queue entries and "
+                           "DSNs by its Message-ID, so each step's message needs its own (leave the header out "
+                           "and the harness makes a unique one)")
+    fixed[key] = index
 
 
 class StepBuilder(RecordBuilder):

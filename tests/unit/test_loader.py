@@ -376,6 +376,11 @@ BAD: dict[str, tuple[str, int, int, str]] = {
     "duplicate step id": (
         HEAD + smtp("      id: a\n") + smtp("      id: a\n"), 13, 11,
         "duplicate step id 'a' (already used at line 8)"),
+    # Copies, hops, queue entries and DSNs are a message's by its Message-ID: one of two would do for the other.
+    "one Message-ID for two messages": (
+        HEAD + smtp("      message: {headers: {Message-ID: '<m@origin.test>'}}\n")
+        + smtp("      message: {headers: {Subject: two, Message-ID: '<M@origin.test> '}}\n"), 9, 5,
+        "step 2 sends Message-ID <M@origin.test> (its headers), as step 1 does"),
     "file with headers": (
         HEAD + smtp("      message: {file: m.eml, body: x}\n"), 8, 17,
         "'file' cannot be combined with 'headers' or 'body'"),
