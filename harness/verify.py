@@ -282,15 +282,22 @@ class StepRunner:
         message = self._message(step.message_of)
         host = self.topology.hosts[step.host]
 
+        def read() -> tuple[DeliveredCopy, ...]:
+            return tuple(DeliveredCopy(m.mailbox, m.path, m.raw)
+                         for m in messages_in(step.host, host.read_tree(MAIL_ROOT))
+                         if same_message_id(m.message_id, message.message_id)
+                         and (step.mailbox is None or m.mailbox == step.mailbox.lower()))
+
         def look(waited: float) -> MailboxObservation:
-            copies = tuple(DeliveredCopy(m.mailbox, m.path, m.raw)
-                           for m in messages_in(step.host, host.read_tree(MAIL_ROOT))
-                           if same_message_id(m.message_id, message.message_id)
-                           and (step.mailbox is None or m.mailbox == step.mailbox.lower()))
+            copies = read()
             still: tuple[str, ...] = ()
             if isinstance(step, DeliveryStep) and step.copies is not None and len(copies) >= step.copies:
-                # "Exactly N" is only known once no MTA of the topology holds the message any more.
+                # "Exactly N" is only known once no MTA of the topology holds the message any more. The
+                # mailbox is read again after the queues: a copy written, and let go of by its queue, after
+                # the first read and before the listing is in the second.
                 still = self._queued_anywhere(message)
+                if not still:
+                    copies = read()
             return MailboxObservation(step.host, step.mailbox, message, copies, waited, still)
 
         def no_copy_pending(obs: MailboxObservation) -> bool:
@@ -304,9 +311,13 @@ class StepRunner:
                            gone=self._nowhere(message), wake=self.mail_events.get(step.host))
 
     def _queued_anywhere(self, message: SentMessage) -> tuple[str, ...]:
-        out = []
-        for host in self._mta_hosts():
-            out += [f"{host.role} {q.summary()}" for q in queue_entries(host, message, "message")]
+        """Where the message is queued; in two rounds of listings in opposite orders, as ``_nowhere``
+        does, so a message handed from one host to the next between two listings is still seen."""
+        hosts = self._mta_hosts()
+        out: list[str] = []
+        for host in [*hosts, *reversed(hosts)]:
+            out += [f"{host.role} {q.summary()}" for q in queue_entries(host, message, "message")
+                    if f"{host.role} {q.summary()}" not in out]
         return tuple(out)
 
     def _mta_hosts(self) -> list[Host]:

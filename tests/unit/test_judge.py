@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -350,3 +351,33 @@ def test_a_hop_recipients_expectation_judges_every_rcpt_naming_it_case_aside_and
                    {"Bob@Example.test": ReplyExpectation(550), "dave@example.test": ReplyExpectation(550)}, 15, MARK)
     assert [(f.stage, f.observed.split(" (")[0]) for f in judge(2, step, obs)] == [
         ("RCPT <Bob@Example.test>", "250"), ("RCPT <dave@example.test>", "not reached")]
+
+
+def test_exactly_n_copies_counts_a_copy_delivered_between_the_mailbox_read_and_the_queue_listing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The mailbox read first (one copy), then the second copy written and its queue entry gone just as the
+    # queues were listed: "one copy, queued nowhere" passed `copies: 1` with two in the mailbox.
+    copy = b"Message-ID: " + OURS.encode() + b"\nFrom: alice@origin.test\n\nhello\n"
+    files = {"mail/example.test/bob/new/1": copy}
+    queued = [True]
+
+    def listing(host: object, message: SentMessage, *subjects: str) -> list[QueuedMessage]:
+        if queued[0]:
+            files["mail/example.test/bob/new/2"] = copy
+            queued[0] = False
+        return []
+
+    class Host:
+        role, mta = "mx", "postfix"
+
+        def read_tree(self, path: str) -> dict[str, bytes]:
+            return dict(files)
+
+    monkeypatch.setattr("harness.verify.queue_entries", listing)
+    runner = StepRunner.__new__(StepRunner)
+    runner.topology = SimpleNamespace(hosts={"mx": Host()})
+    runner.sent, runner.mail_events = [_sent(rcpt="bob@example.test")], {}
+    step = DeliveryStep("mx", "bob@example.test", 0.3, (), True, MARK, copies=1)
+    obs = runner.mailbox(1, step)
+    assert isinstance(obs, MailboxObservation) and len(obs.copies) == 2
+    assert [f.observed.split(":")[0] for f in judge(1, step, obs)] == ["2"]
