@@ -460,10 +460,13 @@ class StepRunner:
                               and (not addresses or a.destination_address in addresses))
             return ConnectionObservation(step.source, what, offending, waited)
 
-        message = self.sent[-1] if self.sent else None
-        gone = self._nowhere(message) if message is not None else None
-        observed = self._watch(index, step, self._bound(step.within_s, message), look, until_pass=False,
-                               gone=gone, interval=0.25)
+        # Any message of the scenario still held somewhere (or a DSN about one) may yet connect: the step
+        # ends early only once none is, and at once only when the MTAs accepted none of them.
+        accepted = [m for m in self.sent if not m.refused]
+        held = [self._nowhere(m, bounces=True) for m in accepted]
+        gone = (lambda: all(nowhere() for nowhere in held)) if self.sent else None
+        bound = step.within_s if accepted or not self.sent else 0.0
+        observed = self._watch(index, step, bound, look, until_pass=False, gone=gone, interval=0.25)
         if observed.attempts:
             return observed
         # A packet is in the capture file up to CAPTURE_LAG_S after it crossed the wire: an attempt made

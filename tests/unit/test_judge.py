@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -381,3 +382,26 @@ def test_exactly_n_copies_counts_a_copy_delivered_between_the_mailbox_read_and_t
     obs = runner.mailbox(1, step)
     assert isinstance(obs, MailboxObservation) and len(obs.copies) == 2
     assert [f.observed.split(":")[0] for f in judge(1, step, obs)] == ["2"]
+
+
+def test_no_connection_waits_while_any_message_of_the_scenario_is_held_not_only_the_last() -> None:
+    # The last message refused (so decided "at once"), an earlier one still queued: its retry connects later.
+    began = time.monotonic()
+
+    class Hops:
+        def attempts(self) -> list[ConnectionAttempt]:
+            late = time.monotonic() - began >= 1.0  # after the capture's lag the verdict waits out, too
+            return [ConnectionAttempt("relay", "mx", "10.0.0.3", 25, 1.0)] if late else []
+
+    def refused(message_id: str) -> SentMessage:
+        return replace(_sent(message_id), end_of_data=Exchange("client->relay", 1, "END-OF-DATA", ".", 550,
+                                                                "5.7.1", "no"))
+
+    runner = StepRunner.__new__(StepRunner)
+    runner.hops, runner.topology = Hops(), SimpleNamespace(address=lambda role: "10.0.0.3")
+    runner.sent = [_sent(OURS), refused(THEIRS)]
+    runner._nowhere = lambda message, **_: (lambda: message.message_id != OURS)  # type: ignore[method-assign]
+    step = NoConnectionStep("relay", None, "mx", 3.0, MARK)
+    obs = runner.no_connection(1, step)
+    assert isinstance(obs, ConnectionObservation) and obs.attempts
+    assert judge(1, step, obs)
