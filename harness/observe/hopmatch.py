@@ -38,8 +38,9 @@ def _by_message_id(transactions: Sequence[Transaction], message: SentMessage) ->
 def _by_envelope(transactions: Sequence[Transaction], message: SentMessage) -> Transaction | None:
     wanted = {r.lower() for r in message.rcpt_to}
     for t in transactions:
-        # Only transactions that never carried another message's content: one that did is not ours.
-        if t.message_id is not None:
+        # Only transactions that never carried another message's content: one that did is not ours. Nor
+        # one begun before the client's session did: an earlier message's with the same envelope.
+        if t.message_id is not None or (t.exchanges and t.exchanges[0].at_s < message.sent_at_s):
             continue
         if t.mail_from.lower() == message.mail_from.lower() and wanted & {r.lower() for r in t.recipients}:
             return t
@@ -74,8 +75,10 @@ def select_on_hop(sessions: Sequence[Transcript], hop: str, message: SentMessage
                                 hops_seen, others(found))
     if session is not None and on_hop:
         first = on_hop[0].transactions()
-        return _observation(hop, on_hop[0], first[0] if first else None, f"session {session} as asked",
-                            hops_seen, others(first[0] if first else None))
+        # Its first transaction, when that one never got as far as carrying a message: never another's.
+        if not first or first[0].message_id is None or message is None:
+            return _observation(hop, on_hop[0], first[0] if first else None, f"session {session} as asked",
+                                hops_seen, others(first[0] if first else None))
     if message is None and on_hop:
         first = on_hop[0].transactions()
         return _observation(hop, on_hop[0], first[0] if first else None, "the first session (no message sent)",

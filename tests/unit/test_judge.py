@@ -405,3 +405,23 @@ def test_no_connection_waits_while_any_message_of_the_scenario_is_held_not_only_
     obs = runner.no_connection(1, step)
     assert isinstance(obs, ConnectionObservation) and obs.attempts
     assert judge(1, step, obs)
+
+
+def test_an_earlier_transaction_with_the_same_envelope_is_not_the_messages() -> None:
+    # Message 1 refused at RCPT on the hop at 1.0 s; message 2, same envelope, sent at 5.0 s and never relayed.
+    session = _reused_session(ours_complete=False)
+    assert select_on_hop([session], "relay->mx", _sent(at=0.5)).matched_by is not None
+    later = select_on_hop([session], "relay->mx", _sent("<second@origin.test>", at=5.0))
+    assert later.matched_by is None
+    assert judge(2, HopStep("relay->mx", None, HOP_EXPECT, {}, 15, MARK), later)
+
+
+def test_an_explicit_session_whose_first_transaction_carried_another_message_is_not_judged_for_ours() -> None:
+    session = Transcript("relay->mx", 1, [
+        _ex(1, "CONNECT", None, 220, 1.0), _ex(1, "MAIL", "MAIL FROM:<carol@origin.test>", 250, 1.01),
+        _ex(1, "RCPT", "RCPT TO:<dave@example.test>", 250, 1.02), _ex(1, "DATA", "DATA", 354, 1.03),
+        _ex(1, "END-OF-DATA", ".", 250, 1.04, THEIRS)], closed=True)
+    obs = select_on_hop([session], "relay->mx", _sent(OURS, "bob@example.test"), session=1)
+    assert obs.matched_by is None
+    failures = judge(2, HopStep("relay->mx", 1, {Stage.END_OF_DATA: ReplyExpectation(250)}, {}, 15, MARK), obs)
+    assert len(failures) == 1 and "not seen" in failures[0].observed and THEIRS in failures[0].observed
