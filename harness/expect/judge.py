@@ -141,17 +141,20 @@ def _delivery(index: int, step: DeliveryStep, obs: MailboxObservation) -> list[F
         failures.append(Failure(index, "delivery", None, f"{step.copies} cop{'y' if step.copies == 1 else 'ies'}"
                                 f" in {where}", f"{len(obs.copies)}: " + ", ".join(c.path for c in obs.copies)
                                 + pending, step.mark))
-    copy = obs.copies[0]
-    for check in step.headers:
-        value = header_value(copy.raw, check.name)
-        if value is None or re.search(check.pattern, value) is None:
-            failures.append(Failure(index, "delivery", None, f"header {check.name} matching /{check.pattern}/",
-                                    f"{check.name}: {value}" if value is not None else f"no {check.name} header",
-                                    step.mark))
-    if step.body_intact:
-        difference = body_difference(split_message(message.content)[1], split_message(copy.raw)[1])
-        if difference is not None:
-            failures.append(Failure(index, "delivery", None, "body byte for byte as sent", difference, step.mark))
+    # Every copy as the step says, not only the first: with two, the second may be the damaged one.
+    for copy in obs.copies:
+        which = f" ({copy.path})" if len(obs.copies) > 1 else ""
+        for check in step.headers:
+            value = header_value(copy.raw, check.name)
+            if value is None or re.search(check.pattern, value) is None:
+                seen = f"{check.name}: {value}" if value is not None else f"no {check.name} header"
+                failures.append(Failure(index, "delivery", None, f"header {check.name} matching /{check.pattern}/",
+                                        seen + which, step.mark))
+        if step.body_intact:
+            difference = body_difference(split_message(message.content)[1], split_message(copy.raw)[1])
+            if difference is not None:
+                failures.append(Failure(index, "delivery", None, "body byte for byte as sent", difference + which,
+                                        step.mark))
     return failures
 
 

@@ -56,10 +56,10 @@ class DeliveryStatus:
         ``recipients``), as a short phrase, or None when it is not.
 
         An identifier the DSN carries decides: a returned Message-ID or an echoed
-        Original-Envelope-Id that differs from the message's means another message, whatever the
-        recipients. Only a DSN that identifies no message at all (no returned headers, no envelope
-        id to compare) is matched by a Final-Recipient (or Original-Recipient) naming one of
-        ``recipients``, compared case-insensitively."""
+        Original-Envelope-Id that differs from the message's (or that a message sent without one cannot
+        have) means another message, whatever the recipients. Only a DSN that identifies no message at
+        all (no returned headers, no envelope id) is matched by a Final-Recipient (or
+        Original-Recipient) naming one of ``recipients``, compared case-insensitively."""
         if self.original_message_id is not None:
             if not same_message_id(self.original_message_id, message_id):
                 return None
@@ -67,8 +67,9 @@ class DeliveryStatus:
                     and not same_envelope_id(self.original_envelope_id, envelope_id):
                 return None
             return f"Message-ID {self.original_message_id} in the returned headers"
-        if envelope_id is not None and self.original_envelope_id is not None:
-            if same_envelope_id(self.original_envelope_id, envelope_id):
+        if self.original_envelope_id is not None:
+            # Echoed only when the client sent one (RFC 3464 2.2.1): a message sent without is not this one.
+            if envelope_id is not None and same_envelope_id(self.original_envelope_id, envelope_id):
                 return f"Original-Envelope-Id {self.original_envelope_id}"
             return None
         wanted = {a.strip().strip("<>").lower() for a in recipients}

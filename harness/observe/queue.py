@@ -59,9 +59,11 @@ def is_bounce_about(entry: QueuedMessage, message: SentMessage) -> bool:
     headers (or, when the MTA returned none, addressed to the message's sender)."""
     if entry.sender not in ("", None) or same_message_id(entry.message_id, message.message_id):
         return False
-    if any(same_message_id(m, message.message_id) for m in entry.mentions):
+    # What it mentions besides its own Message-ID (which every DSN has): the message it returns.
+    returned = [m for m in entry.mentions if entry.message_id is None or not same_message_id(m, entry.message_id)]
+    if any(same_message_id(m, message.message_id) for m in returned):
         return True
-    return not entry.mentions and any(r.lower() == message.mail_from.lower() for r in entry.recipients)
+    return not returned and any(r.lower() == message.mail_from.lower() for r in entry.recipients)
 
 
 def queue_entries(host: Host, message: SentMessage, *of: str) -> list[QueuedMessage]:

@@ -30,6 +30,7 @@ from harness.observe.queue import is_bounce_about
 from harness.scenario.model import (
     BounceStep,
     DeliveryStep,
+    HeaderCheck,
     HopStep,
     Mark,
     Message,
@@ -425,3 +426,39 @@ def test_an_explicit_session_whose_first_transaction_carried_another_message_is_
     assert obs.matched_by is None
     failures = judge(2, HopStep("relay->mx", 1, {Stage.END_OF_DATA: ReplyExpectation(250)}, {}, 15, MARK), obs)
     assert len(failures) == 1 and "not seen" in failures[0].observed and THEIRS in failures[0].observed
+
+
+def test_a_dsn_echoing_an_envelope_id_is_not_about_a_message_sent_without_one() -> None:
+    status = parse_dsn(b"""Message-ID: <dsn@relay>
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; relay.origin.test
+Original-Envelope-Id: first-message
+
+Final-Recipient: rfc822; x@sendonly.test
+Action: failed
+Status: 5.0.0
+
+--B--
+""")
+    assert status is not None
+    assert status.about(OURS, envelope_id="first-message", recipients=["x@sendonly.test"]) is not None
+    assert status.about(OURS, recipients=["x@sendonly.test"]) is None  # the recipient alone matched it
+
+
+def test_a_queued_dsn_that_returned_no_headers_is_tied_to_its_message_by_the_sender() -> None:
+    # Its own Message-ID is all it mentions: the recipient fallback applies (it never did).
+    dsn = QueuedMessage("7F1", "deferred", "<dsn@relay>", ("521",), "", ("alice@origin.test",), ("<dsn@relay>",))
+    assert is_bounce_about(dsn, _sent())
+    assert not is_bounce_about(replace(dsn, mentions=("<dsn@relay>", THEIRS)), _sent())
+
+
+def test_every_copy_is_checked_not_only_the_first() -> None:
+    good = DeliveredCopy("bob@example.test", "new/1", b"Message-ID: " + OURS.encode() + b"\nSubject: hi\n\nhello\r\n")
+    bad = replace(good, path="new/2", raw=good.raw.replace(b"Subject: hi", b"Subject: [SPAM] hi"))
+    step = DeliveryStep("mx", "bob@example.test", 5, (HeaderCheck("Subject", "^hi$"),), False, MARK)
+    obs = MailboxObservation("mx", "bob@example.test", _sent(), (good, bad), 0.1)
+    assert [f.observed for f in judge(1, step, obs)] == ["Subject: [SPAM] hi (new/2)"]
