@@ -6,8 +6,14 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from harness.expect.results import result_from_json
-from harness.observe.observations import BounceObservation, FoundDsn, SessionObservation
+from harness.expect.results import FAILED, PASSED, ScenarioResult, result_from_json
+from harness.observe.observations import (
+    BounceObservation,
+    FoundDsn,
+    QueuedMessage,
+    QueueObservation,
+    SessionObservation,
+)
 from harness.report.compare import differences
 
 SAMPLE = Path(__file__).parent / "fixtures" / "results" / "matrix-sample.json"
@@ -40,3 +46,21 @@ def test_a_different_reply_code_is_a_difference() -> None:
                                    if s is step else s for s in result.steps])
     (difference,) = differences(result, other)
     assert difference.startswith(f"step {step.step} (smtp)") and "451" in difference
+
+
+def test_a_passed_queue_steps_state_is_timing_a_failed_ones_and_the_count_are_not() -> None:
+    result = next(r for r in _results() if any(isinstance(s.observation, QueueObservation) and s.observation.entries
+                                               for s in r.steps))
+    step = next(s for s in result.steps if isinstance(s.observation, QueueObservation) and s.observation.entries)
+    assert isinstance(step.observation, QueueObservation)
+
+    def with_(status: str, entries: tuple[QueuedMessage, ...]) -> ScenarioResult:
+        obs = replace(step.observation, entries=entries)
+        return replace(result, steps=[replace(s, status=status, observation=obs) if s is step else s
+                                      for s in result.steps])
+
+    entry = step.observation.entries[0]
+    active, frozen = (replace(entry, state="active"),), (replace(entry, state="frozen"),)
+    assert differences(with_(PASSED, active), with_(PASSED, frozen)) == []
+    assert differences(with_(PASSED, active), with_(PASSED, (*active, *frozen)))
+    assert differences(with_(FAILED, active), with_(FAILED, frozen))
