@@ -249,7 +249,7 @@ class QueueFlushStep:
     kind = "queue_flush"
 
 
-QUEUE_STATES = ("deferred", "active", "queued", "absent")
+QUEUE_STATES = ("deferred", "active", "frozen", "queued", "absent")
 QUEUE_SUBJECTS = ("message", "bounce")
 
 

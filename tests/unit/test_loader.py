@@ -572,7 +572,7 @@ BAD_NEW: dict[str, tuple[str, int, int, str]] = {
         HEAD + "  - queue_state: {host: relay, state: deferred}\n", 4, 5, "queue_state step before any smtp"),
     "queue_state bad state": (
         AFTER + "  - queue_state: {host: relay, state: bounced}\n", 8, 39,
-        "expected a queue state: deferred, active, queued or absent, got 'bounced'"),
+        "expected a queue state: deferred, active, frozen, queued or absent, got 'bounced'"),
     "queue_state without state": (
         AFTER + "  - queue_state: {host: relay}\n", 8, 18, "missing required key 'state' in queue_state step"),
     "queue_state reason when absent": (
