@@ -37,6 +37,7 @@ from harness.observe.observations import (
     HopObservation,
     MailboxObservation,
     Observation,
+    QueuedMessage,
     QueueObservation,
     SentMessage,
     SessionObservation,
@@ -221,9 +222,19 @@ class StepRunner:
 
         def gone() -> bool:
             hosts = self._mta_hosts()
-            return not any(queue_entries(host, message, *subjects) for host in [*hosts, *reversed(hosts)])
+            # A host a fault step stopped or paused may hold it: not gone while it cannot be listed.
+            return not any(self._queued_on(host, message, *subjects) != [] for host in [*hosts, *reversed(hosts)])
 
         return gone
+
+    def _queued_on(self, host: Host, message: SentMessage, *subjects: str) -> list[QueuedMessage] | None:
+        """``host``'s entries that are the message (or a DSN about it); None when its queue cannot be listed
+        because a fault step of this scenario stopped or paused its container (it holds whatever it held)."""
+        if host.role in self.faulted:
+            state = container_state(host.container.get_wrapped_container())
+            if state is not None and state.status != "running":
+                return None
+        return queue_entries(host, message, *subjects)
 
     # -- the client's own sessions -----------------------------------------------------------------
     def smtp(self, index: int, step: Step) -> Observation:
@@ -316,8 +327,10 @@ class StepRunner:
         hosts = self._mta_hosts()
         out: list[str] = []
         for host in [*hosts, *reversed(hosts)]:
-            out += [f"{host.role} {q.summary()}" for q in queue_entries(host, message, "message")
-                    if f"{host.role} {q.summary()}" not in out]
+            entries = self._queued_on(host, message, "message")
+            found = [f"{host.role} (its container stopped or paused by a fault step: its queue unknown)"] \
+                if entries is None else [f"{host.role} {q.summary()}" for q in entries]
+            out += [f for f in found if f not in out]
         return tuple(out)
 
     def _mta_hosts(self) -> list[Host]:

@@ -218,7 +218,7 @@ def _no_connection(index: int, step: NoConnectionStep, obs: ConnectionObservatio
     first = obs.attempts[0]
     return [Failure(index, "no_connection", None, f"no connection from {step.source} to {obs.what} within "
                     f"{step.within_s:g} s", f"{len(obs.attempts)} connection(s), first {step.source}->"
-                    f"{first.destination} ({first.destination_address}:{first.port}) at {first.at_s:.3f}s",
+                    f"{first.destination} ({first.where()}) at {first.at_s:.3f}s",
                     step.mark)]
 
 

@@ -8,32 +8,74 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from harness.observe.capture import HopCapture
 from harness.observe.observations import ConnectionAttempt
-from harness.observe.smtpstream import decode_connections, merge_captures
-from harness.observe.tcpflows import Connection
+from harness.observe.smtpstream import decode_connections
+from harness.observe.tcpflows import Connection, NeighbourRequest, connections_of, merge_connections, read_capture
 from harness.smtp.transcript import Exchange, Transcript
+
+# An ARP request that no port-25 traffic between the two hosts follows: the sender wanted to reach the
+# target and never could put a SYN on the wire (nothing answered; the kernel then fails the connect with
+# "No route to host"). Requests of one wish (the kernel asks again every 200 ms, see
+# compose/capture/neighbour-table) are one attempt.
+NO_SYN_NOTE = "asked for by ARP, no SYN followed (no answer: nothing there)"
+_ONE_WISH_S = 2.0  # requests for one address closer than this are one attempt
+_SYN_FOLLOWS_S = 3.0  # an answered request's SYN follows it well within this
+_ACTIVE_BEFORE_S = 1.0  # a request about a connection that ended this recently is about that one (an ACK, a FIN)
+
+
+def unanswered_requests(requests: Sequence[NeighbourRequest],
+                        connections: Sequence[Connection]) -> list[tuple[str, str, float]]:
+    """(sender, target, time of the first request) for each wish to reach ``target`` that no port-25
+    connection between the two hosts went with: none started from just before it to shortly after its
+    last request, and none was still going on then."""
+    between: dict[frozenset[str], list[Connection]] = {}
+    for conn in connections:
+        between.setdefault(frozenset((conn.src, conn.dst)), []).append(conn)
+    wishes: dict[tuple[str, str], list[list[float]]] = {}
+    for request in requests:
+        runs = wishes.setdefault((request.sender, request.target), [])
+        if runs and request.ts - runs[-1][-1] < _ONE_WISH_S:
+            runs[-1].append(request.ts)
+        else:
+            runs.append([request.ts])
+    out = []
+    for (sender, target), runs in wishes.items():
+        pair = between.get(frozenset((sender, target)), [])
+        for run in runs:
+            first, last = run[0], run[-1]
+            if not any(c.first_ts <= last + _SYN_FOLLOWS_S and c.last_ts >= first - _ACTIVE_BEFORE_S for c in pair):
+                out.append((sender, target, first))
+    return sorted(out, key=lambda w: w[2])
 
 
 class _ParsedCaptures:
-    """The captures' connections, parsed again only when a capture grew: waits look many times while
-    nothing crosses the wire, and a shared topology's captures keep growing across scenarios."""
+    """The captures' connections and ARP requests, parsed again only when a capture grew: waits look many
+    times while nothing crosses the wire, and a shared topology's captures keep growing across scenarios."""
 
     def __init__(self, captures: Mapping[str, HopCapture]) -> None:
         self._captures = captures
         self._lock = threading.Lock()
         self._sizes: tuple[int, ...] | None = None
         self._connections: list[Connection] = []
+        self._requests: list[NeighbourRequest] = []
 
     def connections(self) -> list[Connection]:
+        return self.parsed()[0]
+
+    def parsed(self) -> tuple[list[Connection], list[NeighbourRequest]]:
         data = [pcap for c in self._captures.values() for pcap in c.read_pcaps()]
         sizes = tuple(len(d) for d in data)
         with self._lock:
             if sizes != self._sizes:
-                self._connections, self._sizes = merge_captures(data), sizes
-            return list(self._connections)
+                captures = [read_capture(d) for d in data]
+                self._connections = merge_connections([connections_of(segments) for segments, _ in captures])
+                # A broadcast request is in every capture on the network: the same one several times.
+                self._requests = sorted({r for _, requests in captures for r in requests}, key=lambda r: r.ts)
+                self._sizes = sizes
+            return list(self._connections), list(self._requests)
 
 
 class CapturedHops:
@@ -91,8 +133,9 @@ class CapturedHops:
         return out
 
     def attempts(self) -> list[ConnectionAttempt]:
+        connections, requests = self._parsed.parsed()
         out = []
-        for conn in self._connections():
+        for conn in connections:
             # A connection attempt is an event of the window it started in.
             if conn.src == self._client or conn.first_ts < self._start_wall:
                 continue
@@ -103,4 +146,8 @@ class CapturedHops:
                 port=conn.dport,
                 at_s=conn.first_ts - self._start_wall,
             ))
-        return out
+        for sender, target, ts in unanswered_requests(requests, connections):
+            if sender != self._client and ts >= self._start_wall:
+                out.append(ConnectionAttempt(self._names.get(sender, sender), self._names.get(target, target), target,
+                                             0, ts - self._start_wall, NO_SYN_NOTE))
+        return sorted(out, key=lambda a: a.at_s)

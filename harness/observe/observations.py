@@ -318,21 +318,31 @@ class QueueObservation:
 
 @dataclass(frozen=True)
 class ConnectionAttempt:
-    """A TCP connection (or only its SYN) seen on the wire, named by role where known."""
+    """A TCP connection (or only its SYN) seen on the wire, named by role where known; or, with ``note``,
+    an attempt that never put a SYN on the wire: the source asked for the address by ARP, and nothing
+    but an unanswered request (or one answered too late) followed (port 0: not known)."""
 
     source: str  # role, or address when unknown
     destination: str
     destination_address: str
     port: int
     at_s: float
+    note: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "destination": self.destination,
-                "destination_address": self.destination_address, "port": self.port, "at_s": round(self.at_s, 4)}
+        out: dict[str, Any] = {"source": self.source, "destination": self.destination,
+                               "destination_address": self.destination_address, "port": self.port,
+                               "at_s": round(self.at_s, 4)}
+        if self.note:
+            out["note"] = self.note
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ConnectionAttempt:
-        return cls(d["source"], d["destination"], d["destination_address"], d["port"], d["at_s"])
+        return cls(d["source"], d["destination"], d["destination_address"], d["port"], d["at_s"], d.get("note", ""))
+
+    def where(self) -> str:
+        return f"{self.destination_address}: {self.note}" if self.note else f"{self.destination_address}:{self.port}"
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from functools import cached_property
 
 import dpkt  # type: ignore[import-untyped]  # dpkt ships no type information
 
-__all__ = ["Chunk", "Connection", "PcapError", "Segment", "Stream", "merge_connections", "read_connections",
-           "read_segments"]
+__all__ = ["Chunk", "Connection", "NeighbourRequest", "PcapError", "Segment", "Stream", "connections_of",
+           "merge_connections", "read_capture", "read_connections", "read_segments"]
 
 _SEQ_MOD = 1 << 32
 _HALF = 1 << 31
@@ -142,8 +142,8 @@ def _address(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
 
 
-def _network_layer(linktype: int, frame: bytes) -> object | None:
-    """The IP/IPv6 packet inside a frame, or None for anything else (ARP, other protocols)."""
+def _link_payload(linktype: int, frame: bytes) -> object | None:
+    """What a frame carries (an IP/IPv6 packet, an ARP message, ...), or None when it cannot be read."""
     try:
         if linktype == _DLT_LINUX_SLL2:
             link = dpkt.sll2.SLL2(frame)
@@ -161,7 +161,25 @@ def _network_layer(linktype: int, frame: bytes) -> object | None:
     except (dpkt.UnpackError, IndexError):
         return None
     inner: object = link.data
-    return inner if isinstance(inner, dpkt.ip.IP | dpkt.ip6.IP6) else None
+    return inner
+
+
+@dataclass(frozen=True)
+class NeighbourRequest:
+    """An ARP request: ``sender`` asked which link address ``target`` has, as a host does before it sends
+    ``target`` its first packet (a SYN, say) when its neighbour table has no entry for it."""
+
+    ts: float
+    sender: str
+    target: str
+
+
+def _neighbour_request(ts: float, payload: object) -> NeighbourRequest | None:
+    if not isinstance(payload, dpkt.arp.ARP) or payload.op != dpkt.arp.ARP_OP_REQUEST:
+        return None
+    if len(payload.spa) != 4 or len(payload.tpa) != 4 or payload.spa == b"\0\0\0\0":
+        return None  # not IPv4, or an address conflict probe (RFC 5227) rather than a wish to send
+    return NeighbourRequest(ts, _address(payload.spa), _address(payload.tpa))
 
 
 def _segment(ts: float, packet: object) -> Segment | None:
@@ -192,12 +210,18 @@ def _segment(ts: float, packet: object) -> Segment | None:
 
 def read_segments(pcap: bytes) -> list[Segment]:
     """Every TCP segment of a pcap (or pcapng) file, in capture-time order (stable)."""
+    return read_capture(pcap)[0]
+
+
+def read_capture(pcap: bytes) -> tuple[list[Segment], list[NeighbourRequest]]:
+    """Every TCP segment and every ARP request of a pcap (or pcapng) file, each in capture-time order."""
     try:
         reader = dpkt.pcap.UniversalReader(io.BytesIO(pcap))
     except (ValueError, dpkt.UnpackError) as exc:
         raise PcapError(f"not a pcap/pcapng file: {exc}") from exc
     linktype = int(reader.datalink())
     segments: list[Segment] = []
+    requests: list[NeighbourRequest] = []
     records = iter(reader)
     while True:
         try:
@@ -207,18 +231,22 @@ def read_segments(pcap: bytes) -> list[Segment]:
         except (dpkt.UnpackError, ValueError):
             # The last record of a file read while tcpdump is still writing may be cut short.
             break
-        packet = _network_layer(linktype, bytes(frame))
-        if packet is None:
+        payload = _link_payload(linktype, bytes(frame))
+        if not isinstance(payload, dpkt.ip.IP | dpkt.ip6.IP6):
+            request = _neighbour_request(float(ts), payload)
+            if request is not None:
+                requests.append(request)
             continue
         try:
-            segment = _segment(float(ts), packet)
+            segment = _segment(float(ts), payload)
         except (dpkt.UnpackError, ValueError):
             continue
         if segment is not None:
             segments.append(segment)
     # tcpdump -i any writes packets as the CPUs hand them over: order by time, keep file order on ties.
     segments.sort(key=lambda s: s.ts)
-    return segments
+    requests.sort(key=lambda r: r.ts)
+    return segments, requests
 
 
 @dataclass
@@ -345,10 +373,11 @@ def _canonical(seg: Segment) -> tuple[tuple[str, int], tuple[str, int]]:
 
 def read_connections(pcap: bytes) -> list[Connection]:
     """Every TCP connection (and connection attempt) in one capture, ordered by first packet."""
-    return _connections(read_segments(pcap))
+    return connections_of(read_segments(pcap))
 
 
-def _connections(segments: Iterable[Segment]) -> list[Connection]:
+def connections_of(segments: Iterable[Segment]) -> list[Connection]:
+    """The TCP connections (and connection attempts) of one capture's segments, ordered by first packet."""
     done: list[_Builder] = []
     active: dict[tuple[tuple[str, int], tuple[str, int]], _Builder] = {}
     for seg in segments:

@@ -220,3 +220,33 @@ def _write(directory: Path, name: str, text: str) -> Path:
     path = directory / name
     path.write_text(text)
     return path
+
+
+TRIED_A_STOPPED_MX = """\
+name: the relay tries a stopped mx
+description: no SYN reaches the wire (nothing answers ARP for mx); the attempt must still be seen
+steps:
+  - fault: {role: mx, action: stop}
+  - smtp:
+      host: relay
+      mail_from: alice@origin.test
+      rcpt_to: bob@example.test
+      expect:
+        end_of_data: 250
+  - queue_state: {host: relay, state: deferred, reason: "(?i)no route to host|network error", within: 30}
+  - no_connection: {from: relay, to: mx, within: 2}
+  - no_connection: {from: relay, to: nomail, within: 1}
+"""
+
+
+def test_no_connection_sees_an_attempt_at_an_address_nothing_answers(run_context: RunContext, tmp_path: Path) -> None:
+    # The kernel fails the relay's connect with "No route to host" before any SYN leaves: its unanswered
+    # ARP requests are what shows it tried. (Before they were captured, "no connection to mx" passed.)
+    scenario = load_scenario(_write(tmp_path, "tried.yaml", TRIED_A_STOPPED_MX))
+    sequence = ScenarioSequence(run_context)
+    try:
+        result = sequence.run(scenario, "postfix")
+    finally:
+        sequence.close()
+    assert [(f.step, f.kind) for f in result.failures] == [(4, "no_connection")], (result.error, result.failures)
+    assert "asked for by ARP, no SYN followed" in result.failures[0].observed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import dpkt  # type: ignore[import-untyped]
 import pytest
 
-from harness.observe.hops import CapturedHops
+from harness.observe.hops import CapturedHops, unanswered_requests
 from harness.observe.smtpstream import (
     SYN_ANSWER_S,
     TLS_TEXT,
@@ -27,7 +28,7 @@ from harness.observe.smtpstream import (
     decode_sessions,
     merge_captures,
 )
-from harness.observe.tcpflows import PcapError, read_segments
+from harness.observe.tcpflows import NeighbourRequest, PcapError, read_capture, read_segments
 from harness.smtp.transcript import Transcript
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pcap"
@@ -601,3 +602,50 @@ def test_a_capture_started_again_keeps_what_it_had_captured() -> None:
     only_new = CapturedHops({"relay": _FixtureCapture(after)}, NAMES,  # type: ignore[dict-item]
                             client_address=GATEWAY, start_wall=start)
     assert [t.hop for t in only_new.sessions()] == ["relay->mx"]
+
+
+# -- ARP: an attempt that never put a SYN on the wire -------------------------------------------------
+
+def _arp_request(ts: float, sender: str, target: str, *, op: int = dpkt.arp.ARP_OP_REQUEST) -> tuple[float, bytes]:
+    arp = dpkt.arp.ARP(op=op, sha=b"\x02" * 6, spa=socket.inet_aton(sender), tha=b"\x00" * 6,
+                       tpa=socket.inet_aton(target))
+    return ts, bytes(dpkt.sll2.SLL2(ethtype=0x0806, intindex=2, hrd=1, type=4, hlen=6, data=arp))
+
+
+def test_arp_requests_are_read_beside_the_segments() -> None:
+    # The relay's capture of an SMTP session, with the relay's request for a stopped mx and the answer
+    # to another request (only requests say who wanted to reach whom).
+    tcp = pcap("reset", "mx")
+    reader = dpkt.pcap.Reader(io.BytesIO(tcp))
+    out = io.BytesIO()
+    writer = dpkt.pcap.Writer(out, snaplen=262144, linktype=276)
+    for ts, frame in reader:
+        writer.writepkt(frame, ts=ts)
+    for ts, frame in (_arp_request(5.0, "172.30.0.11", "172.30.0.10"),
+                      _arp_request(5.1, "172.30.0.12", "172.30.0.11", op=dpkt.arp.ARP_OP_REPLY),
+                      _arp_request(5.2, "0.0.0.0", "172.30.0.11")):  # a conflict probe: nobody's wish to send
+        writer.writepkt(frame, ts=ts)
+    segments, requests = read_capture(out.getvalue())
+    assert segments == read_segments(tcp)
+    assert requests == [NeighbourRequest(5.0, "172.30.0.11", "172.30.0.10")]
+
+
+def _conn(src: str, dst: str, first: float, last: float) -> Any:
+    return type("Conn", (), {"src": src, "dst": dst, "first_ts": first, "last_ts": last})()
+
+
+def test_a_wish_to_reach_an_address_that_no_connection_went_with_is_an_attempt() -> None:
+    relay, mx, dead = "10.0.0.11", "10.0.0.10", "10.0.0.99"
+    asked = [NeighbourRequest(t, relay, dead) for t in (1.0, 1.2, 1.4)]  # one wish, asked three times
+    assert unanswered_requests(asked, []) == [(relay, dead, 1.0)]
+    again = [*asked, NeighbourRequest(9.0, relay, dead)]
+    assert unanswered_requests(again, []) == [(relay, dead, 1.0), (relay, dead, 9.0)]
+    # Answered: the SYN follows, and that connection is the attempt already.
+    assert unanswered_requests([NeighbourRequest(3.0, relay, mx)], [_conn(relay, mx, 3.001, 3.2)]) == []
+    # Asked while a connection between the two went on (its FIN after the table was emptied), or by the
+    # server answering it: about that connection.
+    assert unanswered_requests([NeighbourRequest(3.0, relay, mx)], [_conn(relay, mx, 1.0, 3.05)]) == []
+    assert unanswered_requests([NeighbourRequest(3.0, mx, relay)], [_conn(relay, mx, 2.999, 3.2)]) == []
+    # A connection long before or after the wish does not explain it.
+    assert unanswered_requests([NeighbourRequest(3.0, relay, mx)], [_conn(relay, mx, 0.5, 1.0),
+                                                                    _conn(relay, mx, 9.0, 9.5)]) == [(relay, mx, 3.0)]

@@ -378,7 +378,7 @@ def test_exactly_n_copies_counts_a_copy_delivered_between_the_mailbox_read_and_t
     monkeypatch.setattr("harness.verify.queue_entries", listing)
     runner = StepRunner.__new__(StepRunner)
     runner.topology = SimpleNamespace(hosts={"mx": Host()})
-    runner.sent, runner.mail_events = [_sent(rcpt="bob@example.test")], {}
+    runner.sent, runner.mail_events, runner.faulted = [_sent(rcpt="bob@example.test")], {}, set()
     step = DeliveryStep("mx", "bob@example.test", 0.3, (), True, MARK, copies=1)
     obs = runner.mailbox(1, step)
     assert isinstance(obs, MailboxObservation) and len(obs.copies) == 2
