@@ -31,6 +31,7 @@ from harness.scenario.model import (
     DeliveryStep,
     DnsChangeStep,
     DnsFaultStep,
+    DsnCheck,
     HopStep,
     NoBounceStep,
     NoConnectionStep,
@@ -167,15 +168,21 @@ def _no_delivery(index: int, step: NoDeliveryStep, obs: MailboxObservation) -> l
                     f"delivered to {first.mailbox} on {step.host} ({first.path})", step.mark)]
 
 
+# A bounce is a DSN saying delivery failed: a delay warning or a success notice (NOTIFY=DELAY, SUCCESS) is a
+# DSN too, and a step that names no Action of its own must not pass on one.
+_FAILED_ACTION = DsnCheck("Action", "^failed$")
+
+
 def _bounce(index: int, step: BounceStep, obs: BounceObservation) -> list[Failure]:
-    expected = f"a DSN about {obs.message_id}" + (" with " + ", ".join(
-        f"{c.field} /{c.pattern}/" for c in step.checks) if step.checks else "")
+    checks = step.checks if any(c.field == _FAILED_ACTION.field for c in step.checks) else \
+        (_FAILED_ACTION, *step.checks)
+    expected = f"a DSN about {obs.message_id} with " + ", ".join(f"{c.field} /{c.pattern}/" for c in checks)
     if not obs.dsns:
         return [Failure(index, "bounce", None, expected, f"no DSN about the message in {step.mailbox} on "
                         f"{step.host} within {step.within_s:g} s", step.mark)]
     best: list[str] | None = None
     for dsn in obs.dsns:
-        missing = unmatched_fields(dsn.per_message, dsn.recipients, [(c.field, c.pattern) for c in step.checks])
+        missing = unmatched_fields(dsn.per_message, dsn.recipients, [(c.field, c.pattern) for c in checks])
         if not missing:
             return []
         if best is None or len(missing) < len(best):

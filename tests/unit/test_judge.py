@@ -30,6 +30,7 @@ from harness.observe.queue import is_bounce_about
 from harness.scenario.model import (
     BounceStep,
     DeliveryStep,
+    DsnCheck,
     HeaderCheck,
     HopStep,
     Mark,
@@ -462,3 +463,27 @@ def test_every_copy_is_checked_not_only_the_first() -> None:
     step = DeliveryStep("mx", "bob@example.test", 5, (HeaderCheck("Subject", "^hi$"),), False, MARK)
     obs = MailboxObservation("mx", "bob@example.test", _sent(), (good, bad), 0.1)
     assert [f.observed for f in judge(1, step, obs)] == ["Subject: [SPAM] hi (new/2)"]
+
+
+def test_a_bounce_step_naming_no_action_wants_a_failure_not_a_delay_warning() -> None:
+    warning = parse_dsn(b"""Message-ID: <dsn@relay>
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; relay.origin.test
+
+Final-Recipient: rfc822; nobody@example.test
+Action: delayed
+Status: 4.4.1
+
+--B--
+""")
+    assert warning is not None
+    found = FoundDsn("new/1", "Final-Recipient", dict(warning.per_message), tuple(warning.recipients))
+    obs = BounceObservation("relay", "alice@origin.test", OURS, (found,), 0.5)
+    bare = BounceStep("relay", "alice@origin.test", 5, (), MARK)
+    (failure,) = judge(1, bare, obs)
+    assert "Action /^failed$/" in failure.expected and "Action: delayed" in failure.observed
+    assert judge(1, replace(bare, checks=(DsnCheck("Action", "^delayed$"),)), obs) == []
