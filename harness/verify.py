@@ -87,6 +87,8 @@ class HopSource(Protocol):
 
     def attempts(self) -> list[ConnectionAttempt]: ...
 
+    def dropped(self) -> dict[str, int]: ...
+
     def resume(self, role: str) -> None: ...
 
     def rejoined(self, role: str) -> None: ...
@@ -100,6 +102,9 @@ class NoHops:
 
     def attempts(self) -> list[ConnectionAttempt]:
         return []
+
+    def dropped(self) -> dict[str, int]:
+        return {}
 
     def resume(self, role: str) -> None:
         pass
@@ -487,5 +492,7 @@ class StepRunner:
         # said only once the capture has caught up.
         if CANCELLED.wait(CAPTURE_LAG_S):
             raise KeyboardInterrupt("the run was interrupted")
-        return look(observed.waited_s)
+        final = look(observed.waited_s)
+        # "None" holds only if every packet is in the captures: a full ring loses some, the SYN maybe.
+        return replace(final, lost=tuple(sorted(self.hops.dropped().items()))) if not final.attempts else final
 

@@ -220,11 +220,15 @@ def _queue_state(index: int, step: QueueStateStep, obs: QueueObservation) -> lis
 
 
 def _no_connection(index: int, step: NoConnectionStep, obs: ConnectionObservation) -> list[Failure]:
+    expected = f"no connection from {step.source} to {obs.what} within {step.within_s:g} s"
+    if obs.lost and not obs.attempts:
+        lost = ", ".join(f"{role}'s {n} packet(s)" for role, n in obs.lost)
+        return [Failure(index, "no_connection", None, expected, f"unknown: the captures lost packets ({lost}: "
+                        "tcpdump's ring was full), so none seen shows nothing", step.mark)]
     if not obs.attempts:
         return []
     first = obs.attempts[0]
-    return [Failure(index, "no_connection", None, f"no connection from {step.source} to {obs.what} within "
-                    f"{step.within_s:g} s", f"{len(obs.attempts)} connection(s), first {step.source}->"
+    return [Failure(index, "no_connection", None, expected, f"{len(obs.attempts)} connection(s), first {step.source}->"
                     f"{first.destination} ({first.where()}) at {first.at_s:.3f}s",
                     step.mark)]
 

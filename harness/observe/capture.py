@@ -10,6 +10,7 @@ packet as it arrives) and ``harness.observe.smtpstream`` decodes it.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,9 @@ CAPTURE_FILE = "/capture/smtp.pcap"
 CAPTURE_CAPS = ("NET_RAW", "NET_ADMIN", "CHOWN", "SETUID", "SETGID")
 # tcpdump prints this on stderr once the socket is open and the filter installed.
 LISTENING = "listening on"
+# ... and this among its statistics, on SIGUSR1 and when it ends: packets its ring had no room for.
+DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
+STATISTICS_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 20.0
 TSHARK_TIMEOUT_S = 60.0
 
@@ -183,6 +187,30 @@ class HopCapture:
             return tuple(int(counters[k]) for k in ("ActiveOpens", "PassiveOpens", "InSegs", "OutSegs"))
         except (KeyError, ValueError) as exc:
             raise CaptureError(f"unexpected TCP counters for {self.host.role}: {rows}") from exc
+
+    def dropped(self) -> int:
+        """The most packets tcpdump has said the kernel dropped (its ring full), now or in an earlier run
+        of it in this companion: 0 means every packet that crossed the namespace's interfaces is in the
+        capture. Asks tcpdump for its statistics (SIGUSR1, sent as its own user, whom it switched to)."""
+        heard = len(DROPPED.findall(self._log()))
+        argv = ["setpriv", "--reuid=tcpdump", "--regid=tcpdump", "--clear-groups", "sh", "-c", "kill -USR1 1"]
+        try:
+            done = self.shell.run(argv)
+        except DockerException as exc:
+            raise CaptureError(f"could not ask the capture of {self.host.role} for its statistics: {exc}") from exc
+        if done.exit_code != 0:
+            raise CaptureError(f"could not ask the capture of {self.host.role} for its statistics: "
+                               + (done.stdout + done.stderr).decode("utf-8", "replace").strip())
+        deadline = time.monotonic() + STATISTICS_TIMEOUT_S
+        while True:
+            counts = DROPPED.findall(self._log())
+            if len(counts) > heard:
+                return max(int(c) for c in counts)
+            if time.monotonic() > deadline:
+                raise CaptureError(f"the capture of {self.host.role} printed no statistics within "
+                                   f"{STATISTICS_TIMEOUT_S:.0f} s")
+            if CANCELLED.wait(0.02):
+                raise KeyboardInterrupt("the run was interrupted")
 
     def read_pcaps(self) -> list[bytes]:
         """Every capture file of this companion: those kept from before a restart, then the current one."""

@@ -93,6 +93,12 @@ class CapturedHops:
         return CapturedHops(self._captures, self._names if names is None else names, client_address=self._client,
                             start_wall=start_wall, parsed=self._parsed)
 
+    def dropped(self) -> dict[str, int]:
+        """The roles whose capture lost packets (its ring was full), with the most it lost: what their
+        captures do not show may still have crossed the wire."""
+        counts = {role: capture.dropped() for role, capture in self._captures.items()}
+        return {role: n for role, n in counts.items() if n}
+
     def resume(self, role: str) -> None:
         """The role's container started again (a new network namespace): its capture follows it."""
         if role in self._captures:

@@ -347,23 +347,28 @@ class ConnectionAttempt:
 
 @dataclass(frozen=True)
 class ConnectionObservation:
-    """The connections from ``source`` to the addresses in question (``what`` names them)."""
+    """The connections from ``source`` to the addresses in question (``what`` names them); ``lost``: the
+    roles whose capture dropped packets, with how many (none seen then proves nothing)."""
 
     source: str
     what: str
     attempts: tuple[ConnectionAttempt, ...]
     waited_s: float
+    lost: tuple[tuple[str, int], ...] = ()
 
     kind = "connections"
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "source": self.source, "what": self.what,
-                "attempts": [a.to_json() for a in self.attempts], "waited_s": round(self.waited_s, 3)}
+        out: dict[str, Any] = {"kind": self.kind, "source": self.source, "what": self.what,
+                               "attempts": [a.to_json() for a in self.attempts], "waited_s": round(self.waited_s, 3)}
+        if self.lost:
+            out["lost"] = [list(r) for r in self.lost]
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ConnectionObservation:
         return cls(d["source"], d["what"], tuple(ConnectionAttempt.from_json(a) for a in d["attempts"]),
-                   d["waited_s"])
+                   d["waited_s"], tuple((str(r), int(n)) for r, n in d.get("lost", ())))
 
 
 @dataclass(frozen=True)

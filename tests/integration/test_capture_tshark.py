@@ -206,3 +206,10 @@ def test_a_session_is_in_the_capture_file_long_before_the_lag_a_verdict_allows_f
     while quits() == before:
         assert time.monotonic() - closed < CAPTURE_LAG_S / 2, "the session is not in the capture file yet"
         time.sleep(0.01)
+
+
+def test_tcpdump_says_how_many_packets_its_ring_lost(setup: Setup, relayed: Transcript) -> None:
+    # What a "no connection" verdict relies on: tcpdump's own statistics, asked for as its own user.
+    for capture in setup.captures.values():
+        assert capture.dropped() == 0
+        assert "packets received by filter" in capture.logs()

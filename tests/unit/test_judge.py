@@ -487,3 +487,23 @@ Status: 4.4.1
     (failure,) = judge(1, bare, obs)
     assert "Action /^failed$/" in failure.expected and "Action: delayed" in failure.observed
     assert judge(1, replace(bare, checks=(DsnCheck("Action", "^delayed$"),)), obs) == []
+
+
+def test_no_connection_is_unknown_when_a_capture_lost_packets() -> None:
+    class Hops:
+        def attempts(self) -> list[ConnectionAttempt]:
+            return []
+
+        def dropped(self) -> dict[str, int]:
+            return {"relay": 3}
+
+    runner = StepRunner.__new__(StepRunner)
+    runner.hops, runner.topology, runner.sent = Hops(), SimpleNamespace(address=lambda role: "10.0.0.3"), []
+    step = NoConnectionStep("relay", None, "mx", 0.1, MARK)
+    obs = runner.no_connection(1, step)
+    assert isinstance(obs, ConnectionObservation) and obs.lost == (("relay", 3),)
+    (failure,) = judge(1, step, obs)
+    assert failure.observed.startswith("unknown: the captures lost packets (relay's 3 packet(s)")
+    again = observation_from_json(obs.to_json())
+    assert isinstance(again, ConnectionObservation) and again.lost == obs.lost
+    assert judge(1, step, replace(obs, lost=())) == []
