@@ -160,7 +160,10 @@ class HopCapture:
         self._neighbour_table("tune")
 
     def _neighbour_table(self, command: str) -> None:
-        argv = ["neighbour-table", command]  # compose/capture/neighbour-table
+        self._succeeded(["neighbour-table", command])  # compose/capture/neighbour-table
+
+    def _succeeded(self, argv: list[str]) -> None:
+        """Run ``argv`` in the companion; CaptureError, with its output, unless it exits 0."""
         try:
             done = self.shell.run(argv)
         except DockerException as exc:
@@ -193,14 +196,7 @@ class HopCapture:
         of it in this companion: 0 means every packet that crossed the namespace's interfaces is in the
         capture. Asks tcpdump for its statistics (SIGUSR1, sent as its own user, whom it switched to)."""
         heard = len(DROPPED.findall(self._log()))
-        argv = ["setpriv", "--reuid=tcpdump", "--regid=tcpdump", "--clear-groups", "sh", "-c", "kill -USR1 1"]
-        try:
-            done = self.shell.run(argv)
-        except DockerException as exc:
-            raise CaptureError(f"could not ask the capture of {self.host.role} for its statistics: {exc}") from exc
-        if done.exit_code != 0:
-            raise CaptureError(f"could not ask the capture of {self.host.role} for its statistics: "
-                               + (done.stdout + done.stderr).decode("utf-8", "replace").strip())
+        self._succeeded(["setpriv", "--reuid=tcpdump", "--regid=tcpdump", "--clear-groups", "sh", "-c", "kill -USR1 1"])
         deadline = time.monotonic() + STATISTICS_TIMEOUT_S
         while True:
             counts = DROPPED.findall(self._log())
