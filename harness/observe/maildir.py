@@ -15,7 +15,7 @@ _PATH = re.compile(r"(?:^|/)mail/(?P<domain>[^/]+)/(?P<local>[^/]+)/(?:new|cur)/
 @dataclass(frozen=True)
 class DeliveredMessage:
     host: str
-    mailbox: str  # local@domain
+    mailbox: str  # local@domain, lower case (as steps name mailboxes): a configuration may keep Bob/
     path: str
     raw: bytes
 
@@ -35,7 +35,8 @@ def messages_in(host: str, files: Mapping[str, bytes]) -> list[DeliveredMessage]
     for path, raw in sorted(files.items()):
         m = _PATH.search(path)
         if m:
-            found.append(DeliveredMessage(host, f"{m['local']}@{m['domain']}", path, raw))
+            # Compared case aside: a copy in .../Bob/new/ is bob@'s to a step, never in no mailbox at all.
+            found.append(DeliveredMessage(host, f"{m['local']}@{m['domain']}".lower(), path, raw))
     return found
 
 

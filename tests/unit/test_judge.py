@@ -12,6 +12,7 @@ import pytest
 from harness.expect.judge import body_difference, judge
 from harness.observe.dsn import parse_dsn
 from harness.observe.hopmatch import select_on_hop
+from harness.observe.maildir import messages_in
 from harness.observe.observations import (
     BounceObservation,
     ConnectionAttempt,
@@ -507,3 +508,11 @@ def test_no_connection_is_unknown_when_a_capture_lost_packets() -> None:
     again = observation_from_json(obs.to_json())
     assert isinstance(again, ConnectionObservation) and again.lost == obs.lost
     assert judge(1, step, replace(obs, lost=())) == []
+
+
+def test_a_copy_in_a_mailbox_directory_spelled_in_capitals_is_that_mailboxs() -> None:
+    # A configuration of the user's own may keep mail/Example.Test/Bob/: `no_delivery` into
+    # bob@example.test must see that copy, not pass.
+    copy = b"Message-ID: " + OURS.encode() + b"\n\nhello\n"
+    (found,) = messages_in("mx", {"mail/Example.Test/Bob/new/1": copy})
+    assert found.mailbox == "bob@example.test" and found.path == "mail/Example.Test/Bob/new/1"
