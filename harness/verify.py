@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
@@ -226,11 +226,17 @@ class StepRunner:
         subjects = ("message", "bounce") if bounces else ("message",)
 
         def gone() -> bool:
-            hosts = self._mta_hosts()
             # A host a fault step stopped or paused may hold it: not gone while it cannot be listed.
-            return not any(self._queued_on(host, message, *subjects) != [] for host in [*hosts, *reversed(hosts)])
+            return not any(entries != [] for _, entries in self._listings(message, *subjects))
 
         return gone
+
+    def _listings(self, message: SentMessage, *subjects: str) -> Iterator[tuple[Host, list[QueuedMessage] | None]]:
+        """Every MTA host's entries that are the message (or a DSN about it), listed in two rounds in
+        opposite orders (see ``_nowhere``)."""
+        hosts = self._mta_hosts()
+        for host in [*hosts, *reversed(hosts)]:
+            yield host, self._queued_on(host, message, *subjects)
 
     def _queued_on(self, host: Host, message: SentMessage, *subjects: str) -> list[QueuedMessage] | None:
         """``host``'s entries that are the message (or a DSN about it); None when its queue cannot be listed
@@ -329,10 +335,8 @@ class StepRunner:
     def _queued_anywhere(self, message: SentMessage) -> tuple[str, ...]:
         """Where the message is queued; in two rounds of listings in opposite orders, as ``_nowhere``
         does, so a message handed from one host to the next between two listings is still seen."""
-        hosts = self._mta_hosts()
         out: list[str] = []
-        for host in [*hosts, *reversed(hosts)]:
-            entries = self._queued_on(host, message, "message")
+        for host, entries in self._listings(message, "message"):
             found = [f"{host.role} (its container stopped or paused by a fault step: its queue unknown)"] \
                 if entries is None else [f"{host.role} {q.summary()}" for q in entries]
             out += [f for f in found if f not in out]

@@ -261,17 +261,7 @@ class _Session:
         payload on the protocol and wait for one reply. The harness does its own dot-stuffing
         (``data_payload``) so the bytes on the wire are the ones it can show and test.
         """
-        protocol = self.smtp.protocol
-        try:
-            if protocol is None:
-                raise SMTPServerDisconnected("Server not connected")
-            protocol.write(data_payload(message_bytes))
-            response = await protocol.read_response(timeout=self.step.timeout_s)
-        except (SMTPServerDisconnected, SMTPTimeoutError, SMTPResponseException, ConnectionError) as exc:
-            self.record_failure("END-OF-DATA", ".", exc)
-            self.smtp.close()
-            raise _SessionOver from exc
-        self.record("END-OF-DATA", ".", response)
+        response = await self._written("END-OF-DATA", ".", data_payload(message_bytes))
         if response.code == _CLOSING:
             # Going around SMTP.execute_command also skips its close-on-421.
             self.smtp.close()
@@ -324,20 +314,27 @@ class _Session:
         client's close before it flushes its reply answer at once: Exim holds its 221 until then, 200 ms
         on every session otherwise. Not ``execute_command``: after QUIT it turns a connection lost without
         a reply (a reset) into a "221" of its own making, a reply that was never on the wire."""
+        if self.smtp.is_connected:
+            await self._written("QUIT", "QUIT", b"QUIT\r\n", last=True)
+
+    async def _written(self, command: str, sent: str, data: bytes, *, last: bool = False) -> SMTPResponse:
+        """Write ``data`` on the protocol and record the one reply to it, around ``execute_command``
+        (which would add to it); ``last``: then close the client's side (a TCP half-close, where the
+        transport can). Raise _SessionOver when no reply came."""
         protocol = self.smtp.protocol
-        if not self.smtp.is_connected or protocol is None or self.smtp.transport is None:
-            return
-        transport = cast(asyncio.WriteTransport, self.smtp.transport)
         try:
-            protocol.write(b"QUIT\r\n")
-            if transport.can_write_eof():
+            if protocol is None or self.smtp.transport is None:
+                raise SMTPServerDisconnected("Server not connected")
+            protocol.write(data)
+            transport = cast(asyncio.WriteTransport, self.smtp.transport)
+            if last and transport.can_write_eof():
                 transport.write_eof()
             response = await protocol.read_response(timeout=self.step.timeout_s)
         except (SMTPServerDisconnected, SMTPTimeoutError, SMTPResponseException, ConnectionError) as exc:
-            self.record_failure("QUIT", "QUIT", exc)
+            self.record_failure(command, sent, exc)
             self.smtp.close()
             raise _SessionOver from exc
-        self.record("QUIT", "QUIT", response)
+        return self.record(command, sent, response)
 
 
 def _check_step(step: SmtpSessionStep) -> None:

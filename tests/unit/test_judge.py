@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness.expect.judge import body_difference, judge
-from harness.observe.dsn import parse_dsn
+from harness.observe.dsn import DeliveryStatus, parse_dsn
 from harness.observe.hopmatch import select_on_hop
 from harness.observe.maildir import messages_in
 from harness.observe.observations import (
@@ -430,23 +430,27 @@ def test_an_explicit_session_whose_first_transaction_carried_another_message_is_
     assert len(failures) == 1 and "not seen" in failures[0].observed and THEIRS in failures[0].observed
 
 
-def test_a_dsn_echoing_an_envelope_id_is_not_about_a_message_sent_without_one() -> None:
-    status = parse_dsn(b"""Message-ID: <dsn@relay>
+def _dsn(per_message: str, recipient: str) -> DeliveryStatus:
+    """A DSN of one per-message block (the Reporting-MTA, then ``per_message``) and one recipient block."""
+    status = parse_dsn(f"""Message-ID: <dsn@relay>
 Content-Type: multipart/report; report-type=delivery-status; boundary="B"
 
 --B
 Content-Type: message/delivery-status
 
 Reporting-MTA: dns; relay.origin.test
-Original-Envelope-Id: first-message
-
-Final-Recipient: rfc822; x@sendonly.test
-Action: failed
-Status: 5.0.0
+{per_message}
+{recipient}
 
 --B--
-""")
+""".encode())
     assert status is not None
+    return status
+
+
+def test_a_dsn_echoing_an_envelope_id_is_not_about_a_message_sent_without_one() -> None:
+    status = _dsn("Original-Envelope-Id: first-message\n",
+                  "Final-Recipient: rfc822; x@sendonly.test\nAction: failed\nStatus: 5.0.0")
     assert status.about(OURS, envelope_id="first-message", recipients=["x@sendonly.test"]) is not None
     assert status.about(OURS, recipients=["x@sendonly.test"]) is None  # the recipient alone matched it
 
@@ -467,21 +471,7 @@ def test_every_copy_is_checked_not_only_the_first() -> None:
 
 
 def test_a_bounce_step_naming_no_action_wants_a_failure_not_a_delay_warning() -> None:
-    warning = parse_dsn(b"""Message-ID: <dsn@relay>
-Content-Type: multipart/report; report-type=delivery-status; boundary="B"
-
---B
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; relay.origin.test
-
-Final-Recipient: rfc822; nobody@example.test
-Action: delayed
-Status: 4.4.1
-
---B--
-""")
-    assert warning is not None
+    warning = _dsn("", "Final-Recipient: rfc822; nobody@example.test\nAction: delayed\nStatus: 4.4.1")
     found = FoundDsn("new/1", "Final-Recipient", dict(warning.per_message), tuple(warning.recipients))
     obs = BounceObservation("relay", "alice@origin.test", OURS, (found,), 0.5)
     bare = BounceStep("relay", "alice@origin.test", 5, (), MARK)
