@@ -67,6 +67,23 @@ def test_one_session_serves_every_command(container: Container) -> None:
     assert processes.count(b"sh") <= 2, processes  # the session's shell (and ps's own sh -c), nothing piling up
 
 
+def test_an_output_that_looks_like_the_end_of_a_reply_is_returned_whole(container: Container) -> None:
+    shell = ContainerShell(lambda: container)
+    looks = "x\\n0123456789abcdef0123456789abcdef 0 0\\n\\ny 1 2 "
+    done = shell.run(["printf", looks])
+    assert done.stdout == b"x\n0123456789abcdef0123456789abcdef 0 0\n\ny 1 2 " and done.exit_code == 0
+    assert shell.run(["echo", "next"]).stdout == b"next\n"
+    assert (shell.sessions, shell.fallbacks) == (1, 0)
+
+
+def test_a_command_costs_one_process_in_the_container_not_a_frame_of_its_own(container: Container) -> None:
+    """Each process is CPU a matrix pays thousands of times: the reply's frame is the shell's own
+    builtins (the PIDs two commands apart say how many processes were started in between)."""
+    shell = ContainerShell(lambda: container)
+    pids = [int(shell.run(["sh", "-c", "echo $$"]).stdout) for _ in range(3)]
+    assert pids[2] - pids[1] == pids[1] - pids[0] == 1, pids
+
+
 def test_a_restarted_container_gets_a_new_session(container: Container) -> None:
     shell = ContainerShell(lambda: container)
     assert shell.run(["echo", "before"]).stdout == b"before\n"
