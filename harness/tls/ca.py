@@ -1,9 +1,12 @@
 """A CA per run and the certificates it issues to roles, valid or broken on purpose.
 
-Nothing here is ever committed or reused: every run makes a fresh CA, its keys exist in memory, in the
-run's temporary directory (0700, keys 0600) and inside the run's containers, and ``RunTls.remove``
-deletes the directory when the run ends (the containers go with the run). CA keys are ECDSA P-256
-(quick to make); the roles' keys are RSA 2048, the one kind every MTA's TLS library loads the same way.
+Nothing here is ever committed: every run makes a fresh CA, its keys exist in memory, in the run's
+temporary directory (0700, keys 0600) and inside the run's containers, and ``RunTls.remove`` deletes
+the directory when the run ends (the containers go with the run). CA keys are ECDSA P-256 (quick to
+make); the roles' keys are RSA 2048, the one kind every MTA's TLS library loads the same way. An RSA
+key costs about 60 ms of CPU, so a process makes one per (role, certificate kind) and its topologies
+reuse it, each in certificates of its own CA: within a topology no two certificates share a key (their
+roles or kinds differ), and no key outlives the process.
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 def _server_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+_ROLE_KEYS: dict[tuple[str, str], rsa.RSAPrivateKey] = {}
+_ROLE_KEYS_LOCK = threading.Lock()
+
+
+def _role_key(role: str, kind: str) -> rsa.RSAPrivateKey:
+    """The process's key for ``role``'s certificates of ``kind`` (made on first use)."""
+    with _ROLE_KEYS_LOCK:
+        key = _ROLE_KEYS.get((role, kind))
+    if key is None:
+        made = _server_key()  # outside the lock: topologies starting side by side make theirs at once
+        with _ROLE_KEYS_LOCK:
+            key = _ROLE_KEYS.setdefault((role, kind), made)
+    return key
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
@@ -94,29 +112,31 @@ class CertificateAuthority:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
     def issue(self, hostname: str, *, not_before: datetime.datetime | None = None,
-              not_after: datetime.datetime | None = None) -> Credentials:
-        """A server certificate for ``hostname`` (its only subjectAltName), signed by this CA."""
-        key = _server_key()
+              not_after: datetime.datetime | None = None, key: rsa.RSAPrivateKey | None = None) -> Credentials:
+        """A server certificate for ``hostname`` (its only subjectAltName), signed by this CA, for
+        ``key`` (None: a new one)."""
+        key = key or _server_key()
         cert = _server_certificate(hostname, key, issuer=self.certificate.subject, signer=self.key,
                                    not_before=not_before or self.now - _SKEW,
                                    not_after=not_after or self.now + _LIFETIME,
                                    issuer_key_id=self.key.public_key())
         return Credentials(cert.public_bytes(serialization.Encoding.PEM) + self.cert_pem, _key_pem(key))
 
-    def issue_kind(self, hostname: str, kind: str, *, other: CertificateAuthority) -> Credentials:
+    def issue_kind(self, hostname: str, kind: str, *, other: CertificateAuthority,
+                   key: rsa.RSAPrivateKey | None = None) -> Credentials:
         """A certificate of ``kind`` (CERTIFICATE_KINDS) for a role whose host name is ``hostname``;
-        ``other`` is the second CA, which nothing in the run trusts."""
+        ``other`` is the second CA, which nothing in the run trusts; ``key`` (None: a new one)."""
         if kind == "valid":
-            return self.issue(hostname)
+            return self.issue(hostname, key=key)
         if kind == "expired":
             # Its whole window in the past, as a certificate nobody renewed.
-            return self.issue(hostname, not_before=self.now - _LIFETIME, not_after=self.now - _EXPIRED_FOR)
+            return self.issue(hostname, not_before=self.now - _LIFETIME, not_after=self.now - _EXPIRED_FOR, key=key)
         if kind == "wrong-name":
-            return self.issue(WRONG_NAME)
+            return self.issue(WRONG_NAME, key=key)
         if kind == "other-ca":
-            return other.issue(hostname)
+            return other.issue(hostname, key=key)
         if kind == "self-signed":
-            key = _server_key()
+            key = key or _server_key()
             cert = _server_certificate(hostname, key, issuer=_name(hostname), signer=key,
                                        not_before=self.now - _SKEW, not_after=self.now + _LIFETIME,
                                        issuer_key_id=None)
@@ -184,7 +204,7 @@ class RunTls:
 
     def issue(self, role: str, hostname: str, kind: str) -> Credentials:
         """``role``'s certificate of ``kind``, also written under the run's directory as ``role``/."""
-        credentials = self.ca.issue_kind(hostname, kind, other=self.other_ca)
+        credentials = self.ca.issue_kind(hostname, kind, other=self.other_ca, key=_role_key(role, kind))
         with self._lock:
             try:
                 role_dir = self.directory / role

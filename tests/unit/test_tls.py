@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
+from harness.dns.tlsa import spki_sha256
 from harness.errors import ScenarioError, UsageError
 from harness.expect.smtp import check_session
 from harness.mta import DRIVERS
@@ -296,6 +297,26 @@ def test_an_outbound_policy_without_its_anchor_is_a_usage_error(tmp_path: Path) 
     (tmp_path / "smtpd.conf").write_text('listen on 0.0.0.0\naction "local" maildir\n')
     with pytest.raises(UsageError, match=r"action \.\.\. relay"):
         DRIVERS["opensmtpd"].role_files(tmp_path, {}, TlsOffer(HOSTNAME, False, "encrypt"))
+
+
+def test_no_two_certificates_of_a_topology_share_a_key_and_another_topology_reuses_them_under_its_own_ca() -> None:
+    """A TLSA record made for one role must never match another role's certificate, nor one of another
+    kind: within a topology every (role, kind) has a key of its own. Another topology of the process
+    gets the same keys (each is 60 ms of CPU) in certificates its own CA signed."""
+    first, second = RunTls("unit-keys-first"), RunTls("unit-keys-second")
+    try:
+        issued = {(role, kind): first.issue(role, f"{role}.example.test", kind)
+                  for role in ("mx", "relay") for kind in CERTIFICATE_KINDS}
+        assert len({spki_sha256(c.cert_pem) for c in issued.values()}) == len(issued)
+        again = second.issue("mx", "mx.example.test", "valid")
+        assert spki_sha256(again.cert_pem) == spki_sha256(issued[("mx", "valid")].cert_pem)
+        leaf = x509.load_pem_x509_certificate(again.cert_pem)
+        leaf.verify_directly_issued_by(second.ca.certificate)
+        with pytest.raises((ValueError, InvalidSignature)):
+            leaf.verify_directly_issued_by(first.ca.certificate)
+    finally:
+        first.remove()
+        second.remove()
 
 
 # --- the client's STARTTLS against aiosmtpd with TLS ----------------------------------------------
