@@ -87,7 +87,14 @@ class OpenSmtpd(MtaDriver):
         return {self.main_file: text.encode("utf-8")}
 
     def flush(self, run: CommandRunner) -> None:
-        run(["smtpctl", "schedule", "all"])
+        # Every route smtpd disabled after a failed connection ("D" second in the flags before nconn=,
+        # for 15 s and longer after each failure) is resumed first: without that a message to it stays
+        # deferred, where Postfix's postqueue -f and Exim's -qff try again at once. Then every envelope.
+        # (A route whose delay ended between the two commands is enabled already: its resume may fail.)
+        run(["sh", "-c", "for id in $(smtpctl show routes | awk '{ for (i = 2; i <= NF; i++) "
+                         "if ($i ~ /^nconn=/ && substr($(i - 1), 2, 1) == \"D\") "
+                         "{ sub(/\\.$/, \"\", $1); print $1 } }'); "
+                         "do smtpctl resume route \"$id\" >/dev/null 2>&1 || :; done; smtpctl schedule all"])
 
     def queued(self, run: CommandRunner) -> list[QueuedMessage]:
         found = []
