@@ -446,7 +446,8 @@ class StepRunner:
 
         def look(waited: float) -> HopObservation:
             sessions = self.hops.sessions()
-            obs = select_on_hop(sessions, step.hop, message, session=step.session)
+            obs = select_on_hop(sessions, step.hop, message, session=step.session,
+                                rivals=[m for m in self.sent if m is not message])
             in_clear = tuple(t.session for t in sessions if t.hop == step.hop and t.first("MAIL") is not None)
             return replace(obs, in_clear=in_clear,
                            tls_log=log.facts(decided=tls_decided(obs)) if log is not None else None)

@@ -6,7 +6,10 @@ can, with its connection cache), so a hop expectation is judged against one *tra
 whole session: the one whose DATA content has the message's Message-ID, else the one whose envelope
 is the message's (sender and one of its recipients). A session that never reached MAIL (a 521
 greeting, a refused connection) can only be matched as a connection, opened after the message was
-accepted by the client's session.
+accepted by the client's session. While another message of the scenario was in flight, such a
+connection may be that one's: the first one after the message is taken only when every connection
+that could be the message's shows the same exchanges (then the verdict is the same whichever it was);
+otherwise the observation names them all and matches none.
 """
 
 from __future__ import annotations
@@ -47,11 +50,17 @@ def _by_envelope(transactions: Sequence[Transaction], message: SentMessage) -> T
     return None
 
 
+def _seen_as(transcript: Transcript) -> tuple[tuple[str, str | None, int | None, str | None, str], ...]:
+    """What a verdict on a connection can depend on: its exchanges, without their times and session."""
+    return tuple((e.command, e.sent, e.code, e.enhanced, e.text) for e in transcript.exchanges)
+
+
 def select_on_hop(sessions: Sequence[Transcript], hop: str, message: SentMessage | None, *,
-                  session: int | None = None) -> HopObservation:
+                  session: int | None = None, rivals: Sequence[SentMessage] = ()) -> HopObservation:
     """The transaction on ``hop`` that carried ``message`` (None: the scenario sent none; then the
     first transaction, or the first session, is taken). ``session`` narrows the search to that
-    connection; without a match there, its first transaction is judged, never a mix of two."""
+    connection; without a match there, its first transaction is judged, never a mix of two.
+    ``rivals``: the scenario's other messages, which a connection without a transaction may be about."""
     hops_seen = tuple(sorted({t.hop for t in sessions}))
     on_hop = [t for t in sessions if t.hop == hop]
     if session is not None:
@@ -85,7 +94,12 @@ def select_on_hop(sessions: Sequence[Transcript], hop: str, message: SentMessage
                             hops_seen, others(first[0] if first else None))
     # A connection that never reached MAIL, opened once the message had been handed over.
     after = message.sent_at_s if message is not None else 0.0
-    for t in on_hop:
-        if not t.transactions() and t.exchanges and t.exchanges[0].at_s >= after:
-            return _observation(hop, t, None, "connection without a transaction", hops_seen, others(None))
+    candidates = [t for t in on_hop if not t.transactions() and t.exchanges and t.exchanges[0].at_s >= after]
+    if candidates:
+        earliest = candidates[0]
+        in_flight = any(not r.refused and r.sent_at_s <= earliest.exchanges[0].at_s for r in rivals)
+        if not in_flight or len({_seen_as(t) for t in candidates}) == 1:
+            return _observation(hop, earliest, None, "connection without a transaction", hops_seen, others(None))
+        return HopObservation(hop, session, None, None, (), False, hops_seen, others(None),
+                              could_be=tuple(t.session for t in candidates))
     return HopObservation(hop, session, None, None, (), False, hops_seen, others(None))

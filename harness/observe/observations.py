@@ -134,6 +134,9 @@ class HopObservation:
     in_clear: tuple[int, ...] = ()
     # What the sending MTA logged about the message's delivery: its TLS session and the reply.
     tls_log: HopTlsLog | None = None
+    # Nothing matched because each of these connections without a transaction could be the message's
+    # (another message of the scenario was in flight) and they differ: which one it was is not known.
+    could_be: tuple[int, ...] = ()
 
     kind = "hop"
 
@@ -153,6 +156,8 @@ class HopObservation:
             doc["in_clear"] = list(self.in_clear)
         if self.tls_log is not None:
             doc["tls_log"] = self.tls_log.to_json()
+        if self.could_be:
+            doc["could_be"] = list(self.could_be)
         return doc
 
     @classmethod
@@ -161,7 +166,7 @@ class HopObservation:
                    bool(d.get("closed")), tuple(d.get("hops_seen", [])),
                    tuple((o[0], o[1], o[2]) for o in d.get("others", [])), bool(d.get("complete")),
                    tuple(d.get("in_clear", [])),
-                   HopTlsLog.from_json(d["tls_log"]) if d.get("tls_log") else None)
+                   HopTlsLog.from_json(d["tls_log"]) if d.get("tls_log") else None, tuple(d.get("could_be", [])))
 
 
 def tls_decided(obs: HopObservation) -> bool:

@@ -157,6 +157,43 @@ def test_connection_without_transaction_is_matched_only_after_the_message() -> N
     assert select_on_hop([early], "relay->nomail", _sent(at=2.0)).matched_by is None
 
 
+def _greeted(session: int, at: float, code: int = 521, text: str = "nomail.example.test no mail here") -> Transcript:
+    return Transcript("relay->nomail", session, [Exchange("relay->nomail", session, "CONNECT", None, code, None, text,
+                                                          (), at)], closed=True)
+
+
+GREETING_521 = HopStep("relay->nomail", None, {Stage.CONNECT: ReplyExpectation(521)}, {}, 5, MARK)
+
+
+def test_a_connection_without_a_transaction_while_another_message_was_in_flight_is_judged_only_if_all_agree() -> None:
+    """Two messages in flight, two connections that never reached MAIL: which is which is not on the
+    wire. Alike, either one gives the verdict; unlike, the first one after the message may be the other
+    message's, and taking it passed a 521 expectation while the message's own connection said 421."""
+    first, second = _sent(at=1.0), _sent(THEIRS, at=1.5)
+    alike = [_greeted(1, 2.0), _greeted(2, 2.1)]
+    obs = select_on_hop(alike, "relay->nomail", second, rivals=[first])
+    assert obs.matched_by == "connection without a transaction" and judge(4, GREETING_521, obs) == []
+    unlike = [_greeted(1, 2.0), _greeted(2, 2.1, 421, "try again later")]
+    for ours, theirs in ((second, first), (first, second)):
+        obs = select_on_hop(unlike, "relay->nomail", ours, rivals=[theirs])
+        assert obs.matched_by is None and obs.could_be == (1, 2)
+        (failure,) = judge(4, GREETING_521, obs)
+        assert failure.observed.startswith("not known: sessions 1, 2") and "session:" in failure.observed
+        assert HopObservation.from_json(obs.to_json()) == obs
+
+
+def test_later_connections_of_a_message_alone_in_flight_do_not_hide_its_first() -> None:
+    """Its own retries (or a rival refused by the client's MTA, or one sent after the connection opened)
+    make nothing ambiguous: the first connection after the message is its own."""
+    unlike = [_greeted(1, 2.0), _greeted(2, 9.0, 421, "try again later")]
+    refused = replace(_sent(THEIRS, at=0.5), end_of_data=None)
+    later = _sent(THEIRS, at=5.0)
+    for rivals in ([], [refused], [later]):
+        obs = select_on_hop(unlike, "relay->nomail", _sent(at=1.0), rivals=rivals)
+        assert (obs.session, obs.matched_by) == (1, "connection without a transaction"), rivals
+        assert judge(4, GREETING_521, obs) == []
+
+
 def _dsn_found(path: str = "new/1") -> FoundDsn:
     status = parse_dsn((DSN_FIXTURES / "postfix-nullmx.eml").read_bytes())
     assert status is not None
