@@ -8,7 +8,9 @@ in the order sent; Postfix's smtp client writes MAIL, RCPT... and DATA in one se
 replies afterwards. Client bytes are commands except the message after a 354 (up to CRLF.CRLF) and the
 n bytes after ``BDAT n``. Nothing is invented: a command without a reply gets ``code=None`` and the
 way the connection ended; after a 220 to STARTTLS the bytes are TLS and decoding stops, but the TLS
-exchange says what the record layer shows of the handshake (harness.observe.tlsrecords).
+exchange says what the record layer shows of the handshake (harness.observe.tlsrecords). A client
+that sends a command there instead of a ClientHello has started no TLS: the TLS exchange says it
+failed, and its commands are decoded in clear.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from harness.smtp.transcript import PENDING_TEXT, TLS_ESTABLISHED, TLS_FAILED, E
 __all__ = ["TLS_TEXT", "connections", "decode_connections", "decode_session", "decode_sessions", "merge_captures"]
 
 TLS_TEXT = "TLS started: the rest of the session is encrypted"
+NO_CLIENT_HELLO = "the client sent no ClientHello after the 220 and went on in clear"
 # On one bridge a SYN-ACK comes within milliseconds; Linux resends an unanswered SYN after 1 s. A SYN
 # younger than this when the capture was read is an attempt in progress, not one nobody answered.
 SYN_ANSWER_S = 1.0
@@ -110,6 +113,13 @@ class _Reader:
         raw = self.data[self.pos:end]
         self.pos = end + 1
         return raw.rstrip(b"\r"), self.stream.ts_at(end)
+
+    def next_command(self) -> str | None:
+        """The verb of the next complete line, without consuming it; None when there is none."""
+        end = self.data.find(b"\n", self.pos, self.pos + _MAX_LINE)
+        if end < 0:
+            return None
+        return _command_name(self.data[self.pos:end].rstrip(b"\r").decode("utf-8", "replace"))
 
     def exact(self, n: int) -> float | None:
         """Skip ``n`` bytes (``last_content`` keeps them); the time the last one arrived, or None when
@@ -300,6 +310,14 @@ class _Session:
                 if not self.end_of_data():
                     return
             elif command == "STARTTLS" and reply.code == 220:
+                if self.client.next_command() in _KNOWN \
+                        and tlsrecords.client_starts_tls(self.conn, self.client.pos) is False:
+                    # The client sent no ClientHello but a command: what follows is SMTP in clear, and
+                    # is decoded as such (a MAIL in clear must be seen, whatever the 220 promised).
+                    self.exchanges.append(Exchange(
+                        hop=self.hop, session=self.session, command="TLS", sent=None, code=None, enhanced=None,
+                        text=f"{TLS_FAILED}: {NO_CLIENT_HELLO}", at_s=reply.ts - self.start_wall))
+                    continue
                 self.tls_handshake(reply)
                 return
 

@@ -186,6 +186,12 @@ def _opening(data: bytes, start: int, side: Side) -> bool | None:
     return side == "server" and content_type == ALERT
 
 
+def client_starts_tls(conn: Connection, client_from: int) -> bool | None:
+    """Whether the client's bytes from ``client_from`` (after a 220 to its STARTTLS) begin a ClientHello;
+    False: it went on with something else (commands in clear); None: too few bytes to tell yet."""
+    return _opening(conn.client.data, client_from, "client")
+
+
 @dataclass(frozen=True)
 class ServerHello:
     version: int  # negotiated: supported_versions' choice when present, else the legacy field

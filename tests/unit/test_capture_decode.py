@@ -20,6 +20,7 @@ import pytest
 
 from harness.observe.hops import CapturedHops, unanswered_requests
 from harness.observe.smtpstream import (
+    NO_CLIENT_HELLO,
     SYN_ANSWER_S,
     TLS_TEXT,
     UNSOLICITED,
@@ -467,6 +468,19 @@ def test_starttls_stops_decoding() -> None:
     sessions = synthetic(recs)
     assert commands(sessions) == [("CONNECT", 220), ("EHLO", 250), ("STARTTLS", 220), ("TLS", None)]
     assert sessions[0].exchanges[-1].text == TLS_TEXT
+
+
+def test_a_client_that_goes_on_in_clear_after_the_220_to_starttls_is_decoded_in_clear() -> None:
+    """A relay that got 220 to STARTTLS and then sent its MAIL without a handshake sent the envelope in
+    clear: `cleartext: false` must see that MAIL, not take the rest for encrypted."""
+    recs = conversation([("s", b"220 b ESMTP\r\n"), ("c", b"EHLO a\r\n"), ("s", b"250-b\r\n250 STARTTLS\r\n"),
+                         ("c", b"STARTTLS\r\n"), ("s", b"220 2.0.0 Ready to start TLS\r\n"),
+                         ("c", b"MAIL FROM:<alice@origin.test>\r\n"), ("s", b"\x15\x03\x03\x00\x02\x02\x0a"),
+                         ])
+    (session,) = synthetic(recs)
+    assert [e.command for e in session.exchanges] == ["CONNECT", "EHLO", "STARTTLS", "TLS", "MAIL"]
+    assert session.exchanges[3].text.endswith(NO_CLIENT_HELLO)
+    assert session.first("MAIL") is not None
 
 
 def test_refused_data_leaves_the_following_bytes_commands() -> None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.observe.smtpstream import TLS_TEXT
+from harness.observe.smtpstream import NO_CLIENT_HELLO, TLS_TEXT
 from harness.observe.tcpflows import Chunk, Connection, Stream
 from harness.observe.tlsrecords import (
     ALERT,
@@ -303,14 +303,20 @@ def test_server_closes_during_the_handshake(pki: Pki, end: str) -> None:
 # -- not TLS, or not all of it ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("turns", [
-    [("c", b"EHLO relay.example.test\r\n"), ("s", b"503 5.5.1 Error: send HELO/EHLO first\r\n")],
     [("c", bytes(range(256)))],
     [("c", b"\x16\x03\x01\x00\x10QUIT\r\n")],  # a record header, but no ClientHello in it
-], ids=["smtp", "binary", "not-a-client-hello"])
+], ids=["binary", "not-a-client-hello"])
 @pytest.mark.parametrize("end", ["fin", "open"])
 def test_bytes_that_are_not_tls_say_tls_started(turns: list[tuple[str, bytes]], end: str) -> None:
     exchange = tls_exchange(turns, end=end)
     assert exchange.text == TLS_TEXT and exchange.at_s == pytest.approx(READY_AT)
+
+
+@pytest.mark.parametrize("end", ["fin", "open"])
+def test_a_command_instead_of_a_client_hello_is_no_tls_at_all(end: str) -> None:
+    exchange = tls_exchange([("c", b"EHLO relay.example.test\r\n"),
+                             ("s", b"503 5.5.1 Error: send HELO/EHLO first\r\n")], end=end)
+    assert exchange.text == f"{TLS_FAILED}: {NO_CLIENT_HELLO}" and exchange.at_s == pytest.approx(READY_AT)
 
 
 def test_a_server_answering_in_plain_text_is_not_tls(pki: Pki) -> None:
