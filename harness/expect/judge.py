@@ -66,11 +66,11 @@ def _smtp(index: int, step: SmtpSessionStep, obs: SessionObservation) -> list[Fa
 
 def _hop(index: int, step: HopStep, obs: HopObservation) -> list[Failure]:
     if obs.matched_by is None and obs.could_be:
-        sessions = ", ".join(map(str, obs.could_be))
-        return [Failure(index, "hop", None, f"the message's connection on {step.hop}",
-                        f"not known: sessions {sessions} never reached MAIL and could each be this message's "
-                        "(another message of the scenario was in flight), and they differ; name one with "
-                        "`session:` or send the messages one at a time", step.mark, step.hop, step.session)]
+        return [Failure(index, "hop", None, f"the message's transaction on {step.hop}",
+                        f"not known: {', '.join(obs.could_be)} could each be this message's (another message "
+                        "of the scenario was in flight, and nothing on the wire names the message: no DATA, or "
+                        "no MAIL at all), and they differ; name one with `session:` or send the messages one at "
+                        "a time", step.mark, step.hop, step.session)]
     if obs.matched_by is None:
         where = f"session {step.session} on {step.hop}" if step.session else f"the message's transaction on {step.hop}"
         seen = f"hops seen: {', '.join(obs.hops_seen) or 'none'}"

@@ -6,10 +6,11 @@ can, with its connection cache), so a hop expectation is judged against one *tra
 whole session: the one whose DATA content has the message's Message-ID, else the one whose envelope
 is the message's (sender and one of its recipients). A session that never reached MAIL (a 521
 greeting, a refused connection) can only be matched as a connection, opened after the message was
-accepted by the client's session. While another message of the scenario was in flight, such a
-connection may be that one's: the first one after the message is taken only when every connection
-that could be the message's shows the same exchanges (then the verdict is the same whichever it was);
-otherwise the observation names them all and matches none.
+accepted by the client's session. While another message of the scenario was in flight (for an
+envelope match: one with the same envelope), such a connection or transaction may be that one's: the
+first one after the message is taken only when every one that could be the message's shows the same
+exchanges (then the verdict is the same whichever it was); otherwise the observation names them all
+and matches none.
 """
 
 from __future__ import annotations
@@ -38,21 +39,32 @@ def _by_message_id(transactions: Sequence[Transaction], message: SentMessage) ->
     return next((t for t in transactions if same_message_id(t.message_id, message.message_id)), None)
 
 
-def _by_envelope(transactions: Sequence[Transaction], message: SentMessage) -> Transaction | None:
-    wanted = {r.lower() for r in message.rcpt_to}
-    for t in transactions:
-        # Only transactions that never carried another message's content: one that did is not ours. Nor
-        # one begun before the client's session did: an earlier message's with the same envelope.
-        if t.message_id is not None or (t.exchanges and t.exchanges[0].at_s < message.sent_at_s):
-            continue
-        if t.mail_from.lower() == message.mail_from.lower() and wanted & {r.lower() for r in t.recipients}:
-            return t
-    return None
+def _same_envelope(t: Transaction, message: SentMessage) -> bool:
+    return t.mail_from.lower() == message.mail_from.lower() \
+        and bool({r.lower() for r in message.rcpt_to} & {r.lower() for r in t.recipients})
 
 
-def _seen_as(transcript: Transcript) -> tuple[tuple[str, str | None, int | None, str | None, str], ...]:
-    """What a verdict on a connection can depend on: its exchanges, without their times and session."""
-    return tuple((e.command, e.sent, e.code, e.enhanced, e.text) for e in transcript.exchanges)
+def _by_envelope(transactions: Sequence[Transaction], message: SentMessage) -> list[Transaction]:
+    """The transactions that can be the message's by its envelope, earliest first: only those that never
+    carried another message's content (one that did is not ours), and none begun before the client's
+    session did (an earlier message's with the same envelope)."""
+    return [t for t in transactions if t.message_id is None and _same_envelope(t, message)
+            and not (t.exchanges and t.exchanges[0].at_s < message.sent_at_s)]
+
+
+def _seen_as(obs: HopObservation) -> tuple[tuple[str, str | None, int | None, str | None, str], ...]:
+    """What a verdict on an observation can depend on: its exchanges, without their times and session."""
+    return tuple((e.command, e.sent, e.code, e.enhanced, e.text) for e in obs.exchanges)
+
+
+def _unless_ambiguous(candidates: Sequence[HopObservation], names: Sequence[str], in_flight: bool) -> HopObservation:
+    """The first of ``candidates`` (earliest first), unless another message was in flight when it began
+    (it may be that one's) and they differ: then none, naming them all (which one it is is not known)."""
+    first = candidates[0]
+    if not in_flight or len({_seen_as(c) for c in candidates}) == 1:
+        return first
+    return HopObservation(first.hop, None, None, None, (), False, first.hops_seen, first.others,
+                          could_be=tuple(names))
 
 
 def select_on_hop(sessions: Sequence[Transcript], hop: str, message: SentMessage | None, *,
@@ -77,11 +89,14 @@ def select_on_hop(sessions: Sequence[Transcript], hop: str, message: SentMessage
         if found is not None:
             return _observation(hop, owner[id(found)], found, f"Message-ID {message.message_id}", hops_seen,
                                 others(found))
-        found = _by_envelope(transactions, message)
-        if found is not None:
-            return _observation(hop, owner[id(found)], found,
-                                f"envelope {message.mail_from} -> {', '.join(found.recipients)}",
-                                hops_seen, others(found))
+        found_all = _by_envelope(transactions, message)
+        if found_all:
+            began = found_all[0].exchanges[0].at_s if found_all[0].exchanges else 0.0
+            return _unless_ambiguous(
+                [_observation(hop, owner[id(t)], t, f"envelope {message.mail_from} -> {', '.join(t.recipients)}",
+                              hops_seen, others(t)) for t in found_all],
+                [f"session {t.session} #{t.number}" for t in found_all],
+                any(not r.refused and r.sent_at_s <= began and _same_envelope(found_all[0], r) for r in rivals))
     if session is not None and on_hop:
         first = on_hop[0].transactions()
         # Its first transaction, when that one never got as far as carrying a message: never another's.
@@ -96,10 +111,9 @@ def select_on_hop(sessions: Sequence[Transcript], hop: str, message: SentMessage
     after = message.sent_at_s if message is not None else 0.0
     candidates = [t for t in on_hop if not t.transactions() and t.exchanges and t.exchanges[0].at_s >= after]
     if candidates:
-        earliest = candidates[0]
-        in_flight = any(not r.refused and r.sent_at_s <= earliest.exchanges[0].at_s for r in rivals)
-        if not in_flight or len({_seen_as(t) for t in candidates}) == 1:
-            return _observation(hop, earliest, None, "connection without a transaction", hops_seen, others(None))
-        return HopObservation(hop, session, None, None, (), False, hops_seen, others(None),
-                              could_be=tuple(t.session for t in candidates))
+        return _unless_ambiguous(
+            [_observation(hop, t, None, "connection without a transaction", hops_seen, others(None))
+             for t in candidates],
+            [f"session {t.session}" for t in candidates],
+            any(not r.refused and r.sent_at_s <= candidates[0].exchanges[0].at_s for r in rivals))
     return HopObservation(hop, session, None, None, (), False, hops_seen, others(None))

@@ -134,9 +134,9 @@ class HopObservation:
     in_clear: tuple[int, ...] = ()
     # What the sending MTA logged about the message's delivery: its TLS session and the reply.
     tls_log: HopTlsLog | None = None
-    # Nothing matched because each of these connections without a transaction could be the message's
-    # (another message of the scenario was in flight) and they differ: which one it was is not known.
-    could_be: tuple[int, ...] = ()
+    # Nothing matched because each of these ("session 2", "session 1 #2") could be the message's (another
+    # message of the scenario was in flight) and they differ: which one it was is not known.
+    could_be: tuple[str, ...] = ()
 
     kind = "hop"
 

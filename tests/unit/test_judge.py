@@ -176,10 +176,40 @@ def test_a_connection_without_a_transaction_while_another_message_was_in_flight_
     unlike = [_greeted(1, 2.0), _greeted(2, 2.1, 421, "try again later")]
     for ours, theirs in ((second, first), (first, second)):
         obs = select_on_hop(unlike, "relay->nomail", ours, rivals=[theirs])
-        assert obs.matched_by is None and obs.could_be == (1, 2)
+        assert obs.matched_by is None and obs.could_be == ("session 1", "session 2")
         (failure,) = judge(4, GREETING_521, obs)
-        assert failure.observed.startswith("not known: sessions 1, 2") and "session:" in failure.observed
+        assert failure.observed.startswith("not known: session 1, session 2") and "session:" in failure.observed
         assert HopObservation.from_json(obs.to_json()) == obs
+
+
+def _refused_at_rcpt(session: int, at: float, code: int) -> Transcript:
+    return Transcript("relay->mx", session, [
+        _ex(session, "CONNECT", None, 220, at), _ex(session, "EHLO", "EHLO relay", 250, at + 0.01),
+        _ex(session, "MAIL", "MAIL FROM:<alice@origin.test>", 250, at + 0.02),
+        _ex(session, "RCPT", "RCPT TO:<nobody@example.test>", code, at + 0.03),
+        _ex(session, "QUIT", "QUIT", 221, at + 0.04)], closed=True)
+
+
+def test_a_transaction_matched_by_envelope_while_a_message_with_that_envelope_was_in_flight_is_judged_only_if_all_agree(
+        ) -> None:
+    """Two messages alice -> nobody, each refused by mx at RCPT (no DATA, so no Message-ID on the wire):
+    the first transaction after the second message may be the first message's."""
+    first, second = _sent(at=1.0), _sent(THEIRS, at=1.5)
+    refused = HopStep("relay->mx", None, {Stage.RCPT: ReplyExpectation(550)}, {}, 5, MARK)
+    alike = [_refused_at_rcpt(1, 2.0, 550), _refused_at_rcpt(2, 2.5, 550)]
+    obs = select_on_hop(alike, "relay->mx", second, rivals=[first])
+    assert (obs.session, obs.matched_by) == (1, "envelope alice@origin.test -> nobody@example.test")
+    assert judge(3, refused, obs) == []
+    unlike = [_refused_at_rcpt(1, 2.0, 550), _refused_at_rcpt(2, 2.5, 450)]
+    obs = select_on_hop(unlike, "relay->mx", second, rivals=[first])
+    assert obs.matched_by is None and obs.could_be == ("session 1 #1", "session 2 #1")
+    assert judge(3, refused, obs)[0].observed.startswith("not known: session 1 #1, session 2 #1")
+    # Another envelope in flight is no rival; nor is a message alone.
+    other = SentMessage(None, "client->relay", 2, THEIRS, "carol@origin.test", ("nobody@example.test",), None, b"",
+                        first.end_of_data, 1.0)
+    for rivals in ([other], []):
+        obs = select_on_hop(unlike, "relay->mx", second, rivals=rivals)
+        assert obs.session == 1 and judge(3, refused, obs) == []
 
 
 def test_later_connections_of_a_message_alone_in_flight_do_not_hide_its_first() -> None:
