@@ -105,21 +105,24 @@ class _Reader:
         self.pos = 0
         self.last_content = b""  # the bytes of the last message (or BDAT chunk) read
 
+    def _peek(self) -> tuple[bytes, int] | None:
+        """The next complete line (without its line end) and where its LF is, without consuming it."""
+        end = self.data.find(b"\n", self.pos, self.pos + _MAX_LINE)
+        return None if end < 0 else (self.data[self.pos:end].rstrip(b"\r"), end)
+
     def line(self) -> tuple[bytes, float] | None:
         """The next complete line (without its line end), or None when no complete line is left."""
-        end = self.data.find(b"\n", self.pos, self.pos + _MAX_LINE)
-        if end < 0:
+        got = self._peek()
+        if got is None:
             return None
-        raw = self.data[self.pos:end]
+        raw, end = got
         self.pos = end + 1
-        return raw.rstrip(b"\r"), self.stream.ts_at(end)
+        return raw, self.stream.ts_at(end)
 
     def next_command(self) -> str | None:
         """The verb of the next complete line, without consuming it; None when there is none."""
-        end = self.data.find(b"\n", self.pos, self.pos + _MAX_LINE)
-        if end < 0:
-            return None
-        return _command_name(self.data[self.pos:end].rstrip(b"\r").decode("utf-8", "replace"))
+        got = self._peek()
+        return None if got is None else _command_name(got[0].decode("utf-8", "replace"))
 
     def exact(self, n: int) -> float | None:
         """Skip ``n`` bytes (``last_content`` keeps them); the time the last one arrived, or None when

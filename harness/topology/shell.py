@@ -96,7 +96,7 @@ class ContainerShell:
                 f"if [ -s {err} ]; then wc -c <{err}; cat {err}; else echo 0; fi\n")
         self._send(line.encode())
         out = self._until(f"\n{nonce} ".encode())
-        trailer = self._line().split()
+        trailer = self._until(b"\n").split()
         if len(trailer) != 2 or not trailer[0].lstrip(b"-").isdigit() or not trailer[1].isdigit():
             raise _SessionEnded(f"a reply that is not this command's: {trailer[:2]!r}")
         return ShellResult(int(trailer[0]), out, self._exactly(int(trailer[1])))
@@ -142,14 +142,6 @@ class ContainerShell:
         data = bytes(self._buffer[:end])
         del self._buffer[:end + len(marker)]
         return data
-
-    def _line(self) -> bytes:
-        while b"\n" not in self._buffer:
-            self._fill()
-        end = self._buffer.index(b"\n")
-        line = bytes(self._buffer[:end])
-        del self._buffer[:end + 1]
-        return line
 
     def _exactly(self, size: int) -> bytes:
         while len(self._buffer) < size:
