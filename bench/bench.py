@@ -35,10 +35,12 @@ import dpkt  # type: ignore[import-untyped]
 
 from harness.expect.results import PASSED, ScenarioResult
 from harness.observe.capture import CAPTURE_IMAGE, start_captures
+from harness.observe.maildir import MAIL_ROOT
+from harness.observe.observations import MailboxObservation
 from harness.observe.smtpstream import decode_sessions
 from harness.plan import plan_scenario
 from harness.report.progress import Progress
-from harness.runner import RunContext, bring_up, default_jobs, implementations_for, run_all
+from harness.runner import RunContext, ScenarioSequence, bring_up, default_jobs, implementations_for, run_all
 from harness.scenario.loader import load_scenario, load_scenarios
 from harness.scenario.model import Scenario, SmtpSessionStep
 from harness.shard import container_key, topology_key
@@ -54,10 +56,13 @@ COMPOSE = ROOT / "compose"
 SCENARIOS = ROOT / "scenarios"
 # The floor's SMTP transaction: this scenario's session (client -> mx, one recipient, 354 and 250).
 PROBE = SCENARIOS / "01-direct-354.yaml"
+# The one-message scenarios run again and again on a running topology: one direct, one relayed.
+RESIDENT = (PROBE, SCENARIOS / "02-relay-354.yaml")
+RESIDENT_TARGETS_S = {"beyond_mail_work": 0.150, "noticed_after_written": 0.050}  # issue 8's targets
 FIXTURES = ROOT / "tests" / "unit" / "fixtures" / "pcap"
 OUTPUT = ROOT / "build" / "bench.json"
 MTAS = ("postfix", "exim", "opensmtpd")
-PARTS = ("decoder", "floor", "shared", "fresh")
+PARTS = ("decoder", "floor", "resident", "shared", "fresh")
 DLT_LINUX_SLL2 = 276
 DECODER_TARGET_S = 1.0  # each decoder measurement repeats its loop for about this long per round
 DECODER_SLICES = 20  # ... in this many slices, the variants taking turns
@@ -237,6 +242,70 @@ class FloorBench:
             "transaction_median_s": txn,
             "pairs_per_mta": pairs_per_mta,
         }
+
+
+# -- one scenario on a running topology ----------------------------------------------------------
+
+class ResidentBench:
+    """One-message scenarios run again and again on one running topology per implementation, as a
+    shared topology runs them: what a scenario costs beyond its mail work, and how soon after the MTA
+    wrote the message's file the harness noticed it. The implementations run one after another, on a
+    machine doing nothing else of this benchmark's.
+
+    Per run: ``total`` is the scenario on the running topology, its reset included (ScenarioSequence.run);
+    ``mail_work`` from the client's connect (its first step's start) to the delivered file written
+    (its ctime in the container, set when the MTA renames it into ``new/``); ``beyond_mail_work`` is
+    ``total - mail_work``; ``noticed_after_written`` from that ctime to the end of the delivery step
+    that saw it. Container and harness share this machine's clock (a remote engine would not)."""
+
+    def __init__(self, ctx: RunContext, runs: int) -> None:
+        self.ctx = ctx
+        self.runs = runs
+        self.scenarios = [load_scenario(path) for path in RESIDENT]
+        self.samples: dict[str, list[float]] = {}
+
+    def measure(self) -> dict[str, Any]:
+        for mta in MTAS:
+            log(f"resident: {mta}, {len(self.scenarios)} scenarios x {self.runs} runs on one topology")
+            sequence = ScenarioSequence(self.ctx)
+            try:
+                # The first run of each also starts (or first uses) the topology: not measured.
+                for n in range(self.runs + 1):
+                    for scenario in self.scenarios:
+                        self.run(sequence, scenario, mta, record=n > 0)
+            finally:
+                sequence.close()
+        return {key: summary(values) for key, values in sorted(self.samples.items())}
+
+    def run(self, sequence: ScenarioSequence, scenario: Scenario, mta: str, *, record: bool) -> None:
+        t0 = time.perf_counter()
+        result = sequence.run(scenario, mta)
+        total = time.perf_counter() - t0
+        if result.status != PASSED:
+            raise SystemExit(f"resident: {scenario.path.name} [{mta}] did not pass ({result.status}): "
+                             + "; ".join([result.error or ""] + [f"{f.expected} / {f.observed}" for f in result.failures]))
+        if not record:
+            return
+        first = result.steps[0]
+        delivery = next(s for s in result.steps if s.kind == "delivery")
+        obs = delivery.observation
+        if (result.started_at is None or first.at_s is None or delivery.at_s is None or delivery.took_s is None
+                or not isinstance(obs, MailboxObservation) or not obs.copies or sequence.shared is None):
+            raise SystemExit(f"resident: {scenario.path.name} [{mta}]: no timed delivery step in its result")
+        host = sequence.shared.topology.hosts[obs.host]
+        # Copies are named as `docker cp` names them: the mail root's last component first.
+        path = f"{MAIL_ROOT.rpartition('/')[0]}/{obs.copies[0].path}"
+        done = host.shell.run(["stat", "-c", "%.9Z", path])
+        if done.exit_code != 0:
+            raise SystemExit(f"resident: stat {path} on {obs.host}: {done.stderr.decode(errors='replace')}")
+        written = float(done.stdout.decode().strip())
+        mail_work = written - (result.started_at + first.at_s)
+        key = f"{scenario.path.stem}:{mta}"
+        self.samples.setdefault(f"total:{key}", []).append(total)
+        self.samples.setdefault(f"mail_work:{key}", []).append(mail_work)
+        self.samples.setdefault(f"beyond_mail_work:{key}", []).append(total - mail_work)
+        self.samples.setdefault(f"noticed_after_written:{key}", []).append(
+            result.started_at + delivery.at_s + delivery.took_s - written)
 
 
 # -- the matrix -----------------------------------------------------------------------------------
@@ -661,6 +730,25 @@ def table(doc: dict[str, Any]) -> str:
         side = samples["side_by_side"]["median"]
         lines.append(f"  {'three side by side, wall':50} {fmt_s(side):>10}   "
                      f"{doc['side_by_side_over_max_start']:.2f} x the slowest start alone")
+    resident = doc.get("resident")
+    if resident:
+        lines += ["", f"{'one-message scenario on a running topology, medians of ' + str(doc['resident_runs']):52} "
+                  + " ".join(f"{m:>10}" for m in MTAS) + "   target"]
+        for path in RESIDENT:
+            lines.append(f"  {path.stem}")
+            for key, label in (("total", "the scenario, its reset included"),
+                               ("mail_work", "its mail work: connect to the file written"),
+                               ("beyond_mail_work", "beyond its mail work"),
+                               ("noticed_after_written", "delivery noticed after the file was written")):
+                values = [resident[f"{key}:{path.stem}:{m}"]["median"] for m in MTAS]
+                target = RESIDENT_TARGETS_S.get(key)
+                verdict = ""
+                if target is not None:
+                    worst = max(resident[f"{key}:{path.stem}:{m}"]["max"] for m in MTAS)
+                    verdict = (f"   <= {target * 1000:.0f} ms: medians "
+                               + ("met" if max(values) <= target else "NOT met")
+                               + f", worst run {worst * 1000:.0f} ms")
+                lines.append(f"    {label:48} " + " ".join(f"{v * 1000:>7.1f} ms" for v in values) + verdict)
     dec = doc.get("decoder")
     if dec:
         per_packet = dec["per_packet_s"]
@@ -713,14 +801,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transactions", type=int, default=5,
                         help="SMTP transactions per floor topology; the floor uses the median of all but the "
                              "first (default 5)")
+    parser.add_argument("--resident-runs", type=int, default=10,
+                        help="measured runs of each one-message scenario on a running topology per "
+                             "implementation (default 10)")
     parser.add_argument("--jobs", "-j", type=int, default=None,
                         help=f"topologies side by side in the matrix (default: the harness's, {default_jobs()} here)")
     parser.add_argument("--scenarios", type=Path, default=SCENARIOS, help="scenario directory or file")
     parser.add_argument("--json", type=Path, default=OUTPUT, help=f"where to write the JSON (default {OUTPUT})")
     parser.add_argument("--verbose", action="store_true", help="the harness's own progress lines too")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.warmup < 0 or args.matrix_rounds < 1 or args.transactions < 1:
-        parser.error("--rounds, --matrix-rounds and --transactions must be at least 1, --warmup at least 0")
+    if (args.rounds < 1 or args.warmup < 0 or args.matrix_rounds < 1 or args.transactions < 1
+            or args.resident_runs < 1):
+        parser.error("--rounds, --matrix-rounds, --transactions and --resident-runs must be at least 1, "
+                     "--warmup at least 0")
     parts: list[str] = args.only
     jobs = args.jobs or default_jobs()
     # SIGTERM unwinds like Ctrl-C, so the finally blocks remove the containers.
@@ -734,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": git_state(), "hostname": socket.gethostname(), "cpu_count": os.cpu_count(),
         "mem_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "jobs": jobs,
         "parts": parts, "rounds": args.rounds, "warmup": args.warmup, "matrix_rounds": args.matrix_rounds,
-        "transactions_per_topology": args.transactions, "mtas": list(MTAS), "scenarios": len(scenarios),
+        "transactions_per_topology": args.transactions, "resident_runs": args.resident_runs, "mtas": list(MTAS), "scenarios": len(scenarios),
         "pairs": len(pairs), "output": str(args.json), "matrix": {},
     }
 
@@ -776,6 +869,11 @@ def main(argv: list[str] | None = None) -> int:
             monitor.mark("floor", t_floor, time.perf_counter())
 
         floor_slot(0)
+        if "resident" in parts:
+            # Alone on the machine, before the matrix runs: the harness's own cost per scenario.
+            t_resident = time.perf_counter()
+            doc["resident"] = ResidentBench(ctx, args.resident_runs).measure()
+            monitor.mark("resident", t_resident, time.perf_counter())
         for n, mode in enumerate(matrix_runs):
             log(f"matrix {mode} ({len(doc['matrix'].get(mode, [])) + 1} of {args.matrix_rounds}): "
                 f"{len(pairs)} pairs, jobs {jobs}")

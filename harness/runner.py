@@ -471,10 +471,11 @@ def _reset(host: Host) -> None:
 
 def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mta: str) -> ScenarioResult:
     """One scenario on a topology ``shared.prepare(plan)`` made ready, its hops read from its own window."""
-    result = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, run_id=shared.run_id)
     started = time.monotonic()
     # Capture timestamps are wall-clock; the client's clock is monotonic from the same instant.
     shared.window_start = time.time()
+    result = ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta, run_id=shared.run_id,
+                            started_at=shared.window_start)
     hops = shared.hops.since(shared.window_start, names=shared.names())
     steps = StepRunner(shared.topology, scenario, result, started, mta=mta, hops=hops,
                        dns=ServedDns(list(plan.records), signer=shared.topology.signer),

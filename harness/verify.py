@@ -144,13 +144,15 @@ class StepRunner:
                 self.result.steps.append(StepOutcome(index, step.kind, SKIPPED, f"skipped on {self.mta}",
                                                      override.reason))
                 continue
+            at = self.clock()
             observation = self.observe(index, step)
+            took = self.clock() - at
             failures = judge(index, step, observation)
             self.result.failures.extend(failures)
             self.result.steps.append(StepOutcome(
                 index, step.kind, FAILED if failures else PASSED, summarize(step, observation),
                 override.reason if override is not None else None, observation,
-                self._replay(step) if failures else None))
+                self._replay(step) if failures else None, at, took))
 
     def _replay(self, step: Step) -> str | None:
         """For a failed client session, the swaks lines that replay it against ``harness up``."""

@@ -51,12 +51,19 @@ class StepOutcome:
     observation: Observation | None = None  # what was observed, as typed data (None: skipped)
     # A failed client session: the shell lines that replay it by hand (harness.report.reproduce).
     reproduce: str | None = None
+    # When the step began and how long it took, on the scenario's clock (the exchanges' at_s); None when skipped.
+    at_s: float | None = None
+    took_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"step": self.step, "kind": self.kind, "status": self.status, "summary": self.summary,
                 "override": self.override,
                 "observation": self.observation.to_json() if self.observation is not None else None,
-                "reproduce": self.reproduce}
+                "reproduce": self.reproduce, "at_s": _ms(self.at_s), "took_s": _ms(self.took_s)}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)
 
 
 @dataclass
@@ -76,6 +83,8 @@ class ScenarioResult:
     logs: dict[str, list[str]] = field(default_factory=dict)
     # Per role: what the implementation's own configuration check warned about (postconf, exim -bV, smtpd -n).
     config_warnings: dict[str, list[str]] = field(default_factory=dict)
+    # The wall clock (Unix time) at the scenario's start, where its exchanges' and steps' at_s count from.
+    started_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +93,7 @@ class ScenarioResult:
             "mta": self.mta,
             "status": self.status,
             "duration_s": round(self.duration_s, 3),
+            "started_at": _ms(self.started_at),
             "failures": [f.to_json() for f in self.failures],
             "exchanges": [e.to_json() for e in self.exchanges],
             "steps": [s.to_json() for s in self.steps],
@@ -107,12 +117,17 @@ def result_from_json(doc: dict[str, Any]) -> ScenarioResult:
         exchanges=[Exchange.from_json(e) for e in doc.get("exchanges", [])],
         steps=[StepOutcome(s["step"], s["kind"], s["status"], s["summary"], s.get("override"),
                            observation_from_json(s["observation"]) if s.get("observation") else None,
-                           s.get("reproduce"))
+                           s.get("reproduce"), _seconds(s.get("at_s")), _seconds(s.get("took_s")))
                for s in doc.get("steps", [])],
         error=doc.get("error"),
         run_id=doc.get("run_id"),
         mta=doc.get("mta", "postfix"),
+        started_at=_seconds(doc.get("started_at")),
         logs={str(role): [str(line) for line in lines] for role, lines in (doc.get("logs") or {}).items()},
         config_warnings={str(role): [str(line) for line in lines]
                          for role, lines in (doc.get("config_warnings") or {}).items()},
     )
+
+
+def _seconds(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

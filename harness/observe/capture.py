@@ -212,6 +212,16 @@ class HopCapture:
         """Every capture file of this companion: those kept from before a restart, then the current one."""
         return [*self.earlier, self.read_pcap()]
 
+    def read_pcap_from(self, offset: int) -> bytes:
+        """The current capture file's bytes from ``offset`` on: a shared topology's file keeps growing
+        across its scenarios, and what was read before need not cross the engine again. (The current
+        file only ever grows: a restart starts a new one after keeping the old in ``earlier``.)"""
+        with contextlib.suppress(DockerException):
+            done = self.shell.run(["tail", "-c", f"+{offset + 1}", CAPTURE_FILE])
+            if done.exit_code == 0:
+                return done.stdout
+        return self.read_pcap()[offset:]
+
     def read_pcap(self) -> bytes:
         """The capture file as it is now (complete up to the last packet written; works while running
         and after the companion stopped)."""

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from harness.observe.capture import HopCapture
 from harness.observe.observations import ConnectionAttempt
 from harness.observe.smtpstream import decode_connections
-from harness.observe.tcpflows import Connection, NeighbourRequest, connections_of, merge_connections, read_capture
+from harness.observe.tcpflows import Connection, GrowingCapture, NeighbourRequest, connections_of, merge_connections
 from harness.smtp.transcript import Exchange, Transcript
 
 # An ARP request that no port-25 traffic between the two hosts follows: the sender wanted to reach the
@@ -52,13 +52,19 @@ def unanswered_requests(requests: Sequence[NeighbourRequest],
 
 
 class _ParsedCaptures:
-    """The captures' connections and ARP requests, parsed again only when a capture grew: waits look many
-    times while nothing crosses the wire, and a shared topology's captures keep growing across scenarios."""
+    """The captures' connections and ARP requests. Each capture file is read from where the last read
+    ended and only its new packets are parsed (GrowingCapture); connections are rebuilt only for a file
+    that grew. Waits look many times while nothing crosses the wire, and a shared topology's captures
+    keep growing across its scenarios: reading and parsing them whole each time grew with every
+    scenario the topology had run."""
 
     def __init__(self, captures: Mapping[str, HopCapture]) -> None:
         self._captures = captures
         self._lock = threading.Lock()
-        self._sizes: tuple[int, ...] | None = None
+        # Per (capture, file: its earlier ones by index, then the current one): the file as parsed so
+        # far and its connections. Keyed by the capture object itself: a replaced role's new companion
+        # is another key, and the old one's entries go with it.
+        self._files: dict[tuple[HopCapture, int], tuple[GrowingCapture, list[Connection]]] = {}
         self._connections: list[Connection] = []
         self._requests: list[NeighbourRequest] = []
 
@@ -66,15 +72,30 @@ class _ParsedCaptures:
         return self.parsed()[0]
 
     def parsed(self) -> tuple[list[Connection], list[NeighbourRequest]]:
-        data = [pcap for c in self._captures.values() for pcap in c.read_pcaps()]
-        sizes = tuple(len(d) for d in data)
         with self._lock:
-            if sizes != self._sizes:
-                captures = [read_capture(d) for d in data]
-                self._connections = merge_connections([connections_of(segments) for segments, _ in captures])
+            changed = False
+            present: list[tuple[HopCapture, int]] = []  # in the order the captures are merged
+            for capture in list(self._captures.values()):
+                earlier = list(capture.earlier)
+                for index in range(len(earlier) + 1):
+                    key = (capture, index)
+                    present.append(key)
+                    growing, connections = self._files.get(key) or (GrowingCapture(), [])
+                    # A file kept from before a restart is complete: its rest is read from the copy.
+                    data = (earlier[index][growing.offset:] if index < len(earlier)
+                            else capture.read_pcap_from(growing.offset))
+                    if growing.feed(data) or key not in self._files:
+                        connections = connections_of(growing.segments)
+                        changed = True
+                    self._files[key] = (growing, connections)
+            for key in set(self._files) - set(present):
+                del self._files[key]
+                changed = True
+            if changed:
+                files = [self._files[key] for key in present]
+                self._connections = merge_connections([connections for _, connections in files])
                 # A broadcast request is in every capture on the network: the same one several times.
-                self._requests = sorted({r for _, requests in captures for r in requests}, key=lambda r: r.ts)
-                self._sizes = sizes
+                self._requests = sorted({r for growing, _ in files for r in growing.requests}, key=lambda r: r.ts)
             return list(self._connections), list(self._requests)
 
 

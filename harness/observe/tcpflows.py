@@ -12,14 +12,15 @@ from __future__ import annotations
 import bisect
 import io
 import ipaddress
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import dpkt  # type: ignore[import-untyped]  # dpkt ships no type information
 
-__all__ = ["Chunk", "Connection", "NeighbourRequest", "PcapError", "Segment", "Stream", "connections_of",
-           "merge_connections", "read_capture", "read_connections", "read_segments"]
+__all__ = ["Chunk", "Connection", "GrowingCapture", "NeighbourRequest", "PcapError", "Segment", "Stream",
+           "connections_of", "merge_connections", "read_capture", "read_connections", "read_segments"]
 
 _SEQ_MOD = 1 << 32
 _HALF = 1 << 31
@@ -231,22 +232,97 @@ def read_capture(pcap: bytes) -> tuple[list[Segment], list[NeighbourRequest]]:
         except (dpkt.UnpackError, ValueError):
             # The last record of a file read while tcpdump is still writing may be cut short.
             break
-        payload = _link_payload(linktype, bytes(frame))
-        if not isinstance(payload, dpkt.ip.IP | dpkt.ip6.IP6):
-            request = _neighbour_request(float(ts), payload)
-            if request is not None:
-                requests.append(request)
-            continue
-        try:
-            segment = _segment(float(ts), payload)
-        except (dpkt.UnpackError, ValueError):
-            continue
-        if segment is not None:
-            segments.append(segment)
+        _read_frame(linktype, float(ts), bytes(frame), segments, requests)
     # tcpdump -i any writes packets as the CPUs hand them over: order by time, keep file order on ties.
     segments.sort(key=lambda s: s.ts)
     requests.sort(key=lambda r: r.ts)
     return segments, requests
+
+
+def _read_frame(linktype: int, ts: float, frame: bytes, segments: list[Segment],
+                requests: list[NeighbourRequest]) -> None:
+    """The frame's TCP segment onto ``segments``, or its ARP request onto ``requests``; else nothing."""
+    payload = _link_payload(linktype, frame)
+    if not isinstance(payload, dpkt.ip.IP | dpkt.ip6.IP6):
+        request = _neighbour_request(ts, payload)
+        if request is not None:
+            requests.append(request)
+        return
+    try:
+        segment = _segment(ts, payload)
+    except (dpkt.UnpackError, ValueError):
+        return
+    if segment is not None:
+        segments.append(segment)
+
+
+# Classic pcap (what tcpdump -w writes): a 24-byte file header, then per packet a 16-byte record header
+# (seconds, fraction, captured length, original length) and the captured bytes.
+_PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1e6), b"\xa1\xb2\xc3\xd4": (">", 1e6),
+               b"\x4d\x3c\xb2\xa1": ("<", 1e9), b"\xa1\xb2\x3c\x4d": (">", 1e9)}
+_PCAP_HEADER = 24
+_RECORD_HEADER = 16
+
+
+class GrowingCapture:
+    """A capture file read while tcpdump still appends to it: ``feed`` takes the file's bytes from
+    ``offset`` on and parses only whole records, so each packet is parsed once however often the file
+    is read; a record not yet written in full is read again, whole, by the next ``feed``. A file that is
+    not classic pcap (pcapng) is parsed whole on every feed instead. Segments and requests are in
+    capture-time order (file order on ties), as ``read_capture`` gives them."""
+
+    def __init__(self) -> None:
+        self.offset = 0  # bytes of the file parsed so far
+        self.segments: list[Segment] = []
+        self.requests: list[NeighbourRequest] = []
+        self._format: tuple[str, float, int] | None = None  # byte order, fraction per second, link type
+        self._whole: bytes | None = None  # not classic pcap: everything so far, parsed as one
+
+    def feed(self, data: bytes) -> bool:
+        """Parse ``data``, the file's bytes from ``offset`` on; whether any new packet was read."""
+        if self._whole is not None:
+            return self._feed_whole(data)
+        view = memoryview(data)
+        pos = 0
+        if self._format is None:
+            if len(data) < _PCAP_HEADER:
+                return False  # tcpdump has not written its file header yet
+            magic = bytes(view[:4])
+            if magic not in _PCAP_MAGIC:
+                self._whole = b""
+                return self._feed_whole(data)
+            order, fraction = _PCAP_MAGIC[magic]
+            linktype = int.from_bytes(view[20:24], "little" if order == "<" else "big") & 0x0FFFFFFF
+            self._format = (order, fraction, linktype)
+            pos = _PCAP_HEADER
+        order, fraction, linktype = self._format
+        header = struct.Struct(order + "IIII")
+        before = (len(self.segments), len(self.requests))
+        while len(data) - pos >= _RECORD_HEADER:
+            seconds, part, captured, _ = header.unpack_from(view, pos)
+            end = pos + _RECORD_HEADER + captured
+            if end > len(data):
+                break
+            _read_frame(linktype, seconds + part / fraction, bytes(view[pos + _RECORD_HEADER:end]),
+                        self.segments, self.requests)
+            pos = end
+        self.offset += pos
+        if (len(self.segments), len(self.requests)) == before:
+            return False
+        self.segments.sort(key=lambda s: s.ts)  # nearly sorted already: linear
+        self.requests.sort(key=lambda r: r.ts)
+        return True
+
+    def _feed_whole(self, data: bytes) -> bool:
+        if not data:
+            return False
+        self._whole = (self._whole or b"") + data
+        self.offset += len(data)
+        try:
+            self.segments, self.requests = read_capture(self._whole)
+        except PcapError:
+            return False
+        return True
 
 
 @dataclass

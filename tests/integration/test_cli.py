@@ -65,6 +65,7 @@ def test_wrong_data_expectation_fails_with_exit_1_and_shows_the_354(engine: dock
     scenario.write_text(WRONG_354)
     out = tmp_path / "results.json"
     junit = tmp_path / "junit.xml"
+    before = time.time()
     done = harness("run", str(scenario), "--json", str(out), "--junit", str(junit))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAIL" in done.stdout
@@ -79,6 +80,10 @@ def test_wrong_data_expectation_fails_with_exit_1_and_shows_the_354(engine: dock
     assert failure["stage"] == "DATA" and failure["expected"] == "250" and failure["observed"].startswith("354")
     data = next(e for e in result["exchanges"] if e["command"] == "DATA")
     assert data == {**data, "hop": "client->mx", "session": 1, "code": 354}
+    # The step's time on the scenario's clock brackets its exchanges; the clock's zero is wall time.
+    (step,) = result["steps"]
+    assert step["at_s"] <= data["at_s"] <= step["at_s"] + step["took_s"], (step, data)
+    assert before <= result["started_at"] <= time.time()
     assert "<failure" in junit.read_text()
 
 

@@ -580,6 +580,9 @@ class _FixtureCapture:
     def read_pcaps(self) -> list[bytes]:
         return [*self.earlier, self.data]
 
+    def read_pcap_from(self, offset: int) -> bytes:
+        return self.data[offset:]
+
 
 def _window(start_wall: float) -> CapturedHops:
     captures = {"mx": _FixtureCapture(pcap("relay_mx_pipelined", "mx"))}

@@ -54,11 +54,30 @@ def test_json_round_trip_keeps_the_contract(tmp_path: Path) -> None:
     write_json(results, out)
     again = json.loads(out.read_text())["scenarios"]
     original = json.loads(SAMPLE.read_text())["scenarios"]
+    timing = ("at_s", "took_s")
     for a, b in zip(again, original, strict=True):
-        for key in ("file", "name", "mta", "status", "exchanges", "steps"):
+        for key in ("file", "name", "mta", "status", "exchanges"):
             assert a[key] == b[key]
+        # The sample predates the steps' timing: read as unknown, the rest unchanged.
+        assert [{k: v for k, v in s.items() if k not in timing} for s in a["steps"]] == b["steps"]
+        assert all(s["at_s"] is None and s["took_s"] is None for s in a["steps"]) and a["started_at"] is None
         for e in a["exchanges"]:
             assert {"hop", "session", "command", "code", "enhanced", "text"} <= set(e)
+
+
+def test_when_the_scenario_and_each_step_ran_survive_a_results_file(tmp_path: Path) -> None:
+    result = _results()[0]
+    result.started_at = 1796198283.2023
+    result.steps = [replace(s, at_s=0.0125 + i, took_s=0.5 + i) for i, s in enumerate(result.steps)]
+    out = tmp_path / "r.json"
+    write_json([result], out)
+    (entry,) = json.loads(out.read_text())["scenarios"]
+    assert entry["started_at"] == 1796198283.2023
+    assert [(s["at_s"], s["took_s"]) for s in entry["steps"]] == [
+        (0.0125 + i, 0.5 + i) for i in range(len(result.steps))]
+    again = result_from_json(entry)
+    assert again.started_at == result.started_at
+    assert [(s.at_s, s.took_s) for s in again.steps] == [(s.at_s, s.took_s) for s in result.steps]
 
 
 def test_a_failure_is_marked_in_the_timeline_and_in_junit(tmp_path: Path) -> None:
