@@ -48,7 +48,7 @@ from harness.plan import ScenarioPlan, plan_scenario
 from harness.report.progress import Progress
 from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE, MtaSts, Scenario
 from harness.schedule import Schedule
-from harness.shard import topology_key
+from harness.shard import sharing_key, topology_key
 from harness.topology.faults import restore
 from harness.topology.images import ImageStore
 from harness.topology.labels import debugging_lines, new_run_id, reap_abandoned, run_containers, run_labels
@@ -620,27 +620,43 @@ def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
     lock = threading.Lock()
     schedule = Schedule(pairs, fresh=ctx.fresh)
     placed: list[tuple[int, ScenarioResult]] = []
+    ran_on: list[list[int]] = []  # what each topology ran
 
     def slot() -> None:
+        sequence: ScenarioSequence | None = None
+        last: int | None = None  # the pair the slot's topology ran last
+        ran: list[int] = []
         try:
-            while (lane := schedule.next_lane()) is not None:
-                sequence = ScenarioSequence(ctx)
-                try:
-                    while not CANCELLED.is_set() and (i := schedule.take(lane)) is not None:
-                        result = sequence.run(*schedule.pairs[i])
-                        schedule.ran(lane, healthy=sequence.not_started is None and not sequence.refused)
-                        with lock:
-                            placed.append((i, result))
-                            if on_result is not None:
-                                on_result(result)
-                finally:
+            while (lane := schedule.next_lane(warm=None if last is None else schedule.pairs[last])) is not None:
+                first = schedule.pairs[lane.queue[0]]
+                if sequence is not None and (last is None or ctx.fresh
+                                             or sharing_key(*first) != sharing_key(*schedule.pairs[last])):
                     sequence.close()
+                    sequence, last = None, None
+                if sequence is None:
+                    sequence = ScenarioSequence(ctx)  # a new topology, started with its first scenario
+                    with lock:
+                        ran_on.append(ran := [])
+                while not CANCELLED.is_set() and (i := schedule.take(lane)) is not None:
+                    result = sequence.run(*schedule.pairs[i])
+                    healthy = sequence.not_started is None and not sequence.refused
+                    schedule.ran(lane, healthy=healthy)
+                    # Only a topology that runs, with every configuration accepted, takes on more work.
+                    last = i if healthy and not ctx.fresh else None
+                    with lock:
+                        ran.append(i)
+                        placed.append((i, result))
+                        if on_result is not None:
+                            on_result(result)
                 if CANCELLED.is_set():
                     schedule.close()  # this lane stays unfinished: no slot may wait for it
                     return
         except BaseException:
             schedule.close()
             raise
+        finally:
+            if sequence is not None:
+                sequence.close()
 
     # More slots than groups is useful: an idle slot takes the back of a long group's queue.
     jobs = max(1, min(ctx.jobs, len(pairs)))
@@ -655,7 +671,7 @@ def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    ctx.lanes = [[schedule.pairs[i] for i in lane.taken] for lane in schedule.lanes]
+    ctx.lanes = [[schedule.pairs[i] for i in ran] for ran in ran_on if ran]
     return [result for _, result in sorted(placed, key=lambda p: p[0])]
 
 

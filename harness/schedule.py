@@ -6,9 +6,11 @@ containers (``container_key``) run one after another, and among them those of on
 change of TLS.
 ``Schedule`` hands groups to the run's job slots, the longest (estimated) first. A slot with no group
 left does not idle while another slot still has a long queue: it takes the back part of the queue
-with the most work left and runs it on a topology of its own. Which topology runs a pair does not
-change its result (tests/integration/test_isolation.py runs the bundled scenarios in shuffled orders
-on shared topologies and compares them with a fresh topology each), so this only moves wall time.
+with the most work left and runs it on a topology of its own, or on the one it still has running
+when that one has the queue's sharing key (no topology start then, and the split is weighed so).
+Which topology runs a pair does not change its result (tests/integration/test_isolation.py runs the
+bundled scenarios in shuffled orders on shared topologies and compares them with a fresh topology
+each), so this only moves wall time.
 """
 
 from __future__ import annotations
@@ -48,16 +50,19 @@ def estimated_s(scenario: Scenario, mta: str) -> float:
     return cost
 
 
+def between_s(a: Pair, b: Pair) -> float:
+    """From pair ``a`` to pair ``b`` on one topology: a replacement when the containers change, a
+    reconfiguration when only the exact topology (TLS) does, else a reset."""
+    if container_key(*a) != container_key(*b):
+        return REPLACE_COST_S
+    return RECONFIGURE_COST_S if topology_key(*a) != topology_key(*b) else RESET_COST_S
+
+
 def queue_estimated_s(queue: Sequence[Pair]) -> float:
     """Pairs run one after another on a topology that is already up: a reset before each but the
     first, a replacement for every change of containers, a reconfiguration for every other change of
     exact topology (TLS alone), and the scenarios themselves."""
-    if not queue:
-        return 0.0
-    replaced = sum(1 for a, b in pairwise(queue) if container_key(*a) != container_key(*b))
-    reconfigured = sum(1 for a, b in pairwise(queue) if topology_key(*a) != topology_key(*b)) - replaced
-    return (REPLACE_COST_S * replaced + RECONFIGURE_COST_S * reconfigured
-            + RESET_COST_S * (len(queue) - 1 - replaced - reconfigured) + sum(estimated_s(s, m) for s, m in queue))
+    return sum(between_s(a, b) for a, b in pairwise(queue)) + sum(estimated_s(s, m) for s, m in queue)
 
 
 def group_estimated_s(group: Sequence[Pair]) -> float:
@@ -122,11 +127,13 @@ class Schedule:
         self._waiting = deque(Lane(deque(as_indices[i])) for i in longest_first(groups))
         self.lanes: list[Lane] = []  # every lane handed out, in that order
 
-    def next_lane(self, *, wait: bool = True) -> Lane | None:
-        """The next lane for a slot; None when there is none (``wait=False``: none now)."""
+    def next_lane(self, *, wait: bool = True, warm: Pair | None = None) -> Lane | None:
+        """The next lane for a slot; None when there is none (``wait=False``: none now). ``warm``: the
+        last pair the slot ran on a topology it still has running; the back of a queue of that pair's
+        sharing key can run on it, without a topology start, and is weighed so."""
         with self._changed:
             while not self._closed:
-                lane = self._waiting.popleft() if self._waiting else self._split()
+                lane = self._waiting.popleft() if self._waiting else self._split(warm)
                 if lane is not None:
                     self.lanes.append(lane)
                     return lane
@@ -156,15 +163,18 @@ class Schedule:
             self._closed = True
             self._changed.notify_all()
 
-    def _split(self) -> Lane | None:
+    def _split(self, warm: Pair | None) -> Lane | None:
         best: tuple[float, Lane, int] | None = None
         for lane in self.lanes:
             if not lane.healthy or len(lane.queue) < 2:
                 continue
             queue = [self.pairs[i] for i in lane.queue]
             whole = queue_estimated_s(queue)
+            on_warm = warm is not None and sharing_key(*warm) == sharing_key(*queue[0])
             for k in range(1, len(queue)):
-                longer = max(queue_estimated_s(queue[:k]), group_estimated_s(queue[k:]))
+                moved = (between_s(warm, queue[k]) + queue_estimated_s(queue[k:]) if on_warm and warm is not None
+                         else group_estimated_s(queue[k:]))
+                longer = max(queue_estimated_s(queue[:k]), moved)
                 gain = whole - longer
                 if gain > 0 and (best is None or gain > best[0]):
                     best = (gain, lane, k)

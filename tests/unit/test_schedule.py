@@ -4,11 +4,20 @@ estimates as durations) and with real threads; no engine."""
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import random
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
+import pytest
+
+import harness.runner as runner
+from harness.expect.results import ScenarioResult
+from harness.scenario.model import Scenario
 from harness.schedule import (
     TOPOLOGY_COST_S,
     Lane,
@@ -22,24 +31,38 @@ from harness.shard import sharing_key
 
 from .test_groups import bundled_pairs
 
+ROOT = Path(__file__).resolve().parents[2]
 
-def simulate(schedule: Schedule, slots: int, *, healthy: bool = True) -> float:
+
+def simulate(schedule: Schedule, slots: int, *, healthy: bool = True, reuse: bool = False,
+             started: list[int] | None = None) -> float:
     """Run the schedule on ``slots`` simulated slots, each pair taking its estimate (plus a topology
     start for a lane's first); after each pair, its lane is reported ``healthy`` and idle slots look for
-    work again. The simulated wall time."""
+    work again. With ``reuse``, an idle slot offers the topology it ran last (as run_all's slots do), and
+    a lane of that sharing key starts none. The simulated wall time; ``started`` gets each topology start's slot."""
     events: list[tuple[float, int, Lane]] = []
     idle = list(range(slots))
+    last: dict[int, int] = {}  # slot -> the pair its topology ran last
     now = 0.0
 
     def run_next(n: int, lane: Lane, *, first: bool) -> None:
         i = schedule.take(lane)
         assert i is not None
+        if first and started is not None:
+            started.append(n)
         took = estimated_s(*schedule.pairs[i]) + 0.1 + (TOPOLOGY_COST_S if first else 0.0)
+        last[n] = i
         heapq.heappush(events, (now + took, n, lane))
 
     def look_for_work() -> None:
-        while idle and (lane := schedule.next_lane(wait=False)) is not None:
-            run_next(idle.pop(0), lane, first=True)
+        for n in list(idle):
+            warm = schedule.pairs[last[n]] if reuse and n in last else None
+            lane = schedule.next_lane(wait=False, warm=warm)
+            if lane is None:
+                continue
+            idle.remove(n)
+            same = warm is not None and sharing_key(*warm) == sharing_key(*schedule.pairs[lane.queue[0]])
+            run_next(n, lane, first=not same)
 
     look_for_work()
     while events:
@@ -171,3 +194,102 @@ def test_the_same_scenario_twice_gets_two_places() -> None:
     schedule = Schedule(doubled, fresh=False)
     simulate(schedule, 2)
     assert sorted(i for lane in schedule.lanes for i in lane.taken) == list(range(6))
+
+
+def test_a_slot_with_a_topology_of_the_queues_key_still_running_takes_a_back_part_too_short_for_a_new_one() -> None:
+    postfix = {s.path.name[:2]: (s, m) for s, m in bundled_pairs() if m == "postfix"}
+    exim = {s.path.name[:2]: (s, m) for s, m in bundled_pairs() if m == "exim"}
+    queue = [postfix[n] for n in ("01", "02", "03", "05")]
+    for warm, moves in ((None, False), (exim["01"], False), (postfix["06"], True)):
+        schedule = Schedule(queue, fresh=False)
+        lane = schedule.next_lane()
+        assert lane is not None and schedule.take(lane) == 0
+        schedule.ran(lane, healthy=True)
+        back = schedule.next_lane(wait=False, warm=warm)
+        assert (back is not None) == moves, warm
+        if back is not None:
+            assert list(lane.queue) + list(back.queue) == [1, 2, 3] and lane.queue and back.queue
+
+
+def test_slots_that_offer_their_running_topology_start_fewer_topologies_and_end_no_later() -> None:
+    pairs = bundled_pairs()
+    for mtas in (("postfix",), ("postfix", "exim"), ("postfix", "exim", "opensmtpd")):
+        some = [p for p in pairs if p[1] in mtas]
+        for slots in (2, 3, 4, 6, 8):
+            without: list[int] = []
+            alone = simulate(Schedule(some, fresh=False), slots, started=without)
+            schedule = Schedule(some, fresh=False)
+            started: list[int] = []
+            reused = simulate(schedule, slots, reuse=True, started=started)
+            assert reused <= alone and len(started) <= len(without), (mtas, slots)
+            assert sorted(i for lane in schedule.lanes for i in lane.taken) == list(range(len(some)))
+    # Postfix alone on 4 slots: some of its lanes run on a topology that was already up, and it ends sooner.
+    postfix = [p for p in pairs if p[1] == "postfix"]
+    without = []
+    alone = simulate(Schedule(postfix, fresh=False), 4, started=without)
+    schedule = Schedule(postfix, fresh=False)
+    started = []
+    reused = simulate(schedule, 4, reuse=True, started=started)
+    assert len(started) < len(schedule.lanes) and len(started) < len(without) and reused < alone
+
+
+class _Sequence:
+    """run_all's ScenarioSequence without an engine: each pair takes a moment; records what it ran."""
+
+    made: ClassVar[list[_Sequence]] = []
+
+    def __init__(self, ctx: object) -> None:
+        self.ran: list[tuple[Scenario, str]] = []
+        self.closed = False
+        self.not_started: str | None = None
+        self.refused: list[object] = []
+        _Sequence.made.append(self)
+
+    def run(self, scenario: Scenario, mta: str) -> ScenarioResult:
+        assert not self.closed
+        time.sleep(0.0005 * estimated_s(scenario, mta))
+        self.ran.append((scenario, mta))
+        return ScenarioResult(file=str(scenario.path), name=scenario.name, mta=mta)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _run_all_without_engine(monkeypatch: pytest.MonkeyPatch, *, fresh: bool) -> tuple[list[ScenarioResult], Any]:
+    _Sequence.made = []
+    monkeypatch.setattr(runner, "ScenarioSequence", _Sequence)
+    monkeypatch.setattr(runner, "build_images", lambda images, plan: {})
+    images = SimpleNamespace(parallel=contextlib.nullcontext, image=lambda name: name)
+    ctx = SimpleNamespace(reap=lambda: None, images=images, compose_dir=ROOT / "compose", fresh=fresh, jobs=6,
+                          lanes=[])
+    pairs = bundled_pairs()
+    results = runner.run_all(ctx, [], pairs=pairs)  # type: ignore[arg-type]
+    assert [(r.file, r.mta) for r in results] == [(str(s.path), m) for s, m in pairs]
+    return results, ctx
+
+
+def test_run_all_runs_the_back_of_a_queue_on_a_topology_of_its_key_still_running(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    handed: list[Lane] = []
+    original = Schedule.next_lane
+
+    def recording(self: Schedule, **kwargs: Any) -> Lane | None:
+        lane = original(self, **kwargs)
+        if lane is not None:
+            handed.append(lane)
+        return lane
+
+    monkeypatch.setattr(Schedule, "next_lane", recording)
+    _, ctx = _run_all_without_engine(monkeypatch, fresh=False)
+    made = _Sequence.made
+    assert all(s.closed for s in made)
+    assert len(made) < len(handed), "every lane started a topology of its own"
+    for sequence in made:
+        assert len({sharing_key(*p) for p in sequence.ran}) == 1, "a topology ran pairs of two sharing keys"
+    assert ctx.lanes == [s.ran for s in made if s.ran]
+
+
+def test_run_all_in_fresh_mode_starts_a_topology_for_every_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, ctx = _run_all_without_engine(monkeypatch, fresh=True)
+    assert [len(s.ran) for s in _Sequence.made] == [1] * len(bundled_pairs())
+    assert len(ctx.lanes) == len(bundled_pairs())
