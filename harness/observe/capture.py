@@ -20,9 +20,10 @@ from testcontainers.core.container import DockerContainer
 
 from harness.errors import InfrastructureError, ReadinessTimeoutError
 from harness.observe.polling import CANCELLED
+from harness.topology.engine import ENGINE_CLIENT
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL
 from harness.topology.shell import ContainerShell
-from harness.topology.topology import ENGINE_CLIENT, Host, confinement, limits, remove_container, tar_files
+from harness.topology.topology import Host, confinement, limits, remove_container, tar_files
 
 __all__ = ["CAPTURE_CAPS", "CAPTURE_FILE", "CAPTURE_IMAGE", "CaptureError", "HopCapture", "start_captures"]
 

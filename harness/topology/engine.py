@@ -53,6 +53,11 @@ def not_answering_message(seconds: float = PROBE_TIMEOUT_S) -> str:
             "docker`) or point DOCKER_HOST at one that answers")
 
 
+# testcontainers makes a client of its own per container and network: its calls are bounded as ours,
+# and once an engine answered (_ping) they speak its API version instead of asking it each time.
+ENGINE_CLIENT: dict[str, object] = {"timeout": API_TIMEOUT_S}
+
+
 def _ping() -> docker.DockerClient | None:
     """A client for the engine at engine_address() (calls bounded by API_TIMEOUT_S), or None when nothing
     listens there. EngineNotAnsweringError when something listens but does not answer within
@@ -70,9 +75,11 @@ def _ping() -> docker.DockerClient | None:
     finally:
         probe.close()
     try:
-        return docker.from_env(version=version, timeout=API_TIMEOUT_S)
+        client = docker.from_env(version=version, timeout=API_TIMEOUT_S)
     except DockerException:
         return None
+    ENGINE_CLIENT["version"] = version
+    return client
 
 
 def bounded(call: Callable[[], T], timeout_s: float, what: str) -> T:

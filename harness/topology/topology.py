@@ -38,7 +38,7 @@ from harness.mta.base import COMPLAINT, TLS_CA, TLS_CERT, TLS_DIR, TLS_KEY, TlsO
 from harness.report.progress import Progress
 from harness.scenario.model import POLICY_ROLE, RESOLVER_ROLE, UNREACHABLE_ROLE, Dnssec, MtaSts, RoleTls
 from harness.tls.ca import Credentials, RunTls
-from harness.topology.engine import API_TIMEOUT_S
+from harness.topology.engine import ENGINE_CLIENT
 from harness.topology.images import ImageStore
 from harness.topology.labels import ROLE_LABEL, remove_run, run_labels
 from harness.topology.mta import IMPLEMENTATIONS, MtaImplementation
@@ -76,8 +76,6 @@ DNS_CAPABILITIES = ("KILL", "SETGID", "SETUID")
 UNPRIVILEGED_PORTS = {"net.ipv4.ip_unprivileged_port_start": "0"}
 # setuid/setgid bits and file capabilities give a process nothing more (where the MTA allows it).
 NO_NEW_PRIVILEGES = "no-new-privileges"
-# testcontainers makes a client of its own per container and network: its calls are bounded as ours.
-ENGINE_CLIENT: dict[str, object] = {"timeout": API_TIMEOUT_S}
 # An MTA role's container runs its image's command only once this file is absent. A fault step that
 # starts the container again (a new network namespace) closes the gate first and opens it once the
 # role's capture companion listens in the new namespace: until then nothing listens on port 25, so no

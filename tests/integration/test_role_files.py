@@ -7,13 +7,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import docker
 import pytest
 from docker.models.containers import Container
+from testcontainers.core.docker_client import DockerClient
 
 from harness.observe.capture import CAPTURE_IMAGE
 from harness.runner import RunContext
+from harness.topology.engine import ENGINE_CLIENT
 from harness.topology.labels import RUN_LABEL
-from harness.topology.topology import ENGINE_CLIENT, RoleContainer
+from harness.topology.topology import RoleContainer
 
 FILES = {"/etc/mailflow-test/a.zone": (b"a\n", 0o644), "/etc/mailflow-test/key.pem": (b"secret\n", 0o600),
          "/srv/other/b.txt": (b"b" * 70000, 0o640)}
@@ -53,3 +56,17 @@ def test_files_go_in_as_one_archive_with_their_modes_and_a_fresh_mtime(
         got_mode, size, mtime = seen[path]
         assert (int(got_mode, 8), int(size)) == (mode, len(content)), (path, seen[path])
         assert int(mtime) >= int(before) - 1, f"{path} has mtime {mtime}, copied in at {before:.0f}"
+
+
+def test_testcontainers_clients_speak_the_engines_api_version_without_asking_it(
+        engine: docker.DockerClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every container and network testcontainers makes has a client of its own; each used to ask the
+    # engine for its version first (a GET /version per container).
+    assert ENGINE_CLIENT["version"] == engine.api.api_version
+
+    def asked(self: object) -> str:
+        raise AssertionError("a client asked the engine for its API version")
+
+    monkeypatch.setattr(docker.api.client.APIClient, "_retrieve_server_version", asked)
+    client = DockerClient(**ENGINE_CLIENT).client
+    assert client.api.api_version == engine.api.api_version and client.ping()
