@@ -75,7 +75,8 @@ class HopCapture:
         self.listening_after_s: float | None = None
         # Reads of the capture file through a shell kept running in the companion (a fork, not an archive call).
         self.shell = ContainerShell(lambda: self.container.get_wrapped_container())
-        # What was captured before the MTA's container restarted (tcpdump starts a new file then).
+        # What was captured before the MTA's container restarted (tcpdump starts a new file then): one
+        # entry per restart, empty when the old file could not be read any more.
         self.earlier: list[bytes] = []
 
     @property
@@ -138,8 +139,13 @@ class HopCapture:
     def resume(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Follow the MTA into the new network namespace its container got from a start or restart:
         keep what was captured so far, start tcpdump again and wait until it listens."""
-        with contextlib.suppress(CaptureError):  # nothing captured yet, or the file is gone: nothing to keep
-            self.earlier.append(self.read_pcap())
+        try:
+            kept = self.read_pcap()
+        except CaptureError:  # nothing captured yet, or the file is gone: nothing more of it to keep
+            kept = b""
+        # One entry per restart, even an empty one: a reader that had read the old file up to some point
+        # keeps what it read and starts the new file from its beginning (hops._ParsedCaptures).
+        self.earlier.append(kept)
         heard = self._log().count(LISTENING)
         started = time.monotonic()
         try:
@@ -211,7 +217,7 @@ class HopCapture:
 
     def read_pcaps(self) -> list[bytes]:
         """Every capture file of this companion: those kept from before a restart, then the current one."""
-        return [*self.earlier, self.read_pcap()]
+        return [*(kept for kept in self.earlier if kept), self.read_pcap()]
 
     def read_pcap_from(self, offset: int) -> bytes:
         """The current capture file's bytes from ``offset`` on: a shared topology's file keeps growing

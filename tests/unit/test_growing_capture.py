@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import dpkt  # type: ignore[import-untyped]
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 import harness.observe.hops as hops_module
 import harness.observe.tcpflows as tcpflows
+from harness.observe.capture import CaptureError, HopCapture
 from harness.observe.hops import CapturedHops
 from harness.observe.tcpflows import GrowingCapture, read_capture
 
@@ -149,3 +151,36 @@ def test_a_file_kept_from_before_a_restart_is_read_to_its_end_once() -> None:
                          client_address=GATEWAY, start_wall=0.0)
     assert [(t.hop, len(t.exchanges)) for t in hops.sessions()] == [(t.hop, len(t.exchanges))
                                                                      for t in whole.sessions()]
+
+
+def test_a_restart_whose_old_file_could_not_be_kept_loses_nothing_already_read_nor_the_new_files_start() -> None:
+    relay = (FIXTURES / "relay_mx_pipelined.relay.pcap").read_bytes()
+    nomail = (FIXTURES / "nomail_521.relay.pcap").read_bytes()
+    capture = _Growing(relay)
+    hops = CapturedHops({"relay": capture}, NAMES, client_address=GATEWAY,  # type: ignore[dict-item]
+                        start_wall=0.0)
+    assert [t.hop for t in hops.sessions()] == ["relay->mx"]
+    capture.earlier.append(b"")  # HopCapture.resume could not read the old file: an empty entry
+    capture.data = nomail
+    assert sorted(t.hop for t in hops.sessions()) == ["relay->mx", "relay->nomail"]
+    assert capture.reads[-1] == 0  # the new file from its first byte
+
+
+def test_a_companion_restart_leaves_one_entry_in_earlier_even_when_its_old_file_cannot_be_read() -> None:
+    restarted: list[int] = []
+    capture = HopCapture.__new__(HopCapture)
+    capture.earlier = []
+    capture.host = SimpleNamespace(role="relay", address="172.31.232.11")  # type: ignore[assignment]
+    capture.container = SimpleNamespace(  # type: ignore[assignment]
+        get_wrapped_container=lambda: SimpleNamespace(restart=lambda timeout: restarted.append(timeout)))
+    capture._log = lambda: ""  # type: ignore[method-assign]
+    capture._wait_listening = lambda started, timeout_s, heard: 0.0  # type: ignore[method-assign]
+
+    def unreadable() -> bytes:
+        raise CaptureError("no /capture/smtp.pcap")
+
+    capture.read_pcap = unreadable  # type: ignore[method-assign]
+    capture.resume()
+    capture.read_pcap = lambda: b"old file"  # type: ignore[method-assign]
+    capture.resume()
+    assert restarted == [1, 1] and capture.earlier == [b"", b"old file"]
