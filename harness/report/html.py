@@ -171,9 +171,12 @@ def _steps(result: ScenarioResult) -> str:
         if s.reproduce:
             override += (f'<details class="replay"><summary>replay by hand (harness up, then swaks)</summary>'
                          f'<pre>{_text(s.reproduce)}</pre></details>')
+        # When it began and how long it took: a wait that ran out its whole bound shows here.
+        when = "" if s.at_s is None or s.took_s is None else f"{s.at_s:.3f} s, took {s.took_s:.3f} s"
         rows.append(f'<tr class="step {status}" data-step="{s.step}"><td>{s.step}</td><td>{_text(s.kind)}</td>'
-                    f'<td class="status">{_text(s.status)}</td><td>{_text(s.summary)}{override}</td></tr>')
-    return ('<table class="steps">\n<tr><th>step</th><th>kind</th><th>status</th><th>observed</th></tr>\n'
+                    f'<td class="status">{_text(s.status)}</td><td class="when">{when}</td>'
+                    f'<td>{_text(s.summary)}{override}</td></tr>')
+    return ('<table class="steps">\n<tr><th>step</th><th>kind</th><th>status</th><th>at</th><th>observed</th></tr>\n'
             + "\n".join(rows) + "\n</table>")
 
 

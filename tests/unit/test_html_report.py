@@ -318,3 +318,16 @@ def test_a_failed_client_steps_replay_is_in_the_page(tmp_path: Path) -> None:
     page = html_report([replace(ScenarioResult("s.yaml", "s", status="failed"), steps=[step])])
     assert '<details class="replay">' in page
     assert "swaks &lt;x&gt;" in page and "<x>" not in page
+
+
+def test_each_step_shows_when_it_began_and_how_long_it_took() -> None:
+    from dataclasses import replace
+
+    from harness.expect.results import ScenarioResult, StepOutcome
+
+    timed = StepOutcome(1, "smtp", "passed", "250", at_s=0.0125, took_s=0.25)
+    waited = StepOutcome(2, "no_delivery", "passed", "no copy", at_s=0.2625, took_s=5.0021)
+    older = StepOutcome(3, "delivery", "passed", "1 copy")  # a results file from before steps were timed
+    page = html_report([replace(ScenarioResult("s.yaml", "s"), steps=[timed, waited, older])])
+    cells = re.findall(r'<td class="when">([^<]*)</td>', page)
+    assert cells == ["0.013 s, took 0.250 s", "0.263 s, took 5.002 s", ""]
