@@ -629,8 +629,8 @@ def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
         try:
             while (lane := schedule.next_lane(warm=None if last is None else schedule.pairs[last])) is not None:
                 first = schedule.pairs[lane.queue[0]]
-                if sequence is not None and (last is None or ctx.fresh
-                                             or sharing_key(*first) != sharing_key(*schedule.pairs[last])):
+                # No pair to go on from (fresh mode, or a topology that did not run): a new topology.
+                if sequence is not None and (last is None or sharing_key(*first) != sharing_key(*schedule.pairs[last])):
                     sequence.close()
                     sequence, last = None, None
                 if sequence is None:
