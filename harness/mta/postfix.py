@@ -35,9 +35,11 @@ _MTA_STS_MAP = "socketmap:inet:127.0.0.1:8461:postfix"
 # main.cf and master.cf and has every daemon end (qmgr with its in-memory dead-destination and backoff
 # state, the connection cache, an idle smtpd); back once each daemon of before that takes connections
 # or mail or keeps state has ended, so that none takes the next scenario's with the old configuration
-# or state. Measured: they end within milliseconds. (A delivery agent still trying a host ends when its
-# attempt does, as after `postfix reload`: it takes no new work.) Master's daemons are its children in
-# its session (1); an orphan reparented to PID 1 (the policy daemon) is in another and stays.
+# or state, and a new qmgr runs (as in a new container once it greets; without the wait a reset
+# could return before master had started it). Measured: they end within milliseconds. (A delivery
+# agent still trying a host ends when its attempt does, as after `postfix reload`: it takes no new work.)
+# Master's daemons are its children in its session (1); an orphan reparented to PID 1 (the policy
+# daemon) is in another and stays.
 RELOAD = (
     "kids() { for p in /proc/[0-9]*; do read -r pid comm state ppid pgrp sid rest < \"$p/stat\" 2>/dev/null || "
     "continue; [ \"$ppid\" = 1 ] && [ \"$sid\" = 1 ] && [ \"$state\" != Z ] || continue; case $comm in "
@@ -46,7 +48,12 @@ RELOAD = (
     "old=$(kids); kill -HUP 1 || exit 1; "
     "for p in $old; do i=0; while [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null; do "
     "i=$((i + 1)); [ $i -lt 500 ] || { echo \"postfix daemon $p did not end within 10 s of the reload\" >&2; "
-    "exit 1; }; sleep 0.02; done; done")
+    "exit 1; }; sleep 0.02; done; done; "
+    # Then a new qmgr, as a fresh container has one once it greets: the old one has ended, so any is new.
+    "qmgr() { for p in /proc/[0-9]*; do read -r pid comm state ppid rest < \"$p/stat\" 2>/dev/null || continue; "
+    "[ \"$comm\" = '(qmgr)' ] && [ \"$ppid\" = 1 ] && [ \"$state\" != Z ] && echo \"$pid\"; done; }; "
+    "i=0; until [ -n \"$(qmgr)\" ]; do i=$((i + 1)); [ $i -lt 2000 ] || "
+    "{ echo 'postfix qmgr did not start again within 10 s of the reload' >&2; exit 1; }; sleep 0.005; done")
 # An in-memory cache (emptied with the daemon at every reset); testing-mode policies are not enforced
 # (strict_testing: false, the default, spelled out: it is what "testing" means in a scenario).
 _MTA_STS_DAEMON = """# postfix-mta-sts-resolver for tls: outbound: mta-sts (mailflow-harness)
