@@ -149,3 +149,26 @@ def test_files_written_through_the_shell_are_as_the_archive_call_wrote_them(cont
     assert all(int(mtime) >= before for _, _, mtime, _, _ in lines)  # NSD reloads only a file whose mtime moved
     assert _exec(container, ["cat", "/etc/nsd/harness/a.zone"])[1] == b"$ORIGIN a.\n\x00\xff"
     assert host.shell.fallbacks == 0
+
+
+@pytest.mark.parametrize("through", ["shell", "archive"])
+def test_files_written_with_an_age_carry_an_mtime_that_far_back(container: Container, through: str) -> None:
+    """A role's configuration rewritten in place (reconfigure_role) is not "hot" to Postfix, which reads
+    a main.cf changed within the last second again and again until it is older."""
+    host = Host("mx", "mx.example.test", "10.0.0.10", "image", "postfix", _Wrapped(container))  # type: ignore[arg-type]
+    if through == "archive":
+        host.shell.run = _refused  # type: ignore[method-assign]
+    _exec(container, ["mkdir", "-p", "/etc/postfix"])
+    host.put_files("/etc/postfix", {"main.cf": b"smtpd_banner = x\n", "master.cf": b"smtp inet n - n - - smtpd\n"},
+                   age_s=30)
+    now = time.time()
+    code, out, _ = _exec(container, ["stat", "-c", "%Y %s", "/etc/postfix/main.cf", "/etc/postfix/master.cf"])
+    lines = [line.split() for line in out.decode().splitlines()]
+    assert code == 0 and [size for _, size in lines] == ["17", "26"], out
+    # 30 s back, give or take the second the write took.
+    assert all(now - 32 <= int(mtime) <= now - 28 for mtime, _ in lines), (now, lines)
+    assert _exec(container, ["cat", "/etc/postfix/main.cf"])[1] == b"smtpd_banner = x\n"
+
+
+def _refused(argv: list[str]) -> object:
+    raise DockerException("the shell is gone")
