@@ -206,15 +206,18 @@ class SharedTopology:
                  if h.mta is not None and (h.role not in changing or h.role in reloading)]
         always = faulted | reloading
 
-        def reset(host: Host) -> None:
+        def reset(host: Host) -> str | None:
+            """The role, once reset; None when nothing of the last scenario reached it."""
             if host.role in always:
                 self.quiet_at.pop(host.role, None)  # reset now and after the next scenario too
             elif not self._touched(host.role):
-                return
+                return None
             _reset(host)
+            return host.role
 
         with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
-            futures = [pool.submit(reset, h) for h in hosts]
+            resets = [pool.submit(reset, h) for h in hosts]
+            futures = list(resets)
             if changing or policy_changing:
                 # The resets first: a role still holding the last scenario's message must not hand it to
                 # the new container (which no reset empties), nor look up the next hop's records or
@@ -235,8 +238,13 @@ class SharedTopology:
             # stops or takes off the network is unreachable at once, not through a stale entry. After
             # the resets: an MTA restarted by its reset closes the sessions it kept open, and that
             # exchange fills its neighbours' caches again. (A new container's cache is empty already.)
+            # Only the roles just reset: one no TCP reached or left since its last reset (``_touched``)
+            # has learnt no neighbour since its cache was last emptied, as a host learns one only from
+            # traffic addressed to it or sent by it, and an MTA's traffic is mail, over TCP (its DNS
+            # server's entry stays valid: that container stays).
+            emptied = {r for r in (f.result() for f in resets) if r is not None}
             for future in [pool.submit(c.forget_neighbours) for role, c in self.captures.items()
-                           if role not in changing]:
+                           if role not in changing and role in emptied]:
                 future.result()
 
     def _touched(self, role: str) -> bool:

@@ -8,8 +8,10 @@ import io
 import socket
 
 import docker
+import pytest
 
 from harness.expect.results import PASSED
+from harness.observe.capture import HopCapture
 from harness.report.progress import Progress
 from harness.runner import RunContext, ScenarioSequence, _reset
 from harness.scenario.loader import load_scenario
@@ -108,3 +110,38 @@ def test_a_role_is_reset_after_tcp_to_or_from_it_on_any_port_and_only_then(run_c
     assert after_quiet[0] == before[0], "the relay saw no TCP: not reset"
     assert after_quiet[1] != before[1], "mx took the message: reset"
     assert after_knock != after_quiet[0], "a TCP segment on another port than 25 counts"
+
+
+def test_only_the_roles_reset_have_their_neighbour_caches_emptied(
+        run_context: RunContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A role no TCP reached or left since its last reset learnt no neighbour since its cache was last
+    emptied: the reset before the next scenario empties the caches of the roles it resets, and only those
+    (a command in each capture companion, between every two scenarios)."""
+    emptied: list[str] = []
+    forget = HopCapture.forget_neighbours
+
+    def recorded(capture: HopCapture) -> None:
+        emptied.append(capture.host.role)
+        forget(capture)
+
+    monkeypatch.setattr(HopCapture, "forget_neighbours", recorded)
+    direct = load_scenario(SCENARIOS / "01-direct-354.yaml")  # client -> mx only
+    sequence = ScenarioSequence(run_context)
+    try:
+        rounds = []
+        for _ in range(3):
+            emptied.clear()
+            assert sequence.run(direct, "postfix").status == PASSED
+            rounds.append(sorted(emptied))
+        assert sequence.shared is not None
+        with socket.socket() as sock:  # TCP to the relay: it is reset, and its cache emptied, next time
+            sock.settimeout(5)
+            assert sock.connect_ex((sequence.shared.topology.address("relay"), 2525)) != 0
+        emptied.clear()
+        assert sequence.run(direct, "postfix").status == PASSED
+        rounds.append(sorted(emptied))
+    finally:
+        sequence.close()
+    # The first run's topology is new (nothing to empty); the second run resets every role (no counters
+    # were recorded before); from then on only mx, which took the message, and the relay after the knock.
+    assert rounds == [[], ["mx", "nomail", "relay"], ["mx"], ["mx", "relay"]], rounds
