@@ -217,23 +217,21 @@ class SharedTopology:
 
         with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
             resets = [pool.submit(reset, h) for h in hosts]
-            futures = list(resets)
             if changing or policy_changing:
                 # The resets first: a role still holding the last scenario's message must not hand it to
                 # the new container (which no reset empties), nor look up the next hop's records or
                 # policy then.
-                for future in futures:
+                for future in resets:
                     future.result()
                 if policy_changing:
                     self._replace_policy(plan)
                 changing -= self._reconfigure(plan, reloading)
                 if changing:
                     self._replace(plan, changing)
-                futures = []
             # A replaced role's TLSA record is its new certificate's: the zones are served after it.
-            futures.append(pool.submit(self._serve, plan))
-            for future in futures:
-                future.result()
+            serving = pool.submit(self._serve, plan)
+            emptied = {r for r in (f.result() for f in resets) if r is not None}
+            serving.result()
             # Then the neighbour caches emptied, as a fresh topology's are, so that a role the scenario
             # stops or takes off the network is unreachable at once, not through a stale entry. After
             # the resets: an MTA restarted by its reset closes the sessions it kept open, and that
@@ -242,10 +240,9 @@ class SharedTopology:
             # has learnt no neighbour since its cache was last emptied, as a host learns one only from
             # traffic addressed to it or sent by it, and an MTA's traffic is mail, over TCP (its DNS
             # server's entry stays valid: that container stays).
-            emptied = {r for r in (f.result() for f in resets) if r is not None}
-            for future in [pool.submit(c.forget_neighbours) for role, c in self.captures.items()
-                           if role not in changing and role in emptied]:
-                future.result()
+            for forgetting in [pool.submit(c.forget_neighbours) for role, c in self.captures.items()
+                               if role not in changing and role in emptied]:
+                forgetting.result()
 
     def _touched(self, role: str) -> bool:
         """Whether ``role`` may hold anything of the scenarios since its last reset. Everything a reset
