@@ -38,7 +38,7 @@ from harness.errors import (
 )
 from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, ScenarioResult
 from harness.mta import DRIVERS
-from harness.observe.capture import CAPTURE_IMAGE, CaptureError, start_captures
+from harness.observe.capture import CAPTURE_IMAGE, CaptureError, HopCapture, start_captures
 from harness.observe.hops import CapturedHops
 from harness.observe.mailwatch import MailWatch
 from harness.observe.mtalogs import role_logs
@@ -145,14 +145,11 @@ class SharedTopology:
         self.window_start = time.time()  # the current scenario's window (its MTA log lines are read from it)
         mtas = [h for h in self.topology.hosts.values() if h.mta is not None]
         try:
-            captures = start_captures(mtas, ctx.images.image(CAPTURE_IMAGE),
-                                      run_labels(self.run_id, keep=self.keep_label))
+            captures, self.mail_watches = self._observe(mtas)
         except BaseException:
             self.topology.destroy()
             raise
         self.captures = captures
-        # Deliveries noticed as they are written, not at the next poll.
-        self.mail_watches = {h.role: MailWatch(ctx.client, h.container_id, h.role).start() for h in mtas}
         self.mail_events = {role: watch.changed for role, watch in self.mail_watches.items()}
         self.faulted: set[str] = set()  # roles the last scenario's fault steps acted on
         # Each MTA role's TCP counters just before its last reset: the same counters now mean no TCP to or
@@ -164,6 +161,15 @@ class SharedTopology:
         # The MTA-STS policy host's plan and the policy it serves (None, None: no policy host).
         self.policy = self._policy_of(plan)
         self.hops = CapturedHops(captures, self.names(), client_address=self.topology.gateway, start_wall=time.time())
+
+    def _observe(self, hosts: Sequence[Host]) -> tuple[dict[str, HopCapture], dict[str, MailWatch]]:
+        """A listening capture companion and a mail watch (deliveries noticed as they are written, not at
+        the next poll) for each of ``hosts``, all started side by side."""
+        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+            watching = {h.role: pool.submit(MailWatch(self.ctx.client, h.container_id, h.role).start) for h in hosts}
+            captures = start_captures(hosts, self.ctx.images.image(CAPTURE_IMAGE),
+                                      run_labels(self.run_id, keep=self.keep_label))
+            return captures, {role: future.result() for role, future in watching.items()}
 
     def names(self) -> dict[str, str]:
         """Who is at which address now (roles are added, moved and removed between two scenarios): each
@@ -358,13 +364,11 @@ class SharedTopology:
         for host in changed:
             self._forget(host.role)  # until its new container greets
         replace_roles(self.topology, changed, images, {r: planned[r][1] for r in roles})
-        new = [self.topology.hosts[h.role] for h in changed]
+        captures, watches = self._observe([self.topology.hosts[h.role] for h in changed])
         # The same mapping the hop reader holds: the new companions join it.
-        self.captures.update(start_captures(new, self.ctx.images.image(CAPTURE_IMAGE),
-                                            run_labels(self.run_id, keep=self.keep_label)))
-        for started in new:
-            self.mail_watches[started.role] = MailWatch(self.ctx.client, started.container_id, started.role).start()
-            self.mail_events[started.role] = self.mail_watches[started.role].changed
+        self.captures.update(captures)
+        self.mail_watches.update(watches)
+        self.mail_events.update({role: watch.changed for role, watch in watches.items()})
         self.roles.update({h.role: h for h in changed})
         self.ctx.progress.line(f"run {self.run_id}: {', '.join(h.role for h in changed)} started for the next "
                                f"scenario's configuration, greeting after {time.monotonic() - began:.1f}s")
