@@ -29,6 +29,7 @@ scenarios: images ## run every scenario on Postfix, Exim and OpenSMTPD (build/re
 	@$(BIN)/harness run --matrix scenarios --json $(BUILD)/results.json --junit $(BUILD)/junit.xml
 
 test: images tools ## run the project's tests (unit and real-container integration tests)
+	@$(BIN)/harness images --tools >/dev/null
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP) tools ## run only the unit tests (no Docker)

@@ -1,6 +1,6 @@
 """mailflow-harness benchmark: the floor of the matrix, the warm matrix in shared + parallel mode and in
 fresh mode, and their ratios, all measured in this one run; plus what each implementation's topology
-costs (start, SMTP transaction, capture companions, teardown) and how fast the hop decoder is.
+costs (start, SMTP transaction, the captures' readiness, teardown) and how fast the hop decoder is.
 
 Run: ``.venv/bin/python bench/bench.py [--only floor,shared,fresh]`` (or ``make bench``). The table goes
 to stdout, progress to stderr, every measurement to build/bench.json. Absolute timings depend on the
@@ -34,7 +34,7 @@ from typing import Any
 import dpkt  # type: ignore[import-untyped]
 
 from harness.expect.results import PASSED, ScenarioResult
-from harness.observe.capture import CAPTURE_IMAGE, start_captures
+from harness.observe.capture import start_captures
 from harness.observe.maildir import MAIL_ROOT
 from harness.observe.observations import MailboxObservation
 from harness.observe.smtpstream import decode_sessions
@@ -48,7 +48,7 @@ from harness.smtp.client import run_session
 from harness.smtp.message import render_message
 from harness.topology.engine import ensure_engine
 from harness.topology.images import ImageStore
-from harness.topology.labels import RUN_LABEL, list_runs, new_run_id, remove_run, run_labels
+from harness.topology.labels import RUN_LABEL, list_runs, new_run_id, remove_run
 from harness.topology.topology import Topology, build_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,12 +121,11 @@ def fmt_s(seconds: float) -> str:
 
 class FloorBench:
     """Per implementation: the bare standard topology to all greetings, SMTP transactions on it, the
-    capture companions, teardown; and the three implementations' topologies started side by side."""
+    captures' readiness, teardown; and the three implementations' topologies started side by side."""
 
     def __init__(self, ctx: RunContext, transactions: int) -> None:
         self.ctx = ctx
         self.transactions = transactions
-        self.capture_image = ""
         probe = load_scenario(PROBE)
         step = next((s for s in probe.steps if isinstance(s, SmtpSessionStep)), None)
         if step is None or step.host != "mx":
@@ -140,7 +139,6 @@ class FloorBench:
     def prepare(self) -> None:
         for mta in MTAS:
             build_images(self.ctx.images, plan_scenario(None, COMPOSE, mta=mta).topology)
-        self.capture_image = self.ctx.images.image(CAPTURE_IMAGE)
 
     def transaction(self, topology: Topology, session: int) -> tuple[float, float]:
         """One SMTP transaction against the mx, connect to QUIT, as the harness's client runs it; and
@@ -170,7 +168,9 @@ class FloorBench:
             transactions = [self.transaction(topology, i + 1) for i in range(self.transactions)]
             t2 = time.perf_counter()
             mtas = [h for h in topology.hosts.values() if h.mta is not None]
-            start_captures(mtas, self.capture_image, run_labels(run_id))
+            # Each MTA's capture runs in its own container, started by its entrypoint before the MTA (so
+            # within "start"): this is the harness's look that each listens.
+            start_captures(mtas)
             t3 = time.perf_counter()
         finally:
             t4 = time.perf_counter()
@@ -315,7 +315,6 @@ def prepare_matrix(ctx: RunContext, pairs: Sequence[tuple[Scenario, str]]) -> No
     then hit the ImageStore's cache."""
     for scenario, mta in pairs:
         build_images(ctx.images, plan_scenario(scenario, COMPOSE, mta=mta).topology)
-    ctx.images.image(CAPTURE_IMAGE)
 
 
 def run_matrix(ctx: RunContext, scenarios: Sequence[Scenario], mtas: Sequence[str],
@@ -383,7 +382,7 @@ class DecoderBench:
         self.cases = [([(FIXTURES / f).read_bytes() for f in case["files"].values()], case["start_wall"])
                       for case in manifest["cases"].values()]
         self.files = [data for pcaps, _ in self.cases for data in pcaps]
-        # dpkt_parse below reads Linux cooked v2 frames, what the capture companions' "tcpdump -i any" writes.
+        # dpkt_parse below reads Linux cooked v2 frames, what the roles' captures ("tcpdump -i any") write.
         if any(dpkt.pcap.UniversalReader(io.BytesIO(d)).datalink() != DLT_LINUX_SLL2 for d in self.files):
             raise SystemExit(f"a fixture in {FIXTURES} is not a Linux cooked v2 capture (link type 276)")
         self.packets = sum(1 for data in self.files for _ in dpkt.pcap.UniversalReader(io.BytesIO(data)))
@@ -724,7 +723,7 @@ def table(doc: dict[str, Any]) -> str:
         row("SMTP transaction, connect..QUIT", "transaction")
         row("  of which the wait for QUIT's reply", "quit_reply")
         row("  the first one after the start", "first_transaction")
-        row("capture companions start", "capture")
+        row("captures listening (checked; started with the MTA)", "capture")
         row("teardown (destroy)", "teardown")
         row("started side by side (each, to all greetings)", "side_by_side")
         side = samples["side_by_side"]["median"]

@@ -308,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--run", metavar="RUN_ID", help="remove only this run")
 
     sub.add_parser("status", help="list the harness's runs on this engine")
-    sub.add_parser("images", help="make sure the engine answers and build every image")
+    images = sub.add_parser("images", help="make sure the engine answers and build every image a run needs")
+    images.add_argument("--tools", action="store_true",
+                        help="also the image the project's tests read captures with (tshark, compose/capture/)")
     sub.add_parser("schema", help="print the scenario JSON Schema (for editors)")
     _diff_parser(sub)
     for subparser in sub.choices.values():

@@ -38,7 +38,7 @@ from harness.errors import (
 )
 from harness.expect.results import CONFIG_ERROR, ERROR, FAILED, PASSED, ScenarioResult
 from harness.mta import DRIVERS
-from harness.observe.capture import CAPTURE_IMAGE, CaptureError, HopCapture, start_captures
+from harness.observe.capture import CaptureError, HopCapture, start_captures
 from harness.observe.hops import CapturedHops
 from harness.observe.mailwatch import MailWatch
 from harness.observe.mtalogs import role_logs
@@ -51,7 +51,7 @@ from harness.schedule import Schedule
 from harness.shard import sharing_key, topology_key
 from harness.topology.faults import restore
 from harness.topology.images import ImageStore
-from harness.topology.labels import debugging_lines, new_run_id, reap_abandoned, run_containers, run_labels
+from harness.topology.labels import debugging_lines, new_run_id, reap_abandoned, run_containers
 from harness.topology.readiness import container_state
 from harness.topology.topology import (
     DNS_ROLE,
@@ -84,8 +84,8 @@ def default_jobs() -> int:
     per core: on 2 cores the bundled matrix took 116 s with 3, 103-109 s with 4, 93 s with 6 and 89 s
     with 8, the cores then 92 % busy. Capped at 8: past that the starts only queue for the engine.
     Fresh mode too (its isolation run took 5 min 26 s at 6, both modes). It once lost a hop at 6: a
-    relay delivered to an mx a fault step had started, before the mx's capture companion listened
-    again; the start gate (harness.topology.faults) holds such an MTA until its companion listens."""
+    relay delivered to an mx a fault step had started, before the mx's capture listened again; the
+    start gate (harness.topology.faults) holds such an MTA until its capture follows it."""
     cores = os.cpu_count() or 2
     return max(1, min(8, 3 * cores))
 
@@ -133,7 +133,7 @@ def bring_up(ctx: RunContext, plan: ScenarioPlan, *, run_id: str, keep_label: bo
 
 
 class SharedTopology:
-    """One running topology with its capture companions, for the scenarios of one topology key."""
+    """One running topology with its hop captures, for the scenarios of one topology key."""
 
     def __init__(self, ctx: RunContext, plan: ScenarioPlan) -> None:
         self.ctx = ctx
@@ -163,12 +163,12 @@ class SharedTopology:
         self.hops = CapturedHops(captures, self.names(), client_address=self.topology.gateway, start_wall=time.time())
 
     def _observe(self, hosts: Sequence[Host]) -> tuple[dict[str, HopCapture], dict[str, MailWatch]]:
-        """A listening capture companion and a mail watch (deliveries noticed as they are written, not at
+        """A listening capture and a mail watch (deliveries noticed as they are written, not at
         the next poll) for each of ``hosts``, all started side by side."""
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-            watching = {h.role: pool.submit(MailWatch(self.ctx.client, h.container_id, h.role).start) for h in hosts}
-            captures = start_captures(hosts, self.ctx.images.image(CAPTURE_IMAGE),
-                                      run_labels(self.run_id, keep=self.keep_label))
+            watching = {h.role: pool.submit(MailWatch(self.ctx.client, h.container_id, h.role,
+                                                      prefix=h.confinement).start) for h in hosts}
+            captures = start_captures(hosts)
             return captures, {role: future.result() for role, future in watching.items()}
 
     def names(self) -> dict[str, str]:
@@ -336,7 +336,7 @@ class SharedTopology:
         return done
 
     def _remove(self, roles: set[str]) -> None:
-        """Each of ``roles`` gone from this topology, with its capture companion and mail watch."""
+        """Each of ``roles`` gone from this topology, with its capture and mail watch."""
         for role in sorted(roles):
             self._forget(role)
             remove_host(self.topology, role)
@@ -344,19 +344,17 @@ class SharedTopology:
                                "no such role)")
 
     def _forget(self, role: str) -> None:
-        """What observes ``role``'s container let go: its plan, mail watch and capture companion (removed
-        before the container whose network namespace it shares)."""
+        """What observes ``role``'s container let go: its plan, mail watch and capture (its file goes
+        with the container)."""
         self.roles.pop(role, None)
         self.quiet_at.pop(role, None)
         self.mail_watches.pop(role, None)
         self.mail_events.pop(role, None)
-        capture = self.captures.pop(role, None)
-        if capture is not None:
-            capture.discard()
+        self.captures.pop(role, None)  # its file goes with the container
 
     def _replace(self, plan: ScenarioPlan, roles: set[str]) -> None:
         """Each of ``roles`` in a new container made from ``plan``'s, at the address a fresh topology gives
-        it, with a capture companion and a mail watch of its own. The other roles keep their containers."""
+        it, with a capture and a mail watch of its own. The other roles keep their containers."""
         planned = self._planned(plan)
         changed = [planned[r][0] for r in sorted(roles)]
         began = time.monotonic()
@@ -365,7 +363,7 @@ class SharedTopology:
             self._forget(host.role)  # until its new container greets
         replace_roles(self.topology, changed, images, {r: planned[r][1] for r in roles})
         captures, watches = self._observe([self.topology.hosts[h.role] for h in changed])
-        # The same mapping the hop reader holds: the new companions join it.
+        # The same mapping the hop reader holds: the new captures join it.
         self.captures.update(captures)
         self.mail_watches.update(watches)
         self.mail_events.update({role: watch.changed for role, watch in watches.items()})
@@ -386,7 +384,8 @@ class SharedTopology:
             if watch is not None and not watch.alive:
                 # A started or restarted container ended the watch's process with its own.
                 host = self.topology.hosts[role]
-                self.mail_watches[role] = MailWatch(self.ctx.client, host.container_id, role).start()
+                self.mail_watches[role] = MailWatch(self.ctx.client, host.container_id, role,
+                                                     prefix=host.confinement).start()
                 self.mail_events[role] = self.mail_watches[role].changed
 
     def _serve(self, plan: ScenarioPlan) -> None:
@@ -462,8 +461,6 @@ class SharedTopology:
             check_records(server, records)  # raises, naming the record that is not served
 
     def close(self, *, keep: bool) -> None:
-        for capture in self.captures.values():
-            capture.shell.close()
         if keep:
             self.topology.close_shells()  # destroy() closes them otherwise
             # Kept for poking at: the containers keep their keys, the host forgets its copies now.
@@ -565,7 +562,6 @@ class ScenarioSequence:
         if self.shared is None:
             try:
                 build_images(self.ctx.images, plan.topology)
-                self.ctx.images.image(CAPTURE_IMAGE)
                 self.shared = SharedTopology(self.ctx, plan)
             except ConfigurationError:
                 raise  # that role's configuration, not the topology: the next scenario tries again
@@ -624,8 +620,6 @@ def run_all(ctx: RunContext, scenarios: Sequence[Scenario],
         variants = {topology_key(s, m): (s, m) for s, m in reversed(pairs)}
         for scenario, mta in variants.values():
             build_images(ctx.images, plan_scenario(scenario, ctx.compose_dir, mta=mta).topology)
-        if pairs:
-            ctx.images.image(CAPTURE_IMAGE)
     lock = threading.Lock()
     schedule = Schedule(pairs, fresh=ctx.fresh)
     placed: list[tuple[int, ScenarioResult]] = []

@@ -32,7 +32,7 @@ Pair = tuple[Scenario, str]
 # upper limits) plus a little for every other step. It decides the order groups start in and whether
 # taking the back of a queue onto a new topology would end the run sooner.
 TOPOLOGY_COST_S = 5.0
-REPLACE_COST_S = 2.0  # SharedTopology._replace: a new container and capture companion, to its greeting
+REPLACE_COST_S = 2.0  # SharedTopology._replace: a new container, to its greeting
 RECONFIGURE_COST_S = 1.0  # SharedTopology._reconfigure: a reset, new files and the MTA's reload
 RESET_COST_S = 0.6  # SharedTopology.prepare when no role changes: queues, mailboxes, DNS
 STEP_COST_S = {"fault": 2.0, "dns_fault": 1.5, "dns_change": 1.5}

@@ -1,7 +1,7 @@
-"""Hops between hosts, as the capture companions saw them: decoded on demand, so every call is
-current while the scenario runs.
+"""Hops between hosts, as the roles' captures saw them: decoded on demand, so every call is current
+while the scenario runs.
 
-On a shared topology the companions capture from the topology's start to its end, across scenarios;
+On a shared topology each role's capture runs from its container's start to its end, across scenarios;
 a scenario sees only the connections opened since it began (``start_wall``), numbered from 1."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class _ParsedCaptures:
         self._captures = captures
         self._lock = threading.Lock()
         # Per (capture, file: its earlier ones by index, then the current one): the file as parsed so
-        # far and its connections. Keyed by the capture object itself: a replaced role's new companion
+        # far and its connections. Keyed by the capture object itself: a replaced role's new capture
         # is another key, and the old one's entries go with it.
         self._files: dict[tuple[HopCapture, int], tuple[GrowingCapture, list[Connection]]] = {}
         self._connections: list[Connection] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Sequence
 
 import docker
 from docker.errors import DockerException
@@ -23,8 +24,11 @@ START_TIMEOUT_S = 5.0
 class MailWatch:
     """Wakes ``changed`` on every file created, written or moved under the host's mail root."""
 
-    def __init__(self, client: docker.DockerClient, container_id: str, what: str) -> None:
+    def __init__(self, client: docker.DockerClient, container_id: str, what: str, *,
+                 prefix: Sequence[str] = ()) -> None:
+        """``prefix``: what the watch runs under in the container (an MTA role's ``confined``)."""
         self.changed = threading.Event()
+        self._prefix = list(prefix)
         self._client = client
         self._container_id = container_id
         self._what = what
@@ -51,9 +55,9 @@ class MailWatch:
             # Postfix puts a finished message into new/ with link(2), a create; Exim and OpenSMTPD rename it
             # there, a moved_to. Waking only at the close_write in tmp/ let a look run before the link and
             # then sleep out its poll interval (205 ms instead of 5, in 1 of 10 runs: make bench).
-            exec_id = api.exec_create(self._container_id, ["inotifywait", "-q", "-m", "-r", "-e", "close_write",
-                                                           "-e", "moved_to", "-e", "create", "--format", "%w%f",
-                                                           MAIL_ROOT],
+            exec_id = api.exec_create(self._container_id, [*self._prefix, "inotifywait", "-q", "-m", "-r",
+                                                           "-e", "close_write", "-e", "moved_to", "-e", "create",
+                                                           "--format", "%w%f", MAIL_ROOT],
                                       stdout=True, stderr=False)["Id"]
             stream = api.exec_start(exec_id, stream=True)
             deadline = time.monotonic() + START_TIMEOUT_S

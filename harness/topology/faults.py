@@ -4,9 +4,10 @@ reconnect) is back once it greets with its ready code again (an MTA) or answers 
 
 ``disconnect`` takes the container off the run's network: connections to its address then time out
 (no host answers), like a host that is down; ``stop`` keeps the address's neighbours but nothing
-listens. A started or restarted container has a new network namespace: its capture companion is
-started again in it (``HopCapture.resume``), keeping what it had captured, while the role's MTA waits
-at its start gate (``START_GATE``): nothing can reach the role before its capture listens. The engine
+listens. A started or restarted container has a new network namespace and its entrypoint a new
+capture file (the last one kept aside, ``HopCapture.resume`` keeps its contents), while the role's MTA
+waits at its start gate (``START_GATE``): no session with the role happens before the harness follows
+its capture into the new file. The engine
 also wrote a resolv.conf anew, so what the role's start set up in it is set up again (``redo_setup``),
 before the MTA starts.
 
@@ -32,7 +33,7 @@ __all__ = ["ACTIONS", "BRINGS_BACK", "NEW_NAMESPACE", "do_fault", "restore"]
 ACTIONS = ("stop", "start", "restart", "kill", "pause", "unpause", "disconnect", "reconnect")
 # After these the role must be usable again before the scenario goes on.
 BRINGS_BACK = frozenset({"start", "restart", "unpause", "reconnect"})
-# After these the container runs in a new network namespace: its capture companion must follow it.
+# After these the container runs in a new network namespace, its capture in a new file: the harness follows it.
 NEW_NAMESPACE = frozenset({"start", "restart"})
 STOP_TIMEOUT_S = 10  # what an MTA gets to end cleanly on SIGTERM before SIGKILL (docker stop -t)
 BACK_TIMEOUT_S = 30.0
@@ -82,7 +83,7 @@ def restore(topology: Topology, role: str, *, resume_capture: Callable[[Host], N
 def _act(topology: Topology, host: Host, action: str, resume_capture: Callable[[Host], None] | None) -> str | None:
     if action not in NEW_NAMESPACE:
         return _docker_action(topology, host, action)
-    # Its MTA waits at the start gate until the capture companion listens in the new namespace.
+    # Its MTA waits at the start gate until the harness has followed the capture into its new file.
     gated = resume_capture is not None and host.start_gate
     if gated:
         try:

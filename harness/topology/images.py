@@ -3,7 +3,7 @@ rebuilt only when their build context changed (a content hash in the tag).
 
 Inside ``ImageStore.parallel()`` the images that are missing build side by side: ``image()`` and
 ``role_image()`` return their tag at once (it is a content hash, known before the build), the MTA-level
-images (dns, postfix, exim, opensmtpd, capture: each an apt-get install on the base image) build at
+images (dns, postfix, exim, opensmtpd; capture for the tests: each an apt-get install on the base image) build at
 most ``jobs`` at a time, and a role image builds as soon as its MTA image is there. Leaving the block
 waits for every build and raises the first failure. Outside the block every call builds before it
 returns, as it always did."""

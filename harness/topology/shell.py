@@ -57,8 +57,10 @@ class _SessionEnded(Exception):
 class ContainerShell:
     """One ``sh`` session in a container, for commands whose cost should be a fork, not an exec."""
 
-    def __init__(self, container: Callable[[], Container]) -> None:
+    def __init__(self, container: Callable[[], Container], *, prefix: Sequence[str] = ()) -> None:
+        """``prefix``: what the session's shell (and an exec instead of it) runs under (``setpriv ...``)."""
         self._container = container
+        self._prefix = list(prefix)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
@@ -75,7 +77,7 @@ class ContainerShell:
             except _SessionEnded:
                 self._close()
         self.fallbacks += 1
-        result = self._container().exec_run(list(argv), stdout=True, stderr=True, demux=True)
+        result = self._container().exec_run([*self._prefix, *argv], stdout=True, stderr=True, demux=True)
         out, err = result.output if isinstance(result.output, tuple) else (result.output, None)
         return ShellResult(int(result.exit_code if result.exit_code is not None else -1), out or b"", err or b"")
 
@@ -105,7 +107,8 @@ class ContainerShell:
         container = self._container()
         api = container.client.api
         try:
-            exec_id = api.exec_create(container.id, ["sh"], stdin=True, stdout=True, stderr=False, tty=False)["Id"]
+            exec_id = api.exec_create(container.id, [*self._prefix, "sh"], stdin=True, stdout=True, stderr=False,
+                                      tty=False)["Id"]
             raw = api.exec_start(exec_id, socket=True)
         except DockerException as exc:
             raise _SessionEnded(str(exc)) from exc

@@ -76,13 +76,59 @@ DNS_CAPABILITIES = ("KILL", "SETGID", "SETUID")
 UNPRIVILEGED_PORTS = {"net.ipv4.ip_unprivileged_port_start": "0"}
 # setuid/setgid bits and file capabilities give a process nothing more (where the MTA allows it).
 NO_NEW_PRIVILEGES = "no-new-privileges"
-# An MTA role's container runs its image's command only once this file is absent. A fault step that
-# starts the container again (a new network namespace) closes the gate first and opens it once the
-# role's capture companion listens in the new namespace: until then nothing listens on port 25, so no
-# session with the role can happen unseen (a relay retrying by itself would otherwise be delivering
-# before tcpdump listens, on a busy machine). At the first start the file does not exist.
+# An MTA role's container runs its image's command only once this file is absent (and its capture
+# listens). A fault step that starts the container again (a new network namespace, a new capture file)
+# closes the gate first and opens it once the harness has kept the last file's contents and follows
+# the new one (HopCapture.resume): until then nothing listens on port 25, so no session with the role
+# can happen unseen. At the first start the file does not exist.
 START_GATE = "/.mailflow-start-gate"
-GATED_ENTRYPOINT = ("/bin/sh", "-c", f'while [ -e {START_GATE} ]; do sleep 0.02; done; exec "$@"', "start-gate")
+# Every MTA role's hop capture runs in the role's own container (harness.observe.capture), not in a
+# container of its own beside it: a companion container cost the engine about 0.5 CPU-s to start and
+# remove (measured), and a bundled matrix started 51. Its entrypoint, as root, before anything else:
+# the neighbour table tuned (ARP_RETRANS_MS), tcpdump started and listening, then the start gate, then
+# the image's command under setpriv, with a bounding set of the MTA's own capabilities and nothing
+# inheritable: the MTA and all it runs (a scenario's configuration can run programs) never have the
+# capture's. tcpdump drops them itself: it switches to user "tcpdump" once the file is open.
+CAPTURE_DIR = "/capture"
+CAPTURE_FILE = f"{CAPTURE_DIR}/smtp.pcap"
+CAPTURE_LOG = f"{CAPTURE_DIR}/tcpdump.log"
+CAPTURE_PID = f"{CAPTURE_DIR}/tcpdump.pid"
+# A container started again (a fault step) keeps its last start's capture under this suffix.
+PREVIOUS = ".previous"
+# NET_RAW: the packet socket; NET_ADMIN: the neighbour table; CHOWN, SETUID, SETGID: tcpdump hands its
+# file to user "tcpdump" and switches to it; SETPCAP: setpriv's bounding set.
+CAPTURE_CAPS = ("CHOWN", "NET_ADMIN", "NET_RAW", "SETGID", "SETPCAP", "SETUID")
+# A neighbour that does not answer ARP (a stopped or disconnected role, a scenario's unreachable address)
+# fails a connection with "No route to host" after 3 probes this far apart, not the kernel's 1 s apart:
+# the same error, 0.6 s after the SYN instead of 3 s, on a bridge where a live container answers in well
+# under a millisecond. Set on every interface but lo, again on one a reconnected role gets.
+ARP_RETRANS_MS = 200
+TUNE_NEIGHBOURS = ('for dev in $(ls /sys/class/net); do [ "$dev" = lo ] || '
+                   f'ip ntable change name arp_cache dev "$dev" retrans {ARP_RETRANS_MS}; done')
+# tcpdump, on every interface of the namespace ("any": no promiscuous mode), whole packets (-s: the
+# largest IPv4 packet, an offload "super packet", plus the cooked header), each written as it arrives
+# (-U) and handed over as it arrives (--immediate-mode: in blocks a packet reached the file about
+# 500 ms late), with a 16 MiB ring (-B: 2 MiB lost packets in the bundled matrix, 16 MiB none of
+# 3951), no name lookups (-n). Port 25 and ARP: a host that asks for an address nothing answers never
+# puts a SYN on the wire, and its unanswered requests show that it tried (hops.unanswered_requests).
+TCPDUMP = ("tcpdump -i any -s 65560 -B 16384 -U -n --immediate-mode "
+           f"-w {CAPTURE_FILE} 'tcp port 25 or arp' 2>{CAPTURE_LOG} &")
+_CAPTURE_START = f"""set -eu
+mkdir -p {CAPTURE_DIR}
+for f in {CAPTURE_FILE} {CAPTURE_LOG}; do if [ -e "$f" ]; then mv -f "$f" "$f{PREVIOUS}"; fi; done
+{TUNE_NEIGHBOURS}
+{TCPDUMP}
+p=$!
+echo "$p" >{CAPTURE_PID}
+until grep -q 'listening on' {CAPTURE_LOG}; do
+    case $(cut -d' ' -f3 /proc/$p/stat 2>/dev/null || echo X) in
+        Z|X) echo "the hop capture (tcpdump) ended before it listened:" >&2; cat {CAPTURE_LOG} >&2; exit 125 ;;
+    esac
+    sleep 0.01
+done
+while [ -e {START_GATE} ]; do sleep 0.02; done
+exec "$@"
+"""
 _image_commands: dict[str, list[str]] = {}
 _image_commands_lock = threading.Lock()
 
@@ -195,15 +241,27 @@ class Host:
     setup_commands: tuple[tuple[str, ...], ...] = ()
     # Whether the container's entrypoint waits at START_GATE (every MTA role's does).
     start_gate: bool = False
+    # The prefix (``confined``) every command of the harness in the container runs under: an MTA role's
+    # runs with the MTA's own capabilities, never the capture's (its queue listings run the MTA's
+    # programs, which read a scenario's configuration).
+    confinement: tuple[str, ...] = ()
     # Commands and reads in the container through one shell kept running there (a fork each, not an exec).
     shell: ContainerShell = field(init=False, repr=False, compare=False)
+    # The same with the container's every capability, for the neighbour table alone (NET_ADMIN): opened
+    # only when first needed, and only the harness's own fixed commands run in it.
+    admin_shell: ContainerShell = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.shell = ContainerShell(lambda: self.container.get_wrapped_container())
+        self.shell = ContainerShell(lambda: self.container.get_wrapped_container(), prefix=self.confinement)
+        self.admin_shell = ContainerShell(lambda: self.container.get_wrapped_container())
 
     @property
     def container_id(self) -> str:
         return str(self.container.get_wrapped_container().id)
+
+    def close_shells(self) -> None:
+        self.shell.close()
+        self.admin_shell.close()
 
     def logs(self, tail: int = 30) -> str:
         try:
@@ -291,7 +349,7 @@ class Topology:
     def close_shells(self) -> None:
         """End the shell sessions kept in the containers (their sockets are this process's)."""
         for host in self.hosts.values():
-            host.shell.close()
+            host.close_shells()
 
     def forget_keys(self) -> None:
         """Remove the run's keys and certificates from the host (those in its containers go with them)."""
@@ -314,7 +372,7 @@ def unreachable_address(subnet: str, used: set[str]) -> str:
     """A host address in ``subnet`` that is none of ``used`` (the gateway, the containers'): the highest
     usable one that is free. Nothing answers there, not even ARP, so a connection to it fails the way
     one to a dead host on the same LAN does: after three unanswered ARP requests the kernel reports
-    "No route to host" (EHOSTUNREACH; 0.6 s with the probe interval the capture companions set, 3 s
+    "No route to host" (EHOSTUNREACH; 0.6 s with the probe interval the roles' entrypoints set, 3 s
     with the kernel's), and no TCP segment is ever sent (a capture shows none).
     Postfix, Exim and OpenSMTPD all log that and go on to the next MX. ValueError when every host
     address is taken."""
@@ -651,7 +709,7 @@ def reconfigure_role(topology: Topology, old: HostPlan, new: HostPlan) -> None:
     """``new`` (``reconfigurable`` from ``old``) on the role's running container: the configuration files
     that differ rewritten, a certificate of its own from the run's CA (as a new container gets), the
     implementation's own reload, the set-up for ``new`` (a policy daemon), and back once it greets and
-    its configuration check has said its piece. The container, its address, capture companion and mail
+    its configuration check has said its piece. The container, its address, capture and mail
     watch stay. Raises InfrastructureError (ConfigurationError) when any of it fails."""
     driver = new.mta
     assert driver is not None and reconfigurable(old, new)
@@ -771,11 +829,11 @@ def remove_container(container: DockerContainer, what: str) -> None:
 
 def remove_host(topology: Topology, role: str) -> None:
     """``role``'s container gone from the topology, with its credentials; a role it does not have is done
-    (a capture companion sharing the container's network namespace must be gone already)."""
+    (its capture goes with it)."""
     host = topology.hosts.pop(role, None)
     topology.credentials.pop(role, None)
     if host is not None:
-        host.shell.close()
+        host.close_shells()
         remove_container(host.container, f"{role}'s container")
 
 
@@ -792,11 +850,10 @@ def issue_credentials(topology: Topology, plan: HostPlan) -> None:
 def replace_roles(topology: Topology, hosts: Sequence[HostPlan], images: Mapping[str, str],
                   addresses: Mapping[str, str]) -> None:
     """Each of ``hosts`` (MTA roles) in a new container made from its plan, at its address in
-    ``addresses``: the old one, if the topology has the role, removed first (its capture companion,
-    which shares its network namespace, must be gone already); the new one started with a certificate
-    of its own when it offers TLS, and greeting. The engine gives a container the MAC address made
-    from its IP address, so a neighbour that still has the old container in its ARP cache reaches the
-    new one at the same address as it would a fresh one."""
+    ``addresses``: the old one, if the topology has the role, removed first (its capture with it); the
+    new one started with a certificate of its own when it offers TLS, and greeting. The engine gives a
+    container the MAC address made from its IP address, so a neighbour that still has the old container
+    in its ARP cache reaches the new one at the same address as it would a fresh one."""
     for plan_host in hosts:
         remove_host(topology, plan_host.role)
         if plan_host.tls is not None:
@@ -890,10 +947,25 @@ def confinement(capabilities: Sequence[str], *, no_new_privileges: bool = True) 
 
 
 def container_options(plan: HostPlan) -> dict[str, object]:
-    """The bounds and privileges of a role's container (the dns role's when ``plan.mta`` is None)."""
+    """The bounds and privileges of a role's container (the dns role's when ``plan.mta`` is None): an MTA
+    role's has the capture's capabilities too, which its entrypoint keeps from the MTA (mta_entrypoint)."""
     if plan.mta is None:
         return {**limits(), **confinement(DNS_CAPABILITIES)}
-    return {**limits(), **confinement(plan.mta.capabilities, no_new_privileges=plan.mta.no_new_privileges)}
+    return {**limits(), **confinement(sorted({*plan.mta.capabilities, *CAPTURE_CAPS}),
+                                      no_new_privileges=plan.mta.no_new_privileges)}
+
+
+def confined(capabilities: Sequence[str]) -> tuple[str, ...]:
+    """The prefix that runs a command in an MTA role's container with ``capabilities`` (the MTA's own) as
+    its bounding set and nothing inheritable: neither it nor anything it runs can gain another one."""
+    keep = "".join(f",+{c.lower()}" for c in sorted(capabilities))
+    return ("setpriv", f"--bounding-set=-all{keep}", "--inh-caps=-all")
+
+
+def mta_entrypoint(capabilities: Sequence[str]) -> list[str]:
+    """An MTA role's entrypoint (its image's command follows as arguments): the capture started and
+    listening, then the start gate, then the command, confined to the MTA's ``capabilities``."""
+    return ["/bin/sh", "-c", _CAPTURE_START, "mta-entrypoint", *confined(capabilities)]
 
 
 def resolver_conf(address: str) -> str:
@@ -923,7 +995,8 @@ def _container(network: Network, plan: HostPlan, image: str, address: str, label
     if dns is not None:
         kwargs["dns"] = [dns]
     if gated_command is not None:
-        kwargs["entrypoint"] = list(GATED_ENTRYPOINT)
+        assert plan.mta is not None
+        kwargs["entrypoint"] = mta_entrypoint(plan.mta.capabilities)
     container = (RoleContainer(image, name=f"mailflow-{labels['mailflow-harness.run']}-{plan.role}",
                                  docker_client_kw=ENGINE_CLIENT)
                  .with_network(network)
@@ -942,7 +1015,8 @@ def _container(network: Network, plan: HostPlan, image: str, address: str, label
         container.with_copy_into_container(credentials.key_pem, TLS_KEY, 0o600)
         container.with_copy_into_container(tls.ca_pem, TLS_CA, 0o644)
     return Host(plan.role, plan.hostname, address, image, plan.mta.name if plan.mta else None, container,
-                start_gate=gated_command is not None)
+                start_gate=gated_command is not None,
+                confinement=confined(plan.mta.capabilities) if gated_command is not None and plan.mta else ())
 
 
 def image_command(client: docker.DockerClient, image: str) -> list[str]:

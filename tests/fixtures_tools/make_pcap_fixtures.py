@@ -3,10 +3,11 @@
     .venv/bin/python tests/fixtures_tools/make_pcap_fixtures.py [--out DIR]
 
 Starts the standard topology (its own run id; everything is removed at the end, also on errors),
-then for each case starts fresh capture companions, drives traffic, waits until the capture shows
-the case complete, and writes ``<case>.<role>.pcap``. ``manifest.json`` records what the tests need
-besides the pcaps: address -> role of this run (the subnet differs per run), each case's start time
-and files, and how long each companion took to listen. Needs a Docker engine and the images.
+then for each case notes where each role's capture file ends, drives traffic, waits until the capture
+shows the case complete, and writes ``<case>.<role>.pcap`` (the file's header and what the case added).
+``manifest.json`` records what the tests need besides the pcaps: address -> role of this run (the subnet
+differs per run), each case's start time and files, and how long each capture took to be seen listening.
+Needs a Docker engine and the images.
 
 The unit tests assert exact sequences: after regenerating, run them; a changed Postfix version may
 legitimately change texts (queue ids are never asserted).
@@ -27,7 +28,7 @@ import docker
 from docker.errors import DockerException
 from docker.types import EndpointConfig
 
-from harness.observe.capture import CAPTURE_IMAGE, HopCapture, start_captures
+from harness.observe.capture import HopCapture, start_captures
 from harness.observe.smtpstream import connections, decode_sessions
 from harness.plan import plan_scenario
 from harness.report.progress import Progress
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
 DEFAULT_OUT = ROOT / "tests" / "unit" / "fixtures" / "pcap"
 WAIT_S = 30.0
+PCAP_HEADER = 24  # a pcap file's global header
 # Any unused host number of the run's /24 (roles use .2-.12): a host that vanishes in the syn_only case.
 VANISHING_HOST_OFFSET = 30
 
@@ -51,11 +53,11 @@ class RaceLostError(RuntimeError):
 
 
 class Fixtures:
-    def __init__(self, topology: Topology, capture_image: str, base_image: str, out: Path) -> None:
+    def __init__(self, topology: Topology, base_image: str, out: Path) -> None:
         self.topology = topology
-        self.capture_image = capture_image
         self.base_image = base_image
         self.out = out
+        self.since: dict[str, int] = {}  # per role: where the current case's part of its capture begins
         self.labels = run_labels(topology.run_id)
         self.names = {h.address: h.role for h in topology.hosts.values()}
         self.names[topology.gateway] = "client"
@@ -68,37 +70,40 @@ class Fixtures:
     # -- helpers ----------------------------------------------------------------------------------
     def case(self, name: str, roles: Sequence[str], drive: Callable[[], None],
              done: Callable[[list[Transcript]], bool]) -> None:
-        captures = start_captures([self.topology.hosts[r] for r in roles], self.capture_image, self.labels)
-        try:
-            start_wall = time.time()
-            drive()
-            pcaps = self.wait(captures, done)
-            files = {}
-            for role, data in pcaps.items():
-                path = self.out / f"{name}.{role}.pcap"
-                path.write_bytes(data)
-                files[role] = path.name
-            cases = self.manifest["cases"]
-            assert isinstance(cases, dict)
-            cases[name] = {"start_wall": start_wall, "files": files,
-                           "listening_after_s": {r: round(c.listening_after_s or 0.0, 3)
-                                                 for r, c in captures.items()}}
-            print(f"{name}: {', '.join(f'{f} ({len(pcaps[r])} bytes)' for r, f in files.items())}; "
-                  f"listening after {cases[name]['listening_after_s']}")
-        finally:
-            for capture in captures.values():
-                capture.remove()
+        captures = start_captures([self.topology.hosts[r] for r in roles])
+        # A role's capture runs from its container's start on: this case's file is the header and what
+        # was written after this point.
+        self.since = {role: len(c.read_pcap()) for role, c in captures.items()}
+        start_wall = time.time()
+        drive()
+        pcaps = self.wait(captures, done)
+        files = {}
+        for role, data in pcaps.items():
+            path = self.out / f"{name}.{role}.pcap"
+            path.write_bytes(data)
+            files[role] = path.name
+        cases = self.manifest["cases"]
+        assert isinstance(cases, dict)
+        cases[name] = {"start_wall": start_wall, "files": files,
+                       "listening_after_s": {r: round(c.listening_after_s or 0.0, 3)
+                                             for r, c in captures.items()}}
+        print(f"{name}: {', '.join(f'{f} ({len(pcaps[r])} bytes)' for r, f in files.items())}; "
+              f"listening after {cases[name]['listening_after_s']}")
+
+    def _case_pcap(self, role: str, capture: HopCapture) -> bytes:
+        data = capture.read_pcap()
+        return data[:PCAP_HEADER] + data[max(PCAP_HEADER, self.since[role]):]
 
     def wait(self, captures: dict[str, HopCapture], done: Callable[[list[Transcript]], bool]
              ) -> dict[str, bytes]:
         deadline = time.monotonic() + WAIT_S
         while True:
-            pcaps = {role: c.read_pcap() for role, c in captures.items()}
+            pcaps = {role: self._case_pcap(role, c) for role, c in captures.items()}
             sessions = decode_sessions(list(pcaps.values()), names=self.names, start_wall=0.0)
             if done(sessions):
                 # Let the last ACKs/FINs land: the fixtures should show connections ending.
                 time.sleep(0.5)
-                return {role: c.read_pcap() for role, c in captures.items()}
+                return {role: self._case_pcap(role, c) for role, c in captures.items()}
             if time.monotonic() > deadline:
                 shown = "\n".join(f"{e.hop} {e.session} {e.command} {e.code}" for t in sessions for e in t.exchanges)
                 raise RuntimeError(f"case did not complete within {WAIT_S} s; decoded so far:\n{shown}")
@@ -299,10 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Progress()
     client = ensure_engine(progress, may_start=False)
     ctx = RunContext(client, ImageStore(client, progress, COMPOSE), COMPOSE, progress)
-    capture_image = ctx.images.image(CAPTURE_IMAGE)
     topology = bring_up(ctx, plan_scenario(None, COMPOSE), run_id=new_run_id(), keep_label=False)
     try:
-        fixtures = Fixtures(topology, capture_image, ctx.images.base_image(), out)
+        fixtures = Fixtures(topology, ctx.images.base_image(), out)
         for old in out.glob("*.pcap"):
             old.unlink()
         # refused_and_syn_only before nomail_521: the relay retries the mail nomail refused (a queue

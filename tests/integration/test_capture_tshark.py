@@ -1,8 +1,8 @@
-"""Capture companions on real containers, and our decoder checked against Wireshark's SMTP dissector.
+"""Hop captures in real role containers, and our decoder checked against Wireshark's SMTP dissector.
 
-Mail goes client -> relay -> mx with companions on relay and mx. The relay -> mx hop our decoder reads
-from a capture must be, reply for reply (command and code), what tshark shows for the same file,
-read by tshark inside the companion itself."""
+Mail goes client -> relay -> mx, captured in the relay's and the mx's containers. The relay -> mx hop our
+decoder reads from a capture must be, reply for reply (command and code), what tshark shows for the same
+file, read by tshark in a container of the capture image (compose/capture)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import docker
 import pytest
 
-from harness.observe.capture import CAPTURE_CAPS, CAPTURE_IMAGE, HopCapture, start_captures
+from harness.observe.capture import CAPTURE_IMAGE, HopCapture, start_captures
 from harness.observe.smtpstream import connections, decode_sessions
 from harness.plan import plan_scenario
 from harness.runner import RunContext, bring_up
 from harness.smtp.transcript import Transcript
 from harness.topology.labels import ROLE_LABEL, RUN_LABEL, new_run_id, run_labels
-from harness.topology.topology import Topology
+from harness.topology.topology import CAPTURE_PID, Topology, fresh_archive
 from harness.verify import CAPTURE_LAG_S
 
 from .conftest import COMPOSE
@@ -37,6 +37,7 @@ class Setup:
     captures: dict[str, HopCapture]
     names: dict[str, str]
     start_wall: float
+    tshark_image: str
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +46,10 @@ def setup(run_context: RunContext, engine: docker.DockerClient) -> Iterator[Setu
     image = run_context.images.image(CAPTURE_IMAGE)
     topology = bring_up(run_context, plan_scenario(None, COMPOSE), run_id=run_id, keep_label=False)
     try:
-        captures = start_captures([topology.hosts["relay"], topology.hosts["mx"]], image, run_labels(run_id))
+        captures = start_captures([topology.hosts["relay"], topology.hosts["mx"]])
         names = {h.address: h.role for h in topology.hosts.values()}
         names[topology.gateway] = "client"
-        yield Setup(topology, captures, names, time.time())
+        yield Setup(topology, captures, names, time.time(), image)
     finally:
         topology.destroy()
         left = engine.containers.list(all=True, sparse=True, filters={"label": f"{RUN_LABEL}={run_id}"})
@@ -87,20 +88,18 @@ def relayed(setup: Setup) -> Transcript:
     return _wait_for_hop(setup)
 
 
-def test_companions_listen_quickly_share_the_namespace_and_are_labelled(
+def test_captures_listen_in_the_roles_own_containers_before_their_mtas_greet(
         setup: Setup, engine: docker.DockerClient) -> None:
+    run = engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={setup.topology.run_id}"})
+    assert sorted(c.labels[ROLE_LABEL] for c in run) == sorted(setup.topology.hosts)  # no container beside them
     for role, capture in setup.captures.items():
+        # The entrypoint starts the MTA only once tcpdump listens: by its greeting, it does.
         assert capture.listening_after_s is not None and capture.listening_after_s < LISTENING_BOUND_S
-        attrs = engine.containers.get(capture.container_id).attrs
         host = setup.topology.hosts[role]
-        assert attrs["HostConfig"]["NetworkMode"] == f"container:{host.container_id}"
-        assert sorted(attrs["HostConfig"]["CapAdd"]) == sorted(CAPTURE_CAPS)
-        assert attrs["HostConfig"]["CapDrop"] == ["ALL"]
-        assert attrs["Config"]["Labels"][ROLE_LABEL] == f"{role}-capture"
-        assert attrs["Config"]["Labels"][RUN_LABEL] == setup.topology.run_id
-        # The MTA itself is untouched: same address, no extra network.
-        mta = engine.containers.get(host.container_id).attrs
-        nets = mta["NetworkSettings"]["Networks"]
+        pid = host.shell.run(["cat", CAPTURE_PID]).stdout.decode().strip()
+        assert host.shell.run(["cat", f"/proc/{pid}/comm"]).stdout == b"tcpdump\n", role
+        # The MTA's container: its own address, on its one network.
+        nets = engine.containers.get(host.container_id).attrs["NetworkSettings"]["Networks"]
         assert [n["IPAddress"] for n in nets.values()] == [host.address]
 
 
@@ -126,7 +125,21 @@ TSHARK_FIELDS = ("frame.number", "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport
                  "smtp.response.code", "smtp.eom")
 
 
-def _tshark_hop(capture: HopCapture, client: str, server: str) -> list[tuple[str | None, int]]:
+def _tshark(setup: Setup, pcap: bytes, *args: str) -> str:
+    """``tshark -r <pcap> <args>``'s standard output, run in a container of the capture image."""
+    engine = setup.topology.client
+    container = engine.containers.create(setup.tshark_image, ["tshark", "-r", "/tmp/hop.pcap", *args],
+                                         network_mode="none", labels=run_labels(setup.topology.run_id))
+    try:
+        container.put_archive("/tmp", fresh_archive([("hop.pcap", pcap, 0o644)]))
+        container.start()
+        assert container.wait(timeout=60)["StatusCode"] == 0, container.logs().decode()
+        return bytes(container.logs(stdout=True, stderr=False)).decode()
+    finally:
+        container.remove(force=True)
+
+
+def _tshark_hop(setup: Setup, capture: HopCapture, client: str, server: str) -> list[tuple[str | None, int]]:
     """(command, code) per reply of the client -> server hop as Wireshark's SMTP dissector sees it.
 
     The dissector lists the commands of a client segment (several when pipelined), marks the final
@@ -135,8 +148,8 @@ def _tshark_hop(capture: HopCapture, client: str, server: str) -> list[tuple[str
     dissect commands that follow the final dot in the same segment (Postfix pipelines its QUIT there).
     """
     fields = [arg for f in TSHARK_FIELDS for arg in ("-e", f)]
-    out = capture.tshark("-Y", f"smtp && ip.addr == {client} && ip.addr == {server}", "-T", "fields",
-                         "-E", "occurrence=a", "-E", "aggregator=|", *fields)
+    out = _tshark(setup, capture.read_pcap(), "-Y", f"smtp && ip.addr == {client} && ip.addr == {server}",
+                  "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|", *fields)
     requests: list[str] = []
     codes: list[int] = []
     for line in out.splitlines():
@@ -162,7 +175,7 @@ def test_decoder_matches_tshark_reply_for_reply(setup: Setup, relayed: Transcrip
     ours = _relay_to_mx(setup, [capture.read_pcap()])
     assert len(ours) == 1
     decoded = [(e.command, e.code) for e in ours[0].exchanges]
-    wireshark = _tshark_hop(capture, setup.topology.address("relay"), setup.topology.address("mx"))
+    wireshark = _tshark_hop(setup, capture, setup.topology.address("relay"), setup.topology.address("mx"))
     assert [code for _, code in decoded] == [code for _, code in wireshark]
     for i, ((command, _), (seen, _)) in enumerate(zip(decoded, wireshark, strict=True)):
         if seen is None:

@@ -1,6 +1,7 @@
 """Every container of a real run is created bounded and with only the capabilities it needs, as the
 engine reports it (HostConfig) and as the kernel applies it (the bounding set of the container's
-first process), capture companions included."""
+first process): an MTA role's container holds the capture's capabilities too, and only its tcpdump
+ever had them."""
 
 from __future__ import annotations
 
@@ -29,21 +30,34 @@ def _harness(*args: str) -> subprocess.CompletedProcess[str]:
     return harness("-q", *args)
 
 
-def _bounding_set(container: docker.models.containers.Container) -> set[str]:
-    status = container.exec_run(["cat", "/proc/1/status"]).output.decode()
-    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapBnd:")), 16)
+def _named(mask: int) -> set[str]:
     named = {name for name, bit in CAP_BITS.items() if mask & (1 << bit)}
     assert mask == sum(1 << CAP_BITS[name] for name in named), f"a capability outside CAP_BITS: {mask:x}"
     return named
 
 
+def _capability_sets(status: str) -> dict[str, set[str]]:
+    """CapInh, CapPrm, CapEff, CapBnd and CapAmb of a /proc/<pid>/status, by name."""
+    return {line.split(":")[0]: _named(int(line.split()[1], 16)) for line in status.splitlines()
+            if line.startswith("Cap")}
+
+
+def _bounding_set(container: docker.models.containers.Container) -> set[str]:
+    return _capability_sets(container.exec_run(["cat", "/proc/1/status"]).output.decode())["CapBnd"]
+
+
+def _processes(container: docker.models.containers.Container) -> list[tuple[str, dict[str, set[str]]]]:
+    """Every process of the container but the exec reading them: its name and capability sets."""
+    script = 'for p in /proc/[0-9]*; do [ "${p#/proc/}" = $$ ] || { echo "@@ $(cat $p/comm)"; cat $p/status; }; done'
+    out = container.exec_run(["sh", "-c", script]).output.decode()
+    return [(chunk.split("\n", 1)[0].strip(), _capability_sets(chunk)) for chunk in out.split("@@ ")[1:]]
+
+
 def _expected_capabilities(role: str, mta: str) -> tuple[tuple[str, ...], bool]:
-    """The capabilities a role keeps, and whether no-new-privileges is on."""
+    """The capabilities a role's container holds, and whether no-new-privileges is on."""
     if role == "dns":
         return DNS_CAPABILITIES, True
-    if role.endswith("-capture"):
-        return CAPTURE_CAPS, True
-    return DRIVERS[mta].capabilities, DRIVERS[mta].no_new_privileges
+    return tuple(sorted({*DRIVERS[mta].capabilities, *CAPTURE_CAPS})), DRIVERS[mta].no_new_privileges
 
 
 @pytest.mark.parametrize("mta", sorted(DRIVERS))
@@ -56,7 +70,8 @@ def test_every_container_of_a_run_is_bounded_and_confined(engine: docker.DockerC
     try:
         containers = engine.containers.list(filters={"label": f"{RUN_LABEL}={run_id}"})
         roles = {c.labels[ROLE_LABEL]: c for c in containers}
-        assert {"dns", "mx", "relay", "nomail", "mx-capture", "relay-capture", "nomail-capture"} <= set(roles)
+        assert {"dns", "mx", "relay", "nomail"} <= set(roles)
+        assert not [role for role in roles if role.endswith("-capture")]  # no capture container beside them
         for role, container in roles.items():
             host = container.attrs["HostConfig"]
             assert host["Memory"] == int(MEMORY_LIMIT.rstrip("m")) * MIB, role
@@ -66,10 +81,23 @@ def test_every_container_of_a_run_is_bounded_and_confined(engine: docker.DockerC
             capabilities, no_new_privileges = _expected_capabilities(role, mta)
             assert sorted(host["CapAdd"] or []) == sorted(capabilities), role
             assert ("no-new-privileges" in (host.get("SecurityOpt") or [])) == no_new_privileges, role
-            if not role.endswith("-capture"):  # a companion shares its MTA's network namespace
-                assert host["Sysctls"] == UNPRIVILEGED_PORTS, role
+            assert host["Sysctls"] == UNPRIVILEGED_PORTS, role
             assert container.status == "running", role
-            assert _bounding_set(container) == set(capabilities), role
+            if role == "dns":
+                assert _bounding_set(container) == set(capabilities), role
+                continue
+            # The MTA (PID 1 once the capture listens) and every process it started: the MTA's own
+            # capabilities at most, and none to hand on. tcpdump: none left once it switched users.
+            own = set(DRIVERS[mta].capabilities)
+            assert _bounding_set(container) == own, role
+            processes = _processes(container)
+            names = [name for name, _ in processes]
+            assert "tcpdump" in names, (role, names)
+            for name, sets in processes:
+                if name == "tcpdump":
+                    assert not sets["CapEff"] and not sets["CapPrm"], (role, sets)
+                else:  # the MTA's, and the harness's own (its shell, its mail watch)
+                    assert sets["CapBnd"] <= own and not sets["CapInh"] and not sets["CapAmb"], (role, name, sets)
     finally:
         down = _harness("down", "--run", run_id)
     assert down.returncode == 0, down.stderr

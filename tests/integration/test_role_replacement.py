@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 PLAIN = """\
 name: the standard roles
-description: mx takes mail in clear; the relay's hop to mx is seen by mx's capture companion
+description: mx takes mail in clear; the relay's hop to mx is seen by mx's capture
 steps:
   - smtp: {host: mx, mail_from: alice@origin.test, rcpt_to: bob@example.test, expect: {mail: 250, data: 354}}
   - smtp: {host: relay, mail_from: alice@origin.test, rcpt_to: carol@example.test}
@@ -99,7 +99,7 @@ def test_a_role_the_next_scenario_changes_is_replaced_and_the_others_are_kept(
     assert len({c["mx"] for c in containers}) == 3, containers
     for role in ("dns", "relay", "nomail"):
         assert len({c[role] for c in containers}) == 1, (role, containers)
-    # The new mx has a capture companion (the last scenario's hop was read from it) and a mail watch.
+    # The new mx has a capture (the last scenario's hop was read from it) and a mail watch.
     assert watching == {"mx": True, "relay": True, "nomail": True}, watching
     assert captured == ["mx", "nomail", "relay"], captured
 
@@ -215,7 +215,7 @@ def test_a_replacement_the_mta_refuses_is_reported_and_replaced_by_the_next_scen
 def test_a_role_a_scenario_adds_is_started_for_it_and_removed_before_the_next(
         run_context: RunContext, tmp_path: Path) -> None:
     """Scenario 10 (a second 521 host, backup, like nomail) between two plain scenarios on one topology:
-    backup runs, with its capture companion, for 10 only; the standard roles keep their containers."""
+    backup runs, with its capture, for 10 only; the standard roles keep their containers."""
     plain = load_scenario(_write(tmp_path, "plain.yaml", PLAIN))
     added = load_scenario(SCENARIOS / "10-two-mx-both-521.yaml")
     sequence = ScenarioSequence(run_context)
@@ -231,9 +231,8 @@ def test_a_role_a_scenario_adds_is_started_for_it_and_removed_before_the_next(
             captured.append(sorted(sequence.shared.captures))
             containers.append({r: h.container_id for r, h in sequence.shared.topology.hosts.items()})
         run_id = sequence.shared.run_id
-        backup_left, companion_left = (run_context.client.containers.list(
-            all=True, filters={"label": [f"{RUN_LABEL}={run_id}", f"{ROLE_LABEL}={role}"]})
-            for role in ("backup", "backup-capture"))
+        backup_left = run_context.client.containers.list(
+            all=True, filters={"label": [f"{RUN_LABEL}={run_id}", f"{ROLE_LABEL}=backup"]})
     finally:
         sequence.close()
     assert [r.status for r in results] == [PASSED] * 3, [(r.name, r.error, r.failures) for r in results]
@@ -242,7 +241,7 @@ def test_a_role_a_scenario_adds_is_started_for_it_and_removed_before_the_next(
                      ["dns", "mx", "nomail", "relay"]], roles
     assert captured == [["mx", "nomail", "relay"], ["backup", "mx", "nomail", "relay"],
                         ["mx", "nomail", "relay"]], captured
-    assert (backup_left, companion_left) == ([], []), (backup_left, companion_left)
+    assert backup_left == [], backup_left
     for role in ("dns", "mx", "relay", "nomail"):
         assert len({c[role] for c in containers}) == 1, (role, containers)
 

@@ -116,7 +116,7 @@ def test_only_the_roles_reset_have_their_neighbour_caches_emptied(
         run_context: RunContext, monkeypatch: pytest.MonkeyPatch) -> None:
     """A role no TCP reached or left since its last reset learnt no neighbour since its cache was last
     emptied: the reset before the next scenario empties the caches of the roles it resets, and only those
-    (a command in each capture companion, between every two scenarios)."""
+    (a command in each MTA role's container, between every two scenarios)."""
     emptied: list[str] = []
     forget = HopCapture.forget_neighbours
 

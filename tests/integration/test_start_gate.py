@@ -1,6 +1,6 @@
-"""A role that a fault step starts again gets a new network namespace, and its capture companion
-must follow it there: until tcpdump listens again nothing is captured. The role's MTA is held at the
-start gate meanwhile, so no session with it can happen unseen, however late the companion listens
+"""A role that a fault step starts again gets a new network namespace and a new capture file, and the
+harness must follow its capture there (HopCapture.resume). The role's MTA is held at the start gate
+meanwhile, so no session with it can happen unseen, however late the harness follows
 (on a busy machine, about a second; a relay retrying by itself may connect in that moment)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from harness.verify import CAPTURE_LAG_S
 
 from .conftest import SCENARIOS
 
-# How late the companion listens again here: longer than Postfix takes to greet after its start.
+# How late the harness follows the capture here: longer than Postfix takes to greet after its start.
 LATE_S = 3.0
 
 
@@ -63,7 +63,7 @@ def test_a_role_started_again_greets_only_once_its_capture_listens(run_context: 
         listening: list[float] = []
 
         def late_resume(host: Host) -> None:
-            time.sleep(LATE_S)  # a busy machine: the companion listens again late
+            time.sleep(LATE_S)  # a busy machine: the harness follows late
             capture.resume()
             listening.append(time.monotonic())
 

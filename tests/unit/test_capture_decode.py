@@ -1,5 +1,5 @@
 """The capture decoder on real captures (tests/unit/fixtures/pcap/, made by
-tests/fixtures_tools/make_pcap_fixtures.py with the real capture companions), on those captures
+tests/fixtures_tools/make_pcap_fixtures.py with the roles' real captures), on those captures
 rewritten the way networks and capture files misbehave (duplicates, reordering, overlapping
 retransmissions, sequence wrap-around, other link types, a cut-off last record), and on a few
 synthetic conversations for what the bundled Postfix roles never do (STARTTLS, AUTH, 421). No Docker."""
@@ -608,7 +608,7 @@ def test_timeline_shows_an_earlier_connection_only_for_transactions_in_the_windo
 
 
 def test_a_capture_started_again_keeps_what_it_had_captured() -> None:
-    """A role's container restarted (a fault step): its companion's file from before the restart still
+    """A role's container restarted (a fault step): its capture file from before the restart still
     counts, beside the new one (HopCapture.resume keeps it in ``earlier``)."""
     before = pcap("nomail_521", "relay")
     after = pcap("relay_mx_pipelined", "relay")

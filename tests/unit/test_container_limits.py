@@ -54,7 +54,6 @@ class RecordingContainer:
 def recording(monkeypatch: pytest.MonkeyPatch) -> type[RecordingContainer]:
     RecordingContainer.made = []
     monkeypatch.setattr(topology, "RoleContainer", RecordingContainer)
-    monkeypatch.setattr(capture, "DockerContainer", RecordingContainer)
     return RecordingContainer
 
 
@@ -78,13 +77,15 @@ def test_every_role_container_is_bounded_and_keeps_only_its_capabilities(recordi
         made = topology._container(Net(), host, "image:tag", "172.28.0.10",  # type: ignore[arg-type]
                                    {"mailflow-harness.run": "test"}, dns=None)
         options = made.container.kwargs  # type: ignore[attr-defined]
-        _bounded(options)
+        # NET_ADMIN, beyond Docker's defaults, for the capture's neighbour (ARP) table alone: the MTA's
+        # processes never have it (mta_entrypoint; tests/integration/test_limits.py reads their sets).
+        _bounded(options, beyond_defaults=frozenset() if host.mta is None else frozenset({"NET_ADMIN"}))
         assert options["sysctls"] == {"net.ipv4.ip_unprivileged_port_start": "0"}
         if host.mta is None:
             assert sorted(options["cap_add"]) == sorted(DNS_CAPABILITIES)
             assert options["security_opt"] == ["no-new-privileges"]
         else:
-            assert sorted(options["cap_add"]) == sorted(DRIVERS[mta].capabilities)
+            assert sorted(options["cap_add"]) == sorted({*DRIVERS[mta].capabilities, *capture.CAPTURE_CAPS})
             assert ("security_opt" in options) == DRIVERS[mta].no_new_privileges
         # testcontainers' own client is bounded like the harness's.
         assert made.container.init_kwargs["docker_client_kw"]["timeout"] > 0  # type: ignore[attr-defined]
@@ -108,22 +109,15 @@ def test_no_new_privileges_where_no_setuid_program_is_needed() -> None:
     assert container_options(dns)["security_opt"] == ["no-new-privileges"]
 
 
-def test_capture_companions_are_bounded_and_keep_only_what_tcpdump_needs(
-        recording: type[RecordingContainer]) -> None:
-    class Wrapped:
-        id = "0123456789abcdef"
-
-    class MtaContainer:
-        def get_wrapped_container(self) -> Wrapped:
-            return Wrapped()
-
-    host = topology.Host("mx", "mx.example.test", "172.28.0.10", "image:tag", "postfix",
-                         MtaContainer())  # type: ignore[arg-type]
-    companion = capture.HopCapture(host, "capture:tag", {"mailflow-harness.run": "test"})
-    options = companion.container.kwargs  # type: ignore[attr-defined]
-    # NET_ADMIN, beyond Docker's defaults, only for the neighbour (ARP) table of the MTA's own network
-    # namespace (its probe interval, its cache emptied between two scenarios); no MTA container gets it.
-    _bounded(options, beyond_defaults=frozenset({"NET_ADMIN"}))
-    assert sorted(options["cap_add"]) == sorted(capture.CAPTURE_CAPS)
-    assert options["security_opt"] == ["no-new-privileges"]
-    assert options["network_mode"] == "container:0123456789abcdef"
+def test_an_mta_role_runs_its_command_with_its_own_capabilities_alone() -> None:
+    for driver in DRIVERS.values():
+        entrypoint = topology.mta_entrypoint(driver.capabilities)
+        prefix = topology.confined(driver.capabilities)
+        # The image's command follows the entrypoint as its arguments: it runs under the prefix.
+        assert entrypoint[-len(prefix):] == list(prefix)
+        assert prefix[0] == "setpriv" and "--inh-caps=-all" in prefix
+        bounding = next(a for a in prefix if a.startswith("--bounding-set="))
+        kept = bounding.removeprefix("--bounding-set=").split(",")
+        assert kept[0] == "-all"
+        assert {k.removeprefix("+").upper() for k in kept[1:]} == set(driver.capabilities)
+        assert all(k.startswith("+") for k in kept[1:])

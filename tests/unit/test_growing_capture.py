@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 import harness.observe.hops as hops_module
 import harness.observe.tcpflows as tcpflows
-from harness.observe.capture import CaptureError, HopCapture
+from harness.observe.capture import CAPTURE_FILE, CaptureError, HopCapture
 from harness.observe.hops import CapturedHops
 from harness.observe.tcpflows import GrowingCapture, read_capture
+from harness.topology.topology import PREVIOUS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pcap"
 FILES = sorted(FIXTURES.glob("*.pcap"))
@@ -93,7 +94,7 @@ def test_pcapng_is_parsed_whole_on_every_read_with_the_same_result() -> None:
 
 
 class _Growing:
-    """A capture companion whose file grows by the test's hand; records where each read began."""
+    """A hop capture whose file grows by the test's hand; records where each read began."""
 
     def __init__(self, data: bytes, earlier: tuple[bytes, ...] = ()) -> None:
         self.data = data
@@ -143,7 +144,7 @@ def test_a_file_kept_from_before_a_restart_is_read_to_its_end_once() -> None:
     hops = CapturedHops({"relay": capture}, NAMES, client_address=GATEWAY,  # type: ignore[dict-item]
                         start_wall=0.0)
     hops.sessions()
-    # The companion restarted: the file it had, now complete, is kept; a new one begins.
+    # The role's container restarted: the file it had, now complete, is kept; a new one begins.
     capture.earlier.append(relay)
     capture.data = nomail
     assert sorted(t.hop for t in hops.sessions()) == ["relay->mx", "relay->nomail"]
@@ -166,21 +167,26 @@ def test_a_restart_whose_old_file_could_not_be_kept_loses_nothing_already_read_n
     assert capture.reads[-1] == 0  # the new file from its first byte
 
 
-def test_a_companion_restart_leaves_one_entry_in_earlier_even_when_its_old_file_cannot_be_read() -> None:
-    restarted: list[int] = []
+def test_a_restart_leaves_one_entry_in_earlier_even_when_its_old_file_cannot_be_read() -> None:
+    waited: list[float] = []
+    read: list[str] = []
     capture = HopCapture.__new__(HopCapture)
     capture.earlier = []
     capture.host = SimpleNamespace(role="relay", address="172.31.232.11")  # type: ignore[assignment]
-    capture.container = SimpleNamespace(  # type: ignore[assignment]
-        get_wrapped_container=lambda: SimpleNamespace(restart=lambda timeout: restarted.append(timeout)))
-    capture._log = lambda: ""  # type: ignore[method-assign]
-    capture._wait_listening = lambda started, timeout_s, heard: 0.0  # type: ignore[method-assign]
+    capture._wait_listening = lambda started, timeout_s: waited.append(timeout_s) or 0.0  # type: ignore[method-assign]
+    old_files = [CaptureError("no /capture/smtp.pcap.previous"), b"old file"]
 
-    def unreadable() -> bytes:
-        raise CaptureError("no /capture/smtp.pcap")
+    def previous(path: str) -> bytes:
+        read.append(path)
+        content = old_files.pop(0)
+        if isinstance(content, CaptureError):
+            raise content
+        return content
 
-    capture.read_pcap = unreadable  # type: ignore[method-assign]
+    capture._read = previous  # type: ignore[method-assign]
     capture.resume()
-    capture.read_pcap = lambda: b"old file"  # type: ignore[method-assign]
     capture.resume()
-    assert restarted == [1, 1] and capture.earlier == [b"", b"old file"]
+    # The last start's file, which the entrypoint moved aside before the new tcpdump began its own.
+    assert read == [CAPTURE_FILE + PREVIOUS] * 2
+    assert capture.earlier == [b"", b"old file"]
+    assert len(waited) == 2  # each time until the new tcpdump listens
