@@ -89,6 +89,8 @@ class HopSource(Protocol):
 
     def dropped(self) -> dict[str, int]: ...
 
+    def settle(self, role: str) -> None: ...
+
     def resume(self, role: str) -> None: ...
 
     def rejoined(self, role: str) -> None: ...
@@ -105,6 +107,9 @@ class NoHops:
 
     def dropped(self) -> dict[str, int]:
         return {}
+
+    def settle(self, role: str) -> None:
+        pass
 
     def resume(self, role: str) -> None:
         pass
@@ -379,7 +384,8 @@ class StepRunner:
         self.faulted.add(step.role)
 
         error = do_fault(self.topology, step.role, step.action, resume_capture=lambda host: self.hops.resume(host.role),
-                         rejoined=lambda host: self.hops.rejoined(host.role))
+                         rejoined=lambda host: self.hops.rejoined(host.role),
+                         ending=lambda host: self.hops.settle(host.role))
         return FaultObservation(step.role, step.action, at, self.clock() - at, error)
 
     def dns_fault(self, index: int, step: Step) -> Observation:

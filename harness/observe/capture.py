@@ -19,6 +19,7 @@ from docker.errors import DockerException, NotFound
 
 from harness.errors import InfrastructureError, ReadinessTimeoutError
 from harness.observe.polling import CANCELLED
+from harness.topology.readiness import container_state
 from harness.topology.shell import ContainerShell
 from harness.topology.topology import (
     CAPTURE_CAPS,
@@ -57,6 +58,9 @@ class HopCapture:
         # What was captured before the role's container started again (its entrypoint starts a new file
         # then): one entry per start, empty when the old file could not be read.
         self.earlier: list[bytes] = []
+        # The most packets a tcpdump of this role that has ended since (with its container's processes)
+        # said it had lost, asked just before the end (``settle``): it cannot be asked afterwards.
+        self.dropped_before = 0
 
     @property
     def shell(self) -> ContainerShell:
@@ -153,10 +157,20 @@ class HopCapture:
         except (KeyError, ValueError) as exc:
             raise CaptureError(f"unexpected TCP counters for {self.host.role}: {rows}") from exc
 
+    def settle(self) -> None:
+        """Remember what tcpdump says it lost so far: the role's container is about to be stopped, killed
+        or restarted, and its tcpdump ends with it, killed (it is not PID 1), its last words unsaid."""
+        with contextlib.suppress(CaptureError):
+            self.dropped_before = self.dropped()
+
     def dropped(self) -> int:
-        """The most packets tcpdump has said the kernel dropped (its ring full): 0 means every packet that
-        crossed the namespace's interfaces since the container's last start is in the capture. Asks
-        tcpdump for its statistics (SIGUSR1, sent as its own user, whom it switched to)."""
+        """The most packets this role's tcpdump has said the kernel dropped (its ring full), now or before
+        its container last stopped: 0 means every packet that crossed the namespace's interfaces is in
+        the capture. Asks the running tcpdump for its statistics (SIGUSR1, sent as its own user, whom it
+        switched to); a container that does not run has no tcpdump to ask, and captured nothing since."""
+        state = container_state(self.host.container.get_wrapped_container())
+        if state is not None and state.status != "running":
+            return self.dropped_before
         heard = len(DROPPED.findall(self._log()))
         argv = ["setpriv", "--reuid=tcpdump", "--regid=tcpdump", "--clear-groups", "sh", "-c",
                 f'kill -USR1 "$(cat {CAPTURE_PID})"']
@@ -171,7 +185,7 @@ class HopCapture:
         while True:
             counts = DROPPED.findall(self._log())
             if len(counts) > heard:
-                return max(int(c) for c in counts)
+                return max(self.dropped_before, *(int(c) for c in counts))
             if time.monotonic() > deadline:
                 raise CaptureError(f"the capture of {self.host.role} printed no statistics within "
                                    f"{STATISTICS_TIMEOUT_S:.0f} s")

@@ -120,6 +120,12 @@ class CapturedHops:
         counts = {role: capture.dropped() for role, capture in self._captures.items()}
         return {role: n for role, n in counts.items() if n}
 
+    def settle(self, role: str) -> None:
+        """The role's container is about to end its processes (stop, kill, restart): what its capture
+        lost so far is asked for now, while its tcpdump can still say."""
+        if role in self._captures:
+            self._captures[role].settle()
+
     def resume(self, role: str) -> None:
         """The role's container started again (a new network namespace): its capture follows it."""
         if role in self._captures:

@@ -35,6 +35,8 @@ ACTIONS = ("stop", "start", "restart", "kill", "pause", "unpause", "disconnect",
 BRINGS_BACK = frozenset({"start", "restart", "unpause", "reconnect"})
 # After these the container runs in a new network namespace, its capture in a new file: the harness follows it.
 NEW_NAMESPACE = frozenset({"start", "restart"})
+# These end every process of the container, its capture's tcpdump among them.
+ENDS_PROCESSES = frozenset({"stop", "kill", "restart"})
 STOP_TIMEOUT_S = 10  # what an MTA gets to end cleanly on SIGTERM before SIGKILL (docker stop -t)
 BACK_TIMEOUT_S = 30.0
 EXEC_SETTLE_S = 2.0
@@ -42,10 +44,14 @@ EXEC_SETTLE_S = 2.0
 
 def do_fault(topology: Topology, role: str, action: str,
              *, resume_capture: Callable[[Host], None] | None = None,
-             rejoined: Callable[[Host], None] | None = None) -> str | None:
+             rejoined: Callable[[Host], None] | None = None,
+             ending: Callable[[Host], None] | None = None) -> str | None:
     """Do ``action`` to ``role``; None when it is in that state, else what went wrong. ``rejoined`` is
-    told of a role reconnected to the network (its namespace has a new interface)."""
+    told of a role reconnected to the network (its namespace has a new interface), ``ending`` of one
+    whose processes are about to end (stop, kill, restart), before they do."""
     host = topology.hosts[role]
+    if action in ENDS_PROCESSES and ending is not None:
+        ending(host)
     error = _act(topology, host, action, resume_capture)
     if error is None and action == "reconnect" and rejoined is not None:
         try:

@@ -216,3 +216,16 @@ def test_the_start_gate_opens_only_after_the_capture_follows_and_always_opens(
     calls.clear()
     assert faults._act(SimpleNamespace(), host, action, None) is None  # type: ignore[arg-type]
     assert calls == [action, "set up"], "no capture to follow: nothing to hold the MTA for"
+
+
+@pytest.mark.parametrize("action", sorted(faults.ENDS_PROCESSES | faults.BRINGS_BACK | {"pause", "disconnect"}))
+def test_the_capture_is_asked_what_it_lost_before_its_tcpdump_ends_and_only_then(
+        monkeypatch: pytest.MonkeyPatch, action: str) -> None:
+    # tcpdump is not PID 1: it is killed with the container's processes, its statistics unsaid.
+    calls: list[str] = []
+    monkeypatch.setattr(faults, "_act", lambda topology, host, act, resume: calls.append(act))
+    monkeypatch.setattr(faults, "_back", lambda host: None)
+    topology = SimpleNamespace(hosts={"mx": _gated_host(calls)})
+    assert faults.do_fault(topology, "mx", action, ending=lambda host: calls.append("settle")) is None  # type: ignore[arg-type]
+    ends = action in ("stop", "kill", "restart")
+    assert calls == (["settle", action] if ends else [action])

@@ -190,3 +190,27 @@ def test_a_restart_leaves_one_entry_in_earlier_even_when_its_old_file_cannot_be_
     assert read == [CAPTURE_FILE + PREVIOUS] * 2
     assert capture.earlier == [b"", b"old file"]
     assert len(waited) == 2  # each time until the new tcpdump listens
+
+
+@pytest.mark.parametrize("status", ["exited", "paused", "running"])
+def test_a_container_that_does_not_run_reports_what_its_tcpdump_said_before_it_ended(
+        monkeypatch: pytest.MonkeyPatch, status: str) -> None:
+    from harness.observe import capture as capture_module
+    capture = HopCapture.__new__(HopCapture)
+    capture.earlier = []
+    capture.dropped_before = 7  # asked by settle() just before a stop
+    capture.host = SimpleNamespace(role="mx", container=SimpleNamespace(  # type: ignore[assignment]
+        get_wrapped_container=lambda: "the container"))
+    monkeypatch.setattr(capture_module, "container_state", lambda container: SimpleNamespace(status=status))
+    asked: list[list[str]] = []
+    logs = iter(["", "9 packets dropped by kernel\n"])
+    capture._log = lambda: next(logs)  # type: ignore[method-assign]
+    capture.host.shell = SimpleNamespace(  # type: ignore[attr-defined]
+        run=lambda argv: asked.append(argv) or SimpleNamespace(exit_code=0, stdout=b"", stderr=b""))
+    if status == "running":  # what the running one says now, when more than an ended one said
+        assert capture.dropped() == 9 and len(asked) == 1
+        capture.dropped_before = 12
+        logs = iter(["", "9 packets dropped by kernel\n"])
+        assert capture.dropped() == 12
+    else:  # nothing to ask (a paused tcpdump would never answer): what it said before stands
+        assert capture.dropped() == 7 and asked == []
