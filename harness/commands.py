@@ -331,7 +331,7 @@ def cmd_images(args: argparse.Namespace, progress: Progress) -> int:
         for mta in available(ctx.compose_dir):
             built[mta] = build_images(ctx.images, plan_scenario(None, ctx.compose_dir, mta=mta).topology)
         # Only the project's tests read captures with tshark: a run never needs this image.
-        tools = getattr(args, "tools", False) and (ctx.compose_dir / "capture" / "Dockerfile").is_file()
+        tools = args.tools and (ctx.compose_dir / "capture" / "Dockerfile").is_file()
         capture = ctx.images.image("capture") if tools else None
     for mta, images in built.items():
         for role, tag in images.items():

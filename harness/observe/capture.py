@@ -120,22 +120,22 @@ class HopCapture:
         neighbour an earlier scenario spoke to and that is now stopped or off the network must fail
         at once ("no route to host"), not go unanswered until the stale entry times out. The probe
         interval is set again too (an interface the role got back when reconnected has the defaults)."""
-        self._admin(f"{TUNE_NEIGHBOURS}; ip neigh flush all")
+        self._succeeded(self.host.admin_shell, ["sh", "-ec", f"{TUNE_NEIGHBOURS}; ip neigh flush all"])
 
     def tune_neighbours(self) -> None:
         """The entrypoint's probe interval on every interface of the role's namespace (after the role was
         reconnected to the network: its new interface starts with the kernel's defaults)."""
-        self._admin(TUNE_NEIGHBOURS)
+        self._succeeded(self.host.admin_shell, ["sh", "-ec", TUNE_NEIGHBOURS])
 
-    def _admin(self, script: str) -> None:
-        """``script`` (the harness's own, fixed) with NET_ADMIN; CaptureError, with its output, unless it
-        exits 0."""
+    def _succeeded(self, shell: ContainerShell, argv: list[str]) -> None:
+        """Run ``argv`` (the harness's own, fixed) through ``shell`` in the role's container (the admin
+        shell: with NET_ADMIN); CaptureError, with its output, unless it exits 0."""
         try:
-            done = self.host.admin_shell.run(["sh", "-ec", script])
+            done = shell.run(argv)
         except DockerException as exc:
-            raise CaptureError(f"the neighbour table of {self.host.role}: {exc}") from exc
+            raise CaptureError(f"`{' '.join(argv)}` in {self.host.role}'s container failed: {exc}") from exc
         if done.exit_code != 0:
-            raise CaptureError(f"the neighbour table of {self.host.role}: `{script}` exited {done.exit_code}: "
+            raise CaptureError(f"`{' '.join(argv)}` in {self.host.role}'s container exited {done.exit_code}: "
                                + (done.stdout + done.stderr).decode("utf-8", "replace").strip())
 
     def tcp_activity(self) -> tuple[int, ...]:
@@ -172,15 +172,8 @@ class HopCapture:
         if state is not None and state.status != "running":
             return self.dropped_before
         heard = len(DROPPED.findall(self._log()))
-        argv = ["setpriv", "--reuid=tcpdump", "--regid=tcpdump", "--clear-groups", "sh", "-c",
-                f'kill -USR1 "$(cat {CAPTURE_PID})"']
-        try:
-            done = self.shell.run(argv)
-        except DockerException as exc:
-            raise CaptureError(f"could not ask the capture of {self.host.role} for its statistics: {exc}") from exc
-        if done.exit_code != 0:
-            raise CaptureError(f"asking the capture of {self.host.role} for its statistics exited {done.exit_code}: "
-                               + (done.stdout + done.stderr).decode("utf-8", "replace").strip())
+        self._succeeded(self.shell, ["setpriv", "--reuid=tcpdump", "--regid=tcpdump", "--clear-groups", "sh", "-c",
+                                     f'kill -USR1 "$(cat {CAPTURE_PID})"'])
         deadline = time.monotonic() + STATISTICS_TIMEOUT_S
         while True:
             counts = DROPPED.findall(self._log())
