@@ -214,11 +214,14 @@ class SharedTopology:
 
         def reset(host: Host) -> str | None:
             """The role, once reset; None when nothing of the last scenario reached it."""
+            quiet_outbound = None
             if host.role in always:
                 self.quiet_at.pop(host.role, None)  # reset now and after the next scenario too
-            elif not self._touched(host.role):
-                return None
-            _reset(host)
+            else:
+                touched, quiet_outbound = self._touched(host.role)
+                if not touched:
+                    return None
+            _reset(host, quiet_outbound=quiet_outbound)
             return host.role
 
         with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
@@ -250,8 +253,10 @@ class SharedTopology:
                                if role not in changing and role in emptied]:
                 forgetting.result()
 
-    def _touched(self, role: str) -> bool:
-        """Whether ``role`` may hold anything of the scenarios since its last reset. Everything a reset
+    def _touched(self, role: str) -> tuple[bool, int | None]:
+        """Whether ``role`` may hold anything of the scenarios since its last reset, and, when it opened
+        no TCP connection since then, how many its network namespace has opened (the driver's
+        ``quiet_outbound``: what it keeps about next hops is as that reset left it). Everything a reset
         forgets (queued and delivered mail, retry and dead-destination state, idle sessions, an MTA-STS
         policy cache) comes from mail, and mail reaches or leaves an MTA over TCP: a role whose network
         namespace counted no TCP connection or segment, on any port, since just before its last reset is
@@ -264,9 +269,11 @@ class SharedTopology:
             now = None
         before = self.quiet_at.pop(role, None)
         if now is None:
-            return True
+            return True, None
         self.quiet_at[role] = now
-        return before != now
+        # Index 0 is ActiveOpens (HopCapture.tcp_activity).
+        quiet_outbound = now[0] if before is not None and before[0] == now[0] else None
+        return before != now, quiet_outbound
 
     @staticmethod
     def _policy_of(plan: ScenarioPlan) -> tuple[HostPlan | None, MtaSts | None]:
@@ -471,8 +478,8 @@ class SharedTopology:
         self.topology.destroy()
 
 
-def _reset(host: Host) -> None:
-    DRIVERS[str(host.mta)].reset(HostCommands(host))
+def _reset(host: Host, *, quiet_outbound: int | None = None) -> None:
+    DRIVERS[str(host.mta)].reset(HostCommands(host), quiet_outbound=quiet_outbound)
 
 
 def verify_on(shared: SharedTopology, plan: ScenarioPlan, scenario: Scenario, mta: str) -> ScenarioResult:

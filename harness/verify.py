@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from itertools import chain
 from typing import Protocol, TypeVar
 
 from harness.dns.served import ServedDns
@@ -139,6 +140,8 @@ class StepRunner:
         self.mail_events = dict(mail_events or {})
         self.session_counter: dict[str, int] = {}
         self.faulted: set[str] = set()  # roles a fault step acted on: their state is the scenario's doing
+        # The role whose queue last held each message (by its Message-ID), listed first next time (``_nowhere``).
+        self._holder: dict[str, str] = {}
 
     def clock(self) -> float:
         return time.monotonic() - self.started
@@ -234,7 +237,18 @@ class StepRunner:
 
         def gone() -> bool:
             # A host a fault step stopped or paused may hold it: not gone while it cannot be listed.
-            return not any(entries != [] for _, entries in self._listings(message, *subjects))
+            # The role that held it last time is listed first as well: while a message waits in one
+            # queue (deferred, for a "no delivery" bound) one listing per look says so, not one per
+            # host before it. Only the two full rounds can say it is gone.
+            held_by = self._holder.get(message.message_id)
+            first = [h for h in self._mta_hosts() if h.role == held_by]
+            # Lazily: a look stops at the first listing that holds it.
+            for host, entries in chain(((h, self._queued_on(h, message, *subjects)) for h in first),
+                                       self._listings(message, *subjects)):
+                if entries != []:
+                    self._holder[message.message_id] = host.role
+                    return False
+            return True
 
         return gone
 

@@ -169,10 +169,15 @@ class MtaDriver:
         """Every queue entry, with its sender, recipients and the Message-IDs its content names."""
         raise NotImplementedError
 
-    def reset(self, run: CommandRunner) -> None:
+    def reset(self, run: CommandRunner, *, quiet_outbound: int | None = None) -> None:
         """Between two scenarios on a shared topology: forget everything one scenario could leak into the
         next (queued mail, delivered mail, retry and dead-destination state). What the reset covers is
-        listed per implementation; the isolation test (tests/integration/test_isolation.py) proves it."""
+        listed per implementation; the isolation test (tests/integration/test_isolation.py) proves it.
+
+        ``quiet_outbound``, when given: the role's network namespace had opened that many TCP connections
+        (``ACTIVE_OPENS``, attempts included) when its last reset began, and none since. Its outbound state
+        (routes, next-hop sessions, retry delays) is then as that reset left it; an implementation that
+        would restart only to forget it may keep its process, if the count is still that once done."""
         raise NotImplementedError
 
 
@@ -183,3 +188,6 @@ COMPLAINT = re.compile(r"\b(warn(?:ing)?|error|fatal|panic|unmatched|unused para
 
 # Delivered mail, in every implementation's Maildirs (the directories stay: MTAs create them once).
 EMPTY_MAILDIRS = "find /var/mail -type f -delete"
+# TCP connections the network namespace has opened (ActiveOpens in /proc/net/snmp), attempts included:
+# a connect(2) counts when its SYN is sent, whether or not anything answers.
+ACTIVE_OPENS = "awk '/^Tcp:/ { if (n++) print $6 }' /proc/net/snmp"

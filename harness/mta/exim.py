@@ -138,7 +138,7 @@ class Exim(MtaDriver):
                                        mentions(content)))
         return found
 
-    def reset(self, run: CommandRunner) -> None:
+    def reset(self, run: CommandRunner, *, quiet_outbound: int | None = None) -> None:
         # Each queued message removed by Exim itself (-Mrm: safe while a queue runner works); the hints
         # databases (retry records for a host that answered 521, wait-* connection reuse) deleted.
         run(["sh", "-c", "ids=$(exim4 -bp | awk '/^ *[0-9]+[mhd]? /{print $3}'); "

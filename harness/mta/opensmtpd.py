@@ -8,6 +8,8 @@ from pathlib import Path
 
 from harness.errors import UsageError
 from harness.mta.base import (
+    ACTIVE_OPENS,
+    EMPTY_MAILDIRS,
     TLS_CA,
     TLS_CERT,
     TLS_KEY,
@@ -117,8 +119,18 @@ class OpenSmtpd(MtaDriver):
                                        mentions(shown)))
         return found
 
-    def reset(self, run: CommandRunner) -> None:
+    def reset(self, run: CommandRunner, *, quiet_outbound: int | None = None) -> None:
         # A new smtpd with an empty spool (compose/opensmtpd/mta-reset): only a restart forgets the
         # routes disabled after a failure, the idle relay->mx session it keeps 10 s for more mail, and
         # the 3-5 s it waits before reconnecting to a route; smtpctl can clear none of these.
-        run(["mta-reset"])
+        # Each of those comes from a connection smtpd opened. A role that opened none since its last
+        # reset (an mx, a 521 host: mail only came in) and has nothing queued has none of them: its
+        # Maildirs are emptied and smtpd keeps running, a restart (about 0.1 s, and the CPU of six new
+        # processes) saved. Restarted all the same when the queue holds anything (or cannot be listed)
+        # or a connection was opened meanwhile (the count, read in the container after the listing).
+        if quiet_outbound is None:
+            run(["mta-reset"])
+            return
+        run(["sh", "-c", f'if queued=$(smtpctl show queue) && [ -z "$queued" ] '
+                         f'&& [ "$({ACTIVE_OPENS})" = {int(quiet_outbound)} ]; '
+                         f"then {EMPTY_MAILDIRS}; else exec mta-reset; fi"])

@@ -173,7 +173,7 @@ class Postfix(MtaDriver):
                                        tuple(str(r.get("address", "")) for r in recipients), mentions(content)))
         return found
 
-    def reset(self, run: CommandRunner) -> None:
+    def reset(self, run: CommandRunner, *, quiet_outbound: int | None = None) -> None:
         # Every queue (incoming, active, deferred, hold) purged; the reload restarts qmgr (its in-memory
         # dead-destination and backoff state) and the connection cache (scache).
         # An MTA-STS role's policy daemon restarts with an empty cache (a no-op for every other role).

@@ -11,7 +11,10 @@ import docker
 import pytest
 
 from harness.expect.results import PASSED
+from harness.mta.base import ACTIVE_OPENS
+from harness.mta.opensmtpd import OpenSmtpd
 from harness.observe.capture import HopCapture
+from harness.observe.queue import HostCommands
 from harness.report.progress import Progress
 from harness.runner import RunContext, ScenarioSequence, _reset
 from harness.scenario.loader import load_scenario
@@ -145,3 +148,53 @@ def test_only_the_roles_reset_have_their_neighbour_caches_emptied(
     # The first run's topology is new (nothing to empty); the second run resets every role (no counters
     # were recorded before); from then on only mx, which took the message, and the relay after the knock.
     assert rounds == [[], ["mx", "nomail", "relay"], ["mx"], ["mx", "relay"]], rounds
+
+
+def test_an_opensmtpd_role_that_opened_no_connection_keeps_its_smtpd_and_one_that_did_is_restarted(
+        run_context: RunContext) -> None:
+    """OpenSMTPD's reset restarts smtpd to forget what it keeps about next hops (disabled routes, an idle
+    session, reconnection delays), all of which come from a connection it opened. A role that opened none
+    since its last reset, with nothing queued, keeps its smtpd and has its Maildirs emptied; one that
+    opened any, on any port and whether or not it was answered, gets a new smtpd."""
+    direct = load_scenario(SCENARIOS / "01-direct-354.yaml")  # client -> mx only
+    relayed = load_scenario(SCENARIOS / "02-relay-354.yaml")  # client -> relay -> mx
+    sequence = ScenarioSequence(run_context)
+
+    def smtpd(host: Host) -> str:
+        return host.shell.run(["cat", "/run/mta.pid"]).stdout.decode().strip()
+
+    def delivered(host: Host) -> list[str]:
+        return host.shell.run(["find", "/var/mail", "-type", "f", "-path", "*/new/*"]).stdout.decode().split()
+
+    try:
+        for _ in range(2):  # the second run's reset records every role's counters
+            assert sequence.run(direct, "opensmtpd").status == PASSED
+        assert sequence.shared is not None
+        relay, mx = (sequence.shared.topology.hosts[r] for r in ("relay", "mx"))
+        mx_before, relay_before = smtpd(mx), smtpd(relay)
+        assert len(delivered(mx)) == 1
+        assert sequence.run(direct, "opensmtpd").status == PASSED
+        assert smtpd(mx) == mx_before, "mx only took mail in: its smtpd stays"
+        assert len(delivered(mx)) == 1, "the last scenario's copy went with the reset"
+
+        assert sequence.run(relayed, "opensmtpd").status == PASSED  # the relay opens a connection to mx
+        assert sequence.run(direct, "opensmtpd").status == PASSED
+        assert smtpd(relay) != relay_before, "the relay connected to mx: a new smtpd"
+        assert smtpd(mx) == mx_before, "mx still only took mail in"
+
+        # A connection mx opens itself (to a port nothing listens on: refused, still counted).
+        opened = mx.shell.run(["bash", "-c", f"exec 3<>/dev/tcp/{relay.address}/2525"])
+        assert opened.exit_code != 0
+        assert sequence.run(direct, "opensmtpd").status == PASSED
+        assert smtpd(mx) != mx_before, "mx opened a connection: a new smtpd"
+
+        # The count is read again in the container, after its queue: one that moved since the harness
+        # read it (a connection opened in between) restarts smtpd too.
+        opens = int(mx.shell.run(["sh", "-c", ACTIVE_OPENS]).stdout)
+        kept = smtpd(mx)
+        OpenSmtpd().reset(HostCommands(mx), quiet_outbound=opens)
+        assert smtpd(mx) == kept
+        OpenSmtpd().reset(HostCommands(mx), quiet_outbound=opens - 1)
+        assert smtpd(mx) != kept
+    finally:
+        sequence.close()

@@ -573,3 +573,35 @@ def test_a_copy_in_a_mailbox_directory_spelled_in_capitals_is_that_mailboxs() ->
     copy = b"Message-ID: " + OURS.encode() + b"\n\nhello\n"
     (found,) = messages_in("mx", {"mail/Example.Test/Bob/new/1": copy})
     assert found.mailbox == "bob@example.test" and found.path == "mail/Example.Test/Bob/new/1"
+
+
+def test_a_message_waiting_in_one_queue_is_found_there_first_and_gone_only_after_two_full_rounds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Deferred on the relay for a whole "no delivery" bound: after the first look, one listing per look.
+    holder = ["relay"]
+    listed: list[str] = []
+
+    def listing(host: SimpleNamespace, message: SentMessage, *subjects: str) -> list[QueuedMessage]:
+        listed.append(host.role)
+        return [QueuedMessage("Q1", "deferred", OURS, (), "", ("bob@example.test",), ())] \
+            if host.role in holder else []
+
+    monkeypatch.setattr("harness.verify.queue_entries", listing)
+    runner = StepRunner.__new__(StepRunner)
+    roles = ("mx", "relay", "nomail")
+    runner.topology = SimpleNamespace(hosts={r: SimpleNamespace(role=r, mta="postfix") for r in roles})
+    runner.faulted, runner._holder = set(), {}
+    gone = runner._nowhere(_sent())
+    assert not gone() and listed == ["mx", "relay"]
+    listed.clear()
+    assert not gone() and listed == ["relay"]
+    # Handed on to mx: the relay, listed first, no longer has it, and the rounds find it on mx.
+    holder[:] = ["mx"]
+    listed.clear()
+    assert not gone() and listed == ["relay", "mx"]
+    listed.clear()
+    assert not gone() and listed == ["mx"]
+    # Nowhere: gone only after both rounds, in opposite orders, found nothing.
+    holder.clear()
+    listed.clear()
+    assert gone() and listed == ["mx", "mx", "relay", "nomail", "nomail", "relay", "mx"]
