@@ -13,8 +13,8 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from itertools import chain
 from typing import Protocol, TypeVar
 
 from harness.dns.served import ServedDns
@@ -232,23 +232,36 @@ class StepRunner:
         Hosts are listed one after another, so a message handed from one to the next between the two
         listings could be missed by both (the receiver listed before it got it, the sender after it let
         go). A sender keeps a message until the receiver has it, so two rounds in opposite orders
-        cannot both miss it: in one of them the sender is listed first."""
+        cannot both miss it: in one of them the sender is listed first. That holds for each round on
+        its own, so the two run side by side."""
         subjects = ("message", "bounce") if bounces else ("message",)
 
         def gone() -> bool:
             # A host a fault step stopped or paused may hold it: not gone while it cannot be listed.
-            # The role that held it last time is listed first as well: while a message waits in one
-            # queue (deferred, for a "no delivery" bound) one listing per look says so, not one per
-            # host before it. Only the two full rounds can say it is gone.
+            # The role that held it last time is listed first: while a message waits in one queue
+            # (deferred, for a "no delivery" bound) one listing per look says so. Only the two full
+            # rounds can say it is gone.
             held_by = self._holder.get(message.message_id)
-            first = [h for h in self._mta_hosts() if h.role == held_by]
-            # Lazily: a look stops at the first listing that holds it.
-            for host, entries in chain(((h, self._queued_on(h, message, *subjects)) for h in first),
-                                       self._listings(message, *subjects)):
-                if entries != []:
-                    self._holder[message.message_id] = host.role
-                    return False
-            return True
+            if any(self._queued_on(h, message, *subjects) != [] for h in self._mta_hosts() if h.role == held_by):
+                return False
+            hosts = self._mta_hosts()
+            found = threading.Event()
+
+            def listed(order: list[Host]) -> None:
+                # One round: its hosts one after another, which is all the argument above needs. The
+                # two rounds run side by side (a scenario waits for them after every delivery).
+                for host in order:
+                    if found.is_set():
+                        return
+                    if self._queued_on(host, message, *subjects) != []:
+                        self._holder[message.message_id] = host.role
+                        found.set()
+                        return
+
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="queue-round") as pool:
+                for done in [pool.submit(listed, hosts), pool.submit(listed, hosts[::-1])]:
+                    done.result()
+            return not found.is_set()
 
         return gone
 
