@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Protocol, TypeVar
@@ -244,33 +244,36 @@ class StepRunner:
             held_by = self._holder.get(message.message_id)
             if any(self._queued_on(h, message, *subjects) != [] for h in self._mta_hosts() if h.role == held_by):
                 return False
-            hosts = self._mta_hosts()
-            found = threading.Event()
-
-            def listed(order: list[Host]) -> None:
-                # One round: its hosts one after another, which is all the argument above needs. The
-                # two rounds run side by side (a scenario waits for them after every delivery).
-                for host in order:
-                    if found.is_set():
-                        return
-                    if self._queued_on(host, message, *subjects) != []:
-                        self._holder[message.message_id] = host.role
-                        found.set()
-                        return
-
-            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="queue-round") as pool:
-                for done in [pool.submit(listed, hosts), pool.submit(listed, hosts[::-1])]:
-                    done.result()
-            return not found.is_set()
+            holding = [host for host, entries in self._listings(message, *subjects, until_found=True) if entries != []]
+            if holding:
+                self._holder[message.message_id] = holding[0].role
+            return not holding
 
         return gone
 
-    def _listings(self, message: SentMessage, *subjects: str) -> Iterator[tuple[Host, list[QueuedMessage] | None]]:
+    def _listings(self, message: SentMessage, *subjects: str,
+                  until_found: bool = False) -> list[tuple[Host, list[QueuedMessage] | None]]:
         """Every MTA host's entries that are the message (or a DSN about it), listed in two rounds in
-        opposite orders (see ``_nowhere``)."""
+        opposite orders (see ``_nowhere``), side by side: each round lists its hosts one after another,
+        which is all the argument needs. ``until_found``: both rounds stop at the first host holding it.
+        The listings in the rounds' order, the first round's first."""
         hosts = self._mta_hosts()
-        for host in [*hosts, *reversed(hosts)]:
-            yield host, self._queued_on(host, message, *subjects)
+        found = threading.Event()
+
+        def listed(order: list[Host]) -> list[tuple[Host, list[QueuedMessage] | None]]:
+            out: list[tuple[Host, list[QueuedMessage] | None]] = []
+            for host in order:
+                if until_found and found.is_set():
+                    break
+                entries = self._queued_on(host, message, *subjects)
+                out.append((host, entries))
+                if entries != []:
+                    found.set()
+            return out
+
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="queue-round") as pool:
+            rounds = [pool.submit(listed, hosts), pool.submit(listed, hosts[::-1])]
+            return [listing for done in rounds for listing in done.result()]
 
     def _queued_on(self, host: Host, message: SentMessage, *subjects: str) -> list[QueuedMessage] | None:
         """``host``'s entries that are the message (or a DSN about it); None when its queue cannot be listed
